@@ -1,0 +1,274 @@
+"""Contextrast loss: contextual contrastive learning (CCL) with BANE sampling (paper §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contextrast import functional as CF
+from contextrast.contrast.projection import ProjectionHead
+from contextrast.contrast.sampling import BaneSampler, PixelSubsampler
+
+__all__ = ["ContextrastLoss", "ContextrastTerms", "resize_labels"]
+
+HARD_NEGATIVE_MODES = ("only", "include")
+
+
+class ContextrastTerms(NamedTuple):
+    """What one call of :meth:`ContextrastLoss.terms` computed.
+
+    loss: scalar ``loss_weight · Σ_i λ_i L_PA,i``, with gradient.
+    layer_losses: (I,) detached, unweighted ``L_PA,i`` per layer, lowest layer first.
+    hard_negatives: (I,) int64, number of BANE-selected pixels per layer.
+    """
+
+    loss: torch.Tensor
+    layer_losses: torch.Tensor
+    hard_negatives: torch.Tensor
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a label map, by indexing (no float round trip).
+
+    labels: (B, H, W) integer. Returns (B, h, w); the sample for output pixel (y, x) is input
+    pixel (⌊y·H/h⌋, ⌊x·W/w⌋), the rule of ``F.interpolate(mode="nearest")``.
+    """
+    _, h_in, w_in = labels.shape
+    h, w = size
+    if (h, w) == (h_in, w_in):
+        return labels
+    rows = torch.div(torch.arange(h, device=labels.device) * h_in, h, rounding_mode="floor")
+    cols = torch.div(torch.arange(w, device=labels.device) * w_in, w, rounding_mode="floor")
+    return labels.index_select(1, rows).index_select(2, cols)
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+class ContextrastLoss(nn.Module):
+    """Pixel-anchor loss over I encoder layers with fused anchors and BANE hard negatives.
+
+    Owns the training-only projection heads (one per layer), so a model trained with it has
+    exactly the parameters of its baseline at inference.
+
+    Args:
+        num_classes: N.
+        in_channels: channels of each encoder feature map, lowest layer first.
+        embed_dim: d of the embeddings.
+        temperature: τ of eq. 4.
+        layer_weights: λ_i per layer, lowest first (paper: 0.1, 0.4, 0.7, 1.0).
+        w_high: weight of the last layer's anchors in ``Â_i = (1 − w_high)·A_i + w_high·A_I``.
+        bane_ratio: K of BANE in [0, 1]; 0 gives plain CCL.
+        loss_weight: α of eq. 5; the returned loss is already multiplied by it.
+        ignore_index: label of unlabelled pixels.
+        hidden_channels: hidden width of the projection heads (default: each layer's C).
+        max_pixels: bound on the pixels per layer entering the similarity matrix (hard
+            negatives first, then uniform); ``None`` uses every pixel.
+        hard_negatives: ``"only"`` (an anchor that has BANE negatives contrasts against those
+            alone; an anchor without any keeps its ordinary negatives) or ``"include"`` (all
+            ordinary negatives stay; BANE pixels are only guaranteed a place under
+            ``max_pixels``).
+        detach_anchors: stop the gradient through the anchors (default: anchors carry it).
+        normalize_anchors: L2-normalise the fused anchors (default: plain means, as eq. 1).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: Sequence[int],
+        embed_dim: int = 256,
+        temperature: float = 0.1,
+        layer_weights: Sequence[float] = (0.1, 0.4, 0.7, 1.0),
+        w_high: float = 0.7,
+        bane_ratio: float = 0.5,
+        loss_weight: float = 0.1,
+        ignore_index: int = 255,
+        *,
+        hidden_channels: int | None = None,
+        max_pixels: int | None = None,
+        hard_negatives: str = "only",
+        detach_anchors: bool = False,
+        normalize_anchors: bool = False,
+    ):
+        super().__init__()
+        if not (isinstance(num_classes, int) and num_classes >= 2):
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        in_channels = list(in_channels)
+        if not in_channels:
+            raise ValueError("in_channels must list at least one layer's channels")
+        layer_weights = [float(x) for x in layer_weights]
+        if len(layer_weights) != len(in_channels):
+            raise ValueError(
+                f"layer_weights has {len(layer_weights)} entries but in_channels has "
+                f"{len(in_channels)} layers; pass one weight per layer, lowest layer first"
+            )
+        if any(x < 0 for x in layer_weights):
+            raise ValueError(f"layer_weights must be >= 0, got {layer_weights}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if hard_negatives not in HARD_NEGATIVE_MODES:
+            raise ValueError(
+                f"unknown hard_negatives {hard_negatives!r}; "
+                f"choose from {list(HARD_NEGATIVE_MODES)}"
+            )
+        if 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index={ignore_index} collides with a class id")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.embed_dim = embed_dim
+        self.temperature = float(temperature)
+        self.layer_weights = layer_weights
+        self.w_high = _check_fraction("w_high", w_high)
+        self.bane_ratio = _check_fraction("bane_ratio", bane_ratio)
+        self.loss_weight = float(loss_weight)
+        self.ignore_index = ignore_index
+        self.hard_negatives = hard_negatives
+        self.detach_anchors = detach_anchors
+        self.normalize_anchors = normalize_anchors
+        self.heads = nn.ModuleList(
+            ProjectionHead(c, embed_dim, hidden_channels) for c in in_channels
+        )
+        self.sampler = BaneSampler(self.bane_ratio, ignore_index)
+        self.subsampler = PixelSubsampler(max_pixels, ignore_index)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, temperature={self.temperature}, "
+            f"layer_weights={self.layer_weights}, w_high={self.w_high}, "
+            f"bane_ratio={self.bane_ratio}, loss_weight={self.loss_weight}, "
+            f"hard_negatives={self.hard_negatives!r}, max_pixels={self.subsampler.max_pixels}"
+        )
+
+    def forward(
+        self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """Weighted pixel-anchor loss ``α · L_PA``; see :meth:`terms` for the arguments."""
+        return self.terms(features, logits, target).loss
+
+    def _validate(
+        self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        if not isinstance(features, (list, tuple)) or len(features) != len(self.in_channels):
+            got = len(features) if isinstance(features, (list, tuple)) else type(features)
+            raise ValueError(
+                f"features must be a list of {len(self.in_channels)} maps (one per "
+                f"in_channels entry), got {got}"
+            )
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+            raise ValueError(
+                f"logits must have shape (B, N, h, w), got {getattr(logits, 'shape', logits)}"
+            )
+        if not isinstance(target, torch.Tensor) or target.dim() != 3:
+            raise ValueError(
+                f"target must have shape (B, H, W), got {getattr(target, 'shape', target)}"
+            )
+        batch = target.shape[0]
+        if logits.shape[:2] != (batch, self.num_classes):
+            raise ValueError(
+                f"logits must have shape (B, N, h, w) with B={batch}, N={self.num_classes}, "
+                f"got {tuple(logits.shape)}"
+            )
+        for i, (feature, channels) in enumerate(zip(features, self.in_channels)):
+            if not isinstance(feature, torch.Tensor) or feature.dim() != 4:
+                raise ValueError(
+                    f"features[{i}] must have shape (B, C, h, w), got "
+                    f"{getattr(feature, 'shape', feature)}"
+                )
+            if feature.shape[:2] != (batch, channels):
+                raise ValueError(
+                    f"features[{i}] must have shape (B, C, h, w) with B={batch}, C={channels}, "
+                    f"got {tuple(feature.shape)}"
+                )
+        CF.check_labels(target, self.num_classes, self.ignore_index, "target")
+
+    def terms(
+        self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
+    ) -> ContextrastTerms:
+        """Compute the loss and its per-layer terms.
+
+        Args:
+            features: I maps (B, C_i, h_i, w_i), lowest layer first, any resolutions.
+            logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
+            target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
+        """
+        self._validate(features, logits, target)
+        n = self.num_classes
+        with torch.no_grad():
+            pred = logits.argmax(dim=1)  # (B, h, w)
+        embeddings = [head(feature) for head, feature in zip(self.heads, features)]
+        device = target.device
+        dtype = CF.compute_dtype(*embeddings)
+        with torch.autocast(device_type=device.type, enabled=False):
+            flats, labels, anchors, present = [], [], [], []
+            for embedding in embeddings:
+                size = embedding.shape[-2:]
+                layer_labels = resize_labels(target, size).flatten(1)  # (B, P)
+                flat = embedding.to(dtype).flatten(2)  # (B, D, P)
+                one_hot = CF.class_one_hot(layer_labels, n, dtype)  # (B, N, P)
+                layer_anchors, layer_present = CF.anchors_from_flat(flat, one_hot)
+                flats.append(flat)
+                labels.append(layer_labels)
+                anchors.append(layer_anchors)
+                present.append(layer_present)
+            top, top_present = anchors[-1], present[-1]
+            layer_losses, hard_counts = [], []
+            for i, (flat, layer_labels) in enumerate(zip(flats, labels)):
+                fused = anchors[i]
+                if i < len(anchors) - 1:
+                    # A class that vanished at the last layer's resolution has no global
+                    # anchor to fuse with; its layer anchor is used alone.
+                    mixed = (1.0 - self.w_high) * anchors[i] + self.w_high * top
+                    fused = torch.where(top_present.unsqueeze(1), mixed, anchors[i])
+                if self.normalize_anchors:
+                    fused = F.normalize(fused, dim=1)
+                if self.detach_anchors:
+                    fused = fused.detach()
+                loss, hard_count = self._layer_loss(
+                    fused, flat, layer_labels, pred, embeddings[i].shape[-2:]
+                )
+                layer_losses.append(loss)
+                hard_counts.append(hard_count)
+            weights = torch.tensor(self.layer_weights, dtype=dtype, device=device)
+            stacked = torch.stack(layer_losses)  # (I,)
+            total = (weights * stacked).sum() * self.loss_weight
+        return ContextrastTerms(
+            loss=total,
+            layer_losses=stacked.detach(),
+            hard_negatives=torch.stack(hard_counts),
+        )
+
+    def _layer_loss(
+        self,
+        anchors: torch.Tensor,
+        flat: torch.Tensor,
+        labels: torch.Tensor,
+        pred: torch.Tensor,
+        size: torch.Size,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """anchors: (N, D); flat: (B, D, P); labels: (B, P); pred: (B, h, w) at logits size."""
+        b, _, p = flat.shape
+        n = self.num_classes
+        layer_pred = resize_labels(pred, tuple(size))  # (B, h_i, w_i)
+        hard = self.sampler(layer_pred, labels.view(b, *size), n).reshape(-1)  # (M,)
+        labels = labels.reshape(-1)  # (M,)
+        layer_pred = layer_pred.reshape(-1)  # (M,)
+        keep = self.subsampler(labels, hard)
+        if keep is None:
+            logits = torch.matmul(anchors, flat) / self.temperature  # (B, N, P)
+            logits = logits.permute(1, 0, 2).reshape(n, b * p)  # (N, M)
+        else:
+            picked = flat[keep // p, :, keep % p]  # (M', D)
+            logits = anchors @ picked.t() / self.temperature  # (N, M')
+            labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
+        mask = None
+        if self.bane_ratio > 0 and self.hard_negatives == "only":
+            mask = CF.hard_negative_mask(hard, layer_pred, n)
+        loss = CF.pixel_anchor_loss_from_logits(logits, labels, mask, self.ignore_index)
+        return loss, hard.sum()

@@ -1,0 +1,39 @@
+"""Training-only projection heads π(·) that map encoder features to embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ProjectionHead"]
+
+
+class ProjectionHead(nn.Module):
+    """Conv1×1 → BN → ReLU → Conv1×1, then L2 normalisation over channels.
+
+    The two-layer form is the one of pixel contrast (Wang et al.), which the paper compares
+    against; it is dropped after training, so it costs nothing at inference.
+
+    Args:
+        in_channels: C of the encoder feature map.
+        embed_dim: d of the embeddings.
+        hidden_channels: width of the hidden layer (default: ``in_channels``).
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int = 256, hidden_channels: int | None = None):
+        super().__init__()
+        hidden = in_channels if hidden_channels is None else hidden_channels
+        for name, value in (("in_channels", in_channels), ("embed_dim", embed_dim)):
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, embed_dim, kernel_size=1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (B, C, H, W) -> (B, d, H, W), L2-normalised over d."""
+        return F.normalize(self.net(features), dim=1)

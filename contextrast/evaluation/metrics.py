@@ -1,0 +1,192 @@
+"""Segmentation and feature metrics: confusion matrices, (boundary) mIoU, A / U / U_k.
+
+Confusion matrices are plain int64 tensors, so they add up over batches and reduce across
+processes with ``torch.distributed.all_reduce``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from contextrast.functional import check_labels, distance_transform
+
+__all__ = [
+    "IoU",
+    "boundary_band",
+    "boundary_confusion_matrix",
+    "confusion_matrix",
+    "feature_metrics",
+    "mean_iou",
+    "pixel_accuracy",
+]
+
+
+class IoU(NamedTuple):
+    """iou: (N,) float64, NaN where a class is in neither GT nor prediction; miou: nanmean."""
+
+    iou: torch.Tensor
+    miou: float
+
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """Confusion matrix, rows = ground truth, columns = prediction.
+
+    Args:
+        pred: (...) predicted class ids in [0, N).
+        target: (...) same shape, ground truth with ``ignore_index`` (skipped).
+
+    Returns:
+        (N, N) int64 on the inputs' device.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    check_labels(target, num_classes, ignore_index, "target")
+    if pred.is_floating_point() or bool(((pred < 0) | (pred >= num_classes)).any()):
+        raise ValueError(f"pred must hold integer class ids in [0, {num_classes})")
+    valid = target != ignore_index
+    index = target[valid].long() * num_classes + pred[valid].long()
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def mean_iou(confusion: torch.Tensor) -> IoU:
+    """Per-class IoU = TP / (TP + FP + FN) and its mean over the classes that occur.
+
+    confusion: (N, N) rows = ground truth.
+    """
+    if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must have shape (N, N), got {tuple(confusion.shape)}")
+    confusion = confusion.to(torch.float64)
+    tp = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    occurring = ~torch.isnan(iou)
+    miou = float(iou[occurring].mean()) if bool(occurring.any()) else float("nan")
+    return IoU(iou, miou)
+
+
+def pixel_accuracy(confusion: torch.Tensor) -> float:
+    """Share of labelled pixels predicted correctly. confusion: (N, N)."""
+    total = confusion.sum()
+    return float(confusion.diagonal().sum() / total) if int(total) > 0 else float("nan")
+
+
+def boundary_band(target: torch.Tensor, width: float, ignore_index: int = 255) -> torch.Tensor:
+    """Pixels within ``width`` (Euclidean, in pixels) of a pixel with a different value.
+
+    The ignore value counts as a value, so the rim of an unlabelled region is in the band
+    (its ignore pixels themselves are still skipped by :func:`confusion_matrix`).
+
+    Args:
+        target: (..., H, W) integer label maps.
+        width: band half-width w > 0 (Table 4 uses 5, 7, 10).
+
+    Returns:
+        (..., H, W) bool.
+    """
+    if target.dim() < 2 or target.is_floating_point():
+        raise ValueError(
+            f"target must be an integer tensor of shape (..., H, W), got "
+            f"{target.dtype} {tuple(target.shape)}"
+        )
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    band = torch.zeros_like(target, dtype=torch.bool)
+    # Per value v, the distance transform of (target == v) gives each pixel of v its
+    # distance to the nearest pixel of another value.
+    for value in torch.unique(target).tolist():
+        inside = target == value
+        band |= inside & (distance_transform(inside) <= width)
+    return band
+
+
+def boundary_confusion_matrix(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    width: float,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Confusion matrix over :func:`boundary_band` only (boundary mIoU at ``width`` px).
+
+    pred, target: (..., H, W). Returns (N, N) int64.
+    """
+    band = boundary_band(target, width, ignore_index)
+    banded = torch.where(band, target, torch.full_like(target, ignore_index))
+    return confusion_matrix(pred, banded, num_classes, ignore_index)
+
+
+def _mean_pairwise_distance(x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Mean of ‖x_j − x_k‖ over all n² ordered pairs (j = k included). x: (n, D)."""
+    total = x.new_zeros(())
+    for start in range(0, x.shape[0], chunk):
+        total = total + torch.cdist(x[start : start + chunk], x).sum()
+    return total / (x.shape[0] ** 2)
+
+
+def feature_metrics(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    ks: Sequence[int] = (3, 5),
+    ignore_index: int = 255,
+) -> dict[str, float]:
+    """Alignment A, uniformity U and neighbourhood uniformity U_k (Li et al. CVPR22; Table 5).
+
+    On L2-normalised features, with class centre c_i = normalised mean of class i's features:
+    A = mean over classes of the mean ‖v_j − v_k‖ over all ordered pairs (j, k) of the class
+    (n² pairs, j = k included); U = mean over ordered class pairs i ≠ j of ‖c_i − c_j‖;
+    U_k = mean over classes i of the mean of the k smallest ‖c_i − c_j‖, j ≠ i (all C − 1
+    when fewer). Classes are those present in ``labels``. Cost is O(n²) per class: sample.
+
+    Args:
+        embeddings: (M, D) features (normalised here).
+        labels: (M,) class ids, ``ignore_index`` skipped.
+        ks: the k of each U_k.
+
+    Returns:
+        {"A": ..., "U": ..., "U_3": ..., "U_5": ...} (NaN for U / U_k with fewer than 2
+        classes).
+    """
+    if embeddings.dim() != 2 or labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(
+            f"embeddings must be (M, D) and labels (M,), got {tuple(embeddings.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    if any(not (isinstance(k, int) and k >= 1) for k in ks):
+        raise ValueError(f"ks must be positive ints, got {ks}")
+    valid = labels != ignore_index
+    x = F.normalize(embeddings[valid].to(torch.float64), dim=1)  # (M', D)
+    y = labels[valid]
+    classes = torch.unique(y).tolist()
+    if not classes:
+        raise ValueError("feature_metrics needs at least one labelled embedding")
+    alignment, centres = [], []
+    for c in classes:
+        members = x[y == c]
+        alignment.append(_mean_pairwise_distance(members))
+        centres.append(F.normalize(members.mean(0), dim=0))
+    result = {"A": float(torch.stack(alignment).mean())}
+    nan = float("nan")
+    centre = torch.stack(centres)  # (C, D)
+    count = centre.shape[0]
+    if count < 2:
+        result["U"] = nan
+        result.update({f"U_{k}": nan for k in ks})
+        return result
+    distance = torch.cdist(centre, centre)  # (C, C)
+    off_diagonal = ~torch.eye(count, dtype=torch.bool, device=distance.device)
+    result["U"] = float(distance[off_diagonal].mean())
+    others = distance[off_diagonal].reshape(count, count - 1)  # (C, C-1)
+    ordered = others.sort(dim=1).values
+    for k in ks:
+        result[f"U_{k}"] = float(ordered[:, : min(k, count - 1)].mean())
+    return result

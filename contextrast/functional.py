@@ -1,0 +1,452 @@
+"""Stateless math of Contextrast (paper §3.2–3.3, eq. 1–7).
+
+Every function is pure, vectorised (no Python loop over pixels) and keeps its tensors on the
+device of its inputs. The thin modules in :mod:`contextrast.contrast` hold hyper-parameters and
+call these functions.
+
+Reduced-precision inputs (bfloat16, float16) are computed in float32 with autocast disabled:
+log-sum-exp over thousands of pixels at a temperature of 0.01 overflows half-precision ranges.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "bane_select",
+    "class_error_maps",
+    "distance_transform",
+    "hard_negative_mask",
+    "pixel_anchor_loss",
+    "pixel_anchor_loss_from_logits",
+    "representative_anchors",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(tensor)}")
+    if tensor.dim() != rank:
+        raise ValueError(f"{name} must have shape {shape} ({rank} dims), got {tuple(tensor.shape)}")
+
+
+def _check_integer(tensor: torch.Tensor, name: str) -> None:
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of class indices, got {tensor.dtype}")
+
+
+def check_labels(
+    labels: torch.Tensor, num_classes: int, ignore_index: int, name: str = "labels"
+) -> None:
+    """Raise ``ValueError`` unless every value is in ``[0, num_classes)`` or ``ignore_index``.
+
+    Costs one host synchronisation; it turns a silent wrong anchor into a clear error.
+    """
+    _check_integer(labels, name)
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(
+            f"ignore_index={ignore_index} collides with a class id; expected a value outside "
+            f"[0, {num_classes})"
+        )
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if bool(bad.any()):
+        values = torch.unique(labels[bad])[:5].tolist()
+        raise ValueError(
+            f"{name} contains values {values} outside [0, {num_classes}) and not the "
+            f"ignore_index {ignore_index}"
+        )
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors:
+        if t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------------------------
+# CCL: representative anchors (eq. 1) and the pixel-anchor loss (eq. 3–4)
+# --------------------------------------------------------------------------------------------
+
+
+def class_one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot of class labels along a new dim 1; ignore (any value outside the classes) is 0.
+
+    labels: (B, P) integer. Returns (B, N, P) of ``dtype``.
+    """
+    classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, 1)
+    return (labels.unsqueeze(1) == classes).to(dtype)
+
+
+def representative_anchors(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Representative anchors of eq. 1: per class, the plain mean of its embedding vectors.
+
+    Args:
+        embeddings: (B, D, H, W) pixel embeddings (normally L2-normalised).
+        labels: (B, H, W) integer class ids at the same resolution; ``ignore_index`` allowed.
+        num_classes: N.
+        ignore_index: label value excluded from every class.
+
+    Returns:
+        anchors: (N, D) mean over the whole batch of the class's vectors, zero row for an
+            absent class. Float32 (float64 for float64 input); carries gradient.
+        present: (N,) bool, True where the class has at least one pixel.
+    """
+    _check_rank(embeddings, 4, "embeddings", "(B, D, H, W)")
+    _check_rank(labels, 3, "labels", "(B, H, W)")
+    b, _, h, w = embeddings.shape
+    if labels.shape != (b, h, w):
+        raise ValueError(
+            f"labels must have shape (B, H, W) = {(b, h, w)} to match embeddings, "
+            f"got {tuple(labels.shape)}"
+        )
+    check_labels(labels, num_classes, ignore_index)
+    dtype = compute_dtype(embeddings)
+    with _no_autocast(embeddings.device):
+        flat = embeddings.to(dtype).flatten(2)  # (B, D, P)
+        one_hot = class_one_hot(labels.flatten(1), num_classes, dtype)  # (B, N, P)
+        return anchors_from_flat(flat, one_hot)
+
+
+def anchors_from_flat(
+    flat: torch.Tensor, one_hot: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """flat: (B, D, P); one_hot: (B, N, P) -> anchors (N, D), present (N,)."""
+    # A batched matmul with the one-hot is deterministic on every device, unlike scatter_add.
+    sums = torch.bmm(one_hot, flat.transpose(1, 2)).sum(0)  # (N, D)
+    counts = one_hot.sum(dim=(0, 2))  # (N,)
+    anchors = sums / counts.clamp(min=1).unsqueeze(1)
+    return anchors, counts > 0
+
+
+def pixel_anchor_loss_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    negative_mask: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Pixel-anchor InfoNCE (eq. 3–4) from precomputed anchor-pixel logits.
+
+    Args:
+        logits: (N, M) ``anchor_n · v_m / τ`` for every anchor n and pixel m.
+        labels: (M,) class id per pixel, ``ignore_index`` allowed (values assumed validated).
+        negative_mask: optional (N, M) bool; anchor n's negatives are the valid pixels of
+            another class AND this mask.
+        ignore_index: label value that is neither positive nor negative.
+
+    Returns:
+        Scalar: mean over the anchors that have at least one positive and one negative of
+        ``-1/|V+| Σ_{v+} log(exp(s+) / (exp(s+) + Σ_{v-} exp(s-)))``; an exact zero that keeps
+        the graph when no anchor qualifies.
+    """
+    n = logits.shape[0]
+    valid = labels != ignore_index  # (M,)
+    classes = torch.arange(n, device=labels.device).unsqueeze(1)  # (N, 1)
+    positive = labels.unsqueeze(0) == classes  # (N, M)
+    negative = valid.unsqueeze(0) & ~positive  # (N, M)
+    if negative_mask is not None:
+        negative = negative & negative_mask
+    has_negative = negative.any(dim=1)  # (N,)
+    num_positive = positive.sum(dim=1)  # (N,)
+    used = has_negative & (num_positive > 0)  # (N,)
+
+    # Rows without any negative would give logsumexp(-inf…) = -inf and a NaN gradient even
+    # when masked out later, so they are neutralised before the reduction.
+    masked = logits.masked_fill(~negative, float("-inf"))
+    masked = masked.masked_fill(~has_negative.unsqueeze(1), 0.0)
+    negative_lse = torch.logsumexp(masked, dim=1)  # (N,)
+
+    own = torch.where(valid, labels, torch.zeros_like(labels))  # (M,) safe index
+    positive_logit = logits.gather(0, own.unsqueeze(0)).squeeze(0)  # (M,)
+    # -L_a = log(1 + exp(lse_neg - s_pos)) = softplus(lse_neg - s_pos): stable at any τ.
+    per_pixel = F.softplus(negative_lse[own] - positive_logit)  # (M,)
+    per_pixel = torch.where(valid & used[own], per_pixel, torch.zeros_like(per_pixel))
+    per_anchor = torch.mv(positive.to(per_pixel.dtype), per_pixel)  # (N,)
+    per_anchor = per_anchor / num_positive.clamp(min=1).to(per_pixel.dtype)
+    num_used = used.sum()
+    if int(num_used) == 0:
+        return logits.sum() * 0.0
+    return per_anchor[used].sum() / num_used.to(per_pixel.dtype)
+
+
+def pixel_anchor_loss(
+    anchors: torch.Tensor,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    negative_mask: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Pixel-anchor loss of eq. 3–4 for one layer (the λ-weighted sum is the caller's).
+
+    Args:
+        anchors: (N, D) (fused) representative anchors.
+        embeddings: (M, D) pixel embeddings.
+        labels: (M,) class id per pixel; ``ignore_index`` pixels are skipped.
+        temperature: τ > 0.
+        negative_mask: optional (N, M) bool restricting each anchor's negatives.
+        ignore_index: label value of unlabelled pixels.
+
+    Returns:
+        Scalar loss, float32 (float64 for float64 inputs). See
+        :func:`pixel_anchor_loss_from_logits` for the exact reduction.
+    """
+    _check_rank(anchors, 2, "anchors", "(N, D)")
+    _check_rank(embeddings, 2, "embeddings", "(M, D)")
+    _check_rank(labels, 1, "labels", "(M,)")
+    n, d = anchors.shape
+    m = embeddings.shape[0]
+    if embeddings.shape[1] != d:
+        raise ValueError(
+            f"embeddings must have shape (M, D) with D={d} as anchors, got "
+            f"{tuple(embeddings.shape)}"
+        )
+    if labels.shape[0] != m:
+        raise ValueError(f"labels must have shape (M,) = ({m},), got {tuple(labels.shape)}")
+    if negative_mask is not None and (
+        negative_mask.dtype != torch.bool or negative_mask.shape != (n, m)
+    ):
+        raise ValueError(
+            f"negative_mask must be a bool tensor of shape (N, M) = {(n, m)}, got "
+            f"{negative_mask.dtype} {tuple(negative_mask.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_labels(labels, n, ignore_index)
+    dtype = compute_dtype(anchors, embeddings)
+    with _no_autocast(anchors.device):
+        logits = anchors.to(dtype) @ embeddings.to(dtype).t() / temperature  # (N, M)
+        return pixel_anchor_loss_from_logits(logits, labels, negative_mask, ignore_index)
+
+
+# --------------------------------------------------------------------------------------------
+# BANE: error maps (eq. 6), exact Euclidean distance transform (eq. 7), selection
+# --------------------------------------------------------------------------------------------
+
+
+def class_error_maps(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """Class-wise binary error maps of eq. 6: ``B^n = (pred != n) & (target == n)``.
+
+    Args:
+        pred: (B, H, W) predicted class ids in [0, N).
+        target: (B, H, W) ground-truth ids, ``ignore_index`` allowed (never an error).
+
+    Returns:
+        (B, N, H, W) bool.
+    """
+    _check_rank(pred, 3, "pred", "(B, H, W)")
+    _check_rank(target, 3, "target", "(B, H, W)")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    check_labels(target, num_classes, ignore_index, "target")
+    _check_integer(pred, "pred")
+    if bool(((pred < 0) | (pred >= num_classes)).any()):
+        raise ValueError(f"pred contains values outside [0, {num_classes})")
+    classes = torch.arange(num_classes, device=target.device).view(1, num_classes, 1, 1)
+    return (target.unsqueeze(1) == classes) & (pred.unsqueeze(1) != classes)
+
+
+def _row_runs_distance(true_index: torch.Tensor, width: int) -> torch.Tensor:
+    """Distance along its row from each True pixel to the nearest False pixel (inf: none).
+
+    true_index: (E,) sorted flat indices of the True pixels of maps laid out (K, H, W).
+    Consecutive indices on one row form a run of True pixels; a pixel's distance is to the
+    False pixel just outside its run, unless the run touches the row's end.
+    """
+    column = true_index % width
+    previous = torch.cat([true_index.new_full((1,), -2), true_index[:-1]])
+    following = torch.cat([true_index[1:], true_index.new_full((1,), -2)])
+    run_start = (column == 0) | (previous != true_index - 1)  # (E,)
+    run_end = (column == width - 1) | (following != true_index + 1)  # (E,)
+    run_id = torch.cumsum(run_start, 0) - 1  # (E,)
+    start = true_index[run_start][run_id]
+    end = true_index[run_end][run_id]
+    inf = torch.tensor(float("inf"), device=true_index.device)
+    left = torch.where(start % width == 0, inf, (true_index - start + 1).float())
+    right = torch.where(end % width == width - 1, inf, (end - true_index + 1).float())
+    return torch.minimum(left, right)
+
+
+def _column_envelope(
+    buffer: torch.Tensor, true_index: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Exact squared distance of each True pixel: ``min_d d² + g²[pixel + d·W]``.
+
+    buffer: flat (K·H·W + 1,) squared row distances g² (0 on False pixels) followed by one
+    +inf sentinel that stands in for rows outside the map. Offsets d = ±1, ±2, … are tried
+    in order; a pixel leaves the work set once (d + 1)² cannot beat its current value, so
+    thin error regions need a handful of passes over few pixels.
+    """
+    sentinel = buffer.numel() - 1
+    best = buffer[true_index]  # (E,)
+    result = best.clone()
+    slot = torch.arange(true_index.numel(), device=true_index.device)
+    index, row = true_index, (true_index // width) % height
+    offset = 1
+    while offset < height:
+        above = torch.where(row >= offset, index - offset * width, sentinel)
+        below = torch.where(row < height - offset, index + offset * width, sentinel)
+        best = torch.minimum(best, torch.minimum(buffer[above], buffer[below]) + offset * offset)
+        offset += 1
+        still = best > offset * offset
+        keep = torch.nonzero(still).squeeze(1)
+        if keep.numel() == 0:
+            break
+        # Finished pixels may stay in the work set (later offsets cannot lower them), so it
+        # is compacted only when it shrank enough to pay for the copies.
+        if keep.numel() < 0.75 * index.numel():
+            result.index_copy_(0, slot, best)
+            slot, index, row, best = slot[keep], index[keep], row[keep], best[keep]
+    result.index_copy_(0, slot, best)
+    return result
+
+
+def distance_transform(mask: torch.Tensor) -> torch.Tensor:
+    """Exact Euclidean distance transform, batched over all leading dimensions.
+
+    For every True pixel, the Euclidean distance to the nearest False pixel of the same 2-D
+    map; 0 on False pixels; ``+inf`` everywhere in a map that has no False pixel. Same values
+    as ``scipy.ndimage.distance_transform_edt`` on maps that have a False pixel.
+
+    Separable and sparse: work is done only on the True pixels. First each True pixel's
+    distance along its row (the run of True pixels it sits in), then the exact min-plus pass
+    along its column, ``D² = min_d d² + g²(row ± d)``, stopping per pixel as soon as no larger
+    offset can win (eq. 7). Everything runs on ``mask.device``.
+
+    Args:
+        mask: (..., H, W) bool.
+
+    Returns:
+        (..., H, W) float32 (float64 when H² + W² ≥ 2²⁴, to keep squared distances exact).
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be a bool tensor of shape (..., H, W), got "
+            f"{getattr(mask, 'dtype', type(mask))}"
+        )
+    if mask.dim() < 2:
+        raise ValueError(f"mask must have shape (..., H, W), got {tuple(mask.shape)}")
+    h, w = mask.shape[-2:]
+    numel = mask.numel()
+    dtype = torch.float32 if h * h + w * w < 2**24 else torch.float64
+    # One flat buffer: squared row distances during the work, the result at the end, and a
+    # trailing +inf sentinel for out-of-map reads.
+    buffer = torch.zeros(numel + 1, dtype=dtype, device=mask.device)
+    buffer[numel] = float("inf")
+    out = buffer[:numel].view(mask.shape)
+    if numel == 0:
+        return out
+    true_index = torch.nonzero(mask.reshape(-1)).squeeze(1)  # (E,) sorted
+    if true_index.numel() == 0:
+        return out
+    map_id = torch.div(true_index, h * w, rounding_mode="floor")  # (E,)
+    true_count = torch.bincount(map_id, minlength=numel // (h * w))  # (K,)
+    full = true_count == h * w  # (K,) maps without a False pixel
+    if bool(full.any()):
+        finite = ~full[map_id]
+        buffer[true_index[~finite]] = float("inf")
+        true_index = true_index[finite]
+    if true_index.numel() > 0:
+        buffer[true_index] = _row_runs_distance(true_index, w).to(dtype).square()
+        squared = _column_envelope(buffer, true_index, h, w)
+        buffer[true_index] = squared.sqrt()
+    return out
+
+
+def _ceil_fraction(ratio: float, counts: torch.Tensor) -> torch.Tensor:
+    """⌈ratio · count⌉ without float artefacts such as 0.7 · 10 = 7.000000000000001."""
+    product = ratio * counts.to(torch.float64)
+    return torch.ceil(product * (1.0 - 1e-12)).to(torch.long)
+
+
+def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boundary-aware negatives: per class, the error pixels nearest to their region's edge.
+
+    For each class n, over the whole batch, selects the ⌈ratio · count_n⌉ error pixels of
+    class n with the smallest distance (ties broken arbitrarily).
+
+    Args:
+        distance: (B, N, H, W) float, e.g. ``distance_transform(error_maps)``.
+        error_maps: (B, N, H, W) bool, eq. 6.
+        ratio: K in [0, 1]; 0 selects nothing, 1 selects every error pixel.
+
+    Returns:
+        (B, N, H, W) bool, a subset of ``error_maps``.
+    """
+    _check_rank(error_maps, 4, "error_maps", "(B, N, H, W)")
+    if error_maps.dtype != torch.bool:
+        raise ValueError(f"error_maps must be bool, got {error_maps.dtype}")
+    if distance.shape != error_maps.shape:
+        raise ValueError(
+            f"distance must have the shape of error_maps {tuple(error_maps.shape)}, got "
+            f"{tuple(distance.shape)}"
+        )
+    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
+        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
+    if ratio == 0:
+        return torch.zeros_like(error_maps)
+    if ratio == 1:
+        return error_maps.clone()
+    num_classes = error_maps.shape[1]
+    index = torch.nonzero(error_maps)  # (E, 4): b, n, h, w
+    cls = index[:, 1]
+    dist = distance[index[:, 0], cls, index[:, 2], index[:, 3]]  # (E,)
+    # Stable sorts: by distance, then by class, leaves each class's pixels nearest-first.
+    order = torch.argsort(dist, stable=True)
+    order = order[torch.argsort(cls[order], stable=True)]
+    counts = torch.bincount(cls, minlength=num_classes)  # (N,)
+    starts = torch.cumsum(counts, 0) - counts
+    sorted_cls = cls[order]
+    rank = torch.arange(order.numel(), device=order.device) - starts[sorted_cls]
+    chosen = index[order[rank < _ceil_fraction(ratio, counts)[sorted_cls]]]  # (S, 4)
+    selected = torch.zeros_like(error_maps)
+    selected[chosen[:, 0], chosen[:, 1], chosen[:, 2], chosen[:, 3]] = True
+    return selected
+
+
+def hard_negative_mask(
+    hard: torch.Tensor, pred: torch.Tensor, num_classes: int, fallback: bool = True
+) -> torch.Tensor:
+    """Turn selected error pixels into per-anchor negative masks.
+
+    A pixel of class n predicted as m is a hard negative for the anchor of m (the class it
+    was confused with), so row m of the mask holds the selected pixels predicted as m.
+
+    Args:
+        hard: (M,) bool, the selected error pixels.
+        pred: (M,) predicted class per pixel.
+        num_classes: N.
+        fallback: rows (anchors) with no hard negative become all-True, i.e. keep their
+            ordinary negatives; without it such anchors drop out of the loss.
+
+    Returns:
+        (N, M) bool, for ``pixel_anchor_loss(negative_mask=...)``.
+    """
+    classes = torch.arange(num_classes, device=pred.device).unsqueeze(1)  # (N, 1)
+    mask = (pred.unsqueeze(0) == classes) & hard.unsqueeze(0)  # (N, M)
+    if fallback:
+        mask = mask | ~mask.any(dim=1, keepdim=True)
+    return mask

@@ -1,0 +1,277 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contextrast import ContextrastLoss
+from contextrast.contrast.losses import resize_labels
+from tests import reference as ref
+
+N = 3
+
+
+def make_inputs(channels=(4, 6), sizes=((8, 10), (4, 5)), batch=2, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    features = [
+        torch.randn(batch, c, *s, generator=g, dtype=dtype).requires_grad_()
+        for c, s in zip(channels, sizes)
+    ]
+    target = torch.randint(0, N, (batch, 16, 20), generator=g)
+    target[0, :2, :] = 255
+    logits = torch.randn(batch, N, 8, 10, generator=g, dtype=dtype)
+    return features, logits, target
+
+
+def reference_loss(module, features, logits, target, hard=None):
+    """Whole CCL + BANE loss from the paper's equations with NumPy loops."""
+    with torch.no_grad():
+        embeddings = [head(f).numpy() for head, f in zip(module.heads, features)]
+    pred = logits.argmax(1).numpy()
+    tgt = target.numpy()
+    per_layer, anchors, present = [], [], []
+    for e in embeddings:
+        a, p = ref.anchors(e, ref.nearest(tgt, *e.shape[-2:]), N)
+        anchors.append(a)
+        present.append(p)
+    for i, e in enumerate(embeddings):
+        h, w = e.shape[-2:]
+        fused = anchors[i].copy()
+        if i < len(embeddings) - 1:
+            for c in range(N):
+                if present[-1][c]:
+                    fused[c] = (1 - module.w_high) * anchors[i][c] + module.w_high * anchors[-1][c]
+        labels = ref.nearest(tgt, h, w).reshape(-1)
+        layer_pred = ref.nearest(pred, h, w).reshape(-1)
+        mask = None
+        if module.bane_ratio > 0:
+            selected = hard[i] if hard is not None else np.zeros_like(labels, dtype=bool)
+            mask = np.ones((N, labels.size), dtype=bool)
+            for c in range(N):
+                row = selected & (layer_pred == c)
+                if row.any():
+                    mask[c] = row
+        flat = e.transpose(0, 2, 3, 1).reshape(-1, e.shape[1])
+        per_layer.append(ref.pixel_anchor_loss(fused, flat, labels, module.temperature, mask))
+    total = sum(lam * x for lam, x in zip(module.layer_weights, per_layer))
+    return module.loss_weight * total, per_layer
+
+
+def reference_bane(module, features, logits, target):
+    """Hard-negative pixels per layer by brute force (scipy EDT, sorting per class)."""
+    pred = logits.argmax(1).numpy()
+    tgt = target.numpy()
+    out = []
+    for f in features:
+        h, w = f.shape[-2:]
+        labels, layer_pred = ref.nearest(tgt, h, w), ref.nearest(pred, h, w)
+        chosen = np.zeros(labels.shape, dtype=bool)
+        for c in range(N):
+            errors = (layer_pred != c) & (labels == c)
+            dist = ref.edt(errors)
+            values = dist[errors]
+            k = ref.ceil_ratio(module.bane_ratio, values.size)
+            if k:
+                threshold = np.sort(values)[k - 1]
+                chosen |= errors & (dist <= threshold)  # ties: all of them (checked below)
+        out.append(chosen.reshape(-1))
+    return out
+
+
+def test_plain_ccl_matches_reference():
+    features, logits, target = make_inputs()
+    module = ContextrastLoss(N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), bane_ratio=0.0)
+    module.double()
+    terms = module.terms(features, logits, target)
+    want, want_layers = reference_loss(module, features, logits, target)
+    assert terms.loss.item() == pytest.approx(want, rel=1e-9)
+    np.testing.assert_allclose(terms.layer_losses.numpy(), want_layers, rtol=1e-9)
+    assert terms.hard_negatives.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+def test_bane_loss_matches_reference(ratio):
+    features, logits, target = make_inputs(seed=4)
+    module = ContextrastLoss(
+        N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), bane_ratio=ratio, w_high=0.3
+    )
+    module.double()
+    with torch.no_grad():
+        embeddings = [head(f) for head, f in zip(module.heads, features)]
+    # The selection is checked against the brute force up to ties; the loss is then
+    # recomputed from the module's own selection so that tie-breaking cannot matter.
+    hard = []
+    brute = reference_bane(module, features, logits, target)
+    pred = logits.argmax(1)
+    for e, allowed in zip(embeddings, brute):
+        size = e.shape[-2:]
+        layer_pred = resize_labels(pred, tuple(size))
+        chosen = module.sampler(layer_pred, resize_labels(target, tuple(size)), N).reshape(-1)
+        assert not (chosen.numpy() & ~allowed).any()
+        hard.append(chosen.numpy())
+    terms = module.terms(features, logits, target)
+    want, _ = reference_loss(module, features, logits, target, hard)
+    assert terms.loss.item() == pytest.approx(want, rel=1e-9)
+    assert terms.hard_negatives.tolist() == [int(h.sum()) for h in hard]
+    assert terms.hard_negatives.min() > 0
+
+
+def test_bane_changes_the_loss_and_ratio_zero_is_plain_ccl():
+    features, logits, target = make_inputs(seed=5)
+    torch.manual_seed(0)
+    plain = ContextrastLoss(N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), bane_ratio=0.0)
+    torch.manual_seed(0)
+    bane = ContextrastLoss(N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), bane_ratio=0.5)
+    plain.double(), bane.double()
+    assert plain(features, logits, target).item() != pytest.approx(
+        bane(features, logits, target).item(), rel=1e-3
+    )
+    include = ContextrastLoss(
+        N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), hard_negatives="include"
+    )
+    include.load_state_dict(plain.state_dict())
+    include.double()
+    # Without a pixel bound, keeping every ordinary negative is plain CCL.
+    assert include(features, logits, target).item() == pytest.approx(
+        plain(features, logits, target).item(), rel=1e-12
+    )
+
+
+def test_w_high_zero_is_independent_layers_and_one_uses_last_anchors():
+    features, logits, target = make_inputs(seed=6)
+    module = ContextrastLoss(N, [4, 6], embed_dim=5, layer_weights=(1.0, 0.0), bane_ratio=0.0)
+    module.double()
+    with torch.no_grad():
+        e0 = module.heads[0](features[0])
+    lab0 = resize_labels(target, tuple(e0.shape[-2:]))
+    a0, _ = ref.anchors(e0.numpy(), lab0.numpy(), N)
+    flat = e0.permute(0, 2, 3, 1).reshape(-1, 5).numpy()
+    module.w_high = 0.0
+    alone = ref.pixel_anchor_loss(a0, flat, lab0.reshape(-1).numpy(), 0.1)
+    assert module(features, logits, target).item() == pytest.approx(0.1 * alone, rel=1e-9)
+    module.w_high = 1.0
+    with torch.no_grad():
+        e1 = module.heads[1](features[1])
+    a1, _ = ref.anchors(e1.numpy(), resize_labels(target, (4, 5)).numpy(), N)
+    top = ref.pixel_anchor_loss(a1, flat, lab0.reshape(-1).numpy(), 0.1)
+    assert module(features, logits, target).item() == pytest.approx(0.1 * top, rel=1e-9)
+
+
+def test_gradients_reach_every_projection_head_and_feature():
+    features, logits, target = make_inputs(channels=(3, 4, 5, 6), sizes=((8, 10),) * 4)
+    features = [f.detach().float().requires_grad_() for f in features]
+    module = ContextrastLoss(N, [3, 4, 5, 6], embed_dim=8)
+    loss = module(features, logits.float(), target)
+    loss.backward()
+    assert loss.item() > 0
+    for i, head in enumerate(module.heads):
+        grads = [p.grad for p in head.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), i
+        assert any(g.abs().sum() > 0 for g in grads), i
+    for f in features:
+        assert f.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("channels", "sizes"),
+    [((7,), ((6, 6),)), ((2, 3, 4), ((16, 20), (7, 9), (3, 2)))],
+)
+def test_any_number_of_layers_and_resolutions(channels, sizes):
+    features, logits, target = make_inputs(channels, sizes, dtype=torch.float32)
+    module = ContextrastLoss(N, channels, embed_dim=4, layer_weights=[1.0] * len(channels))
+    terms = module.terms(features, logits, target)
+    assert terms.layer_losses.shape == (len(channels),)
+    assert torch.isfinite(terms.loss)
+    terms.loss.backward()
+
+
+def test_bfloat16_inputs_do_not_produce_nan():
+    features, logits, target = make_inputs(dtype=torch.float32, seed=8)
+    module = ContextrastLoss(N, [4, 6], embed_dim=8, layer_weights=(0.4, 1.0), temperature=0.01)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = module(features, logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    module_bf16 = ContextrastLoss(N, [4, 6], embed_dim=8, layer_weights=(0.4, 1.0)).bfloat16()
+    features16 = [f.detach().bfloat16().requires_grad_() for f in features]
+    loss16 = module_bf16(features16, logits.bfloat16(), target)
+    loss16.backward()
+    assert torch.isfinite(loss16)
+    assert all(torch.isfinite(f.grad).all() for f in features16)
+
+
+def test_all_ignore_target_gives_zero_with_graph():
+    features, logits, target = make_inputs(dtype=torch.float32)
+    module = ContextrastLoss(N, [4, 6], embed_dim=4, layer_weights=(0.4, 1.0))
+    loss = module(features, logits, torch.full_like(target, 255))
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+def test_max_pixels_bounds_the_matrix_and_keeps_hard_negatives():
+    features, logits, target = make_inputs(seed=9, dtype=torch.float32)
+    base = ContextrastLoss(N, [4, 6], embed_dim=4, layer_weights=(0.4, 1.0))
+    big = ContextrastLoss(N, [4, 6], embed_dim=4, layer_weights=(0.4, 1.0), max_pixels=10_000)
+    big.load_state_dict(base.state_dict())
+    assert big(features, logits, target).item() == pytest.approx(
+        base(features, logits, target).item(), rel=1e-6
+    )
+    small = ContextrastLoss(N, [4, 6], embed_dim=4, layer_weights=(0.4, 1.0), max_pixels=60)
+    small.load_state_dict(base.state_dict())
+    full_terms = base.terms(features, logits, target)
+    small_terms = small.terms(features, logits, target)
+    assert torch.isfinite(small_terms.loss)
+    # Every hard negative fits in 60 pixels here, so all of them are kept.
+    assert full_terms.hard_negatives[0] <= 60
+    assert torch.equal(small_terms.hard_negatives, full_terms.hard_negatives)
+
+
+def test_resize_labels_matches_interpolate_nearest():
+    labels = torch.randint(0, 255, (2, 13, 17))
+    for size in [(4, 5), (13, 17), (26, 9), (1, 1)]:
+        want = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        assert torch.equal(resize_labels(labels, size), want)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layer_weights": (1.0,)}, "layer_weights has 1 entries but in_channels has 2"),
+        ({"bane_ratio": 1.5}, "bane_ratio must be a number in"),
+        ({"w_high": -0.1}, "w_high must be a number in"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"hard_negatives": "mix"}, "unknown hard_negatives 'mix'; choose from"),
+        ({"ignore_index": 1}, "ignore_index=1 collides"),
+        ({"max_pixels": 0}, "max_pixels must be a positive int"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs, match):
+    args = {"layer_weights": (0.4, 1.0), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        ContextrastLoss(N, [4, 6], **args)
+
+
+def test_forward_rejects_bad_inputs():
+    features, logits, target = make_inputs(dtype=torch.float32)
+    module = ContextrastLoss(N, [4, 6], embed_dim=4, layer_weights=(0.4, 1.0))
+    with pytest.raises(ValueError, match="features must be a list of 2 maps"):
+        module(features[:1], logits, target)
+    with pytest.raises(ValueError, match=r"features\[1\] must have shape .* C=6"):
+        module([features[0], features[0]], logits, target)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        module(features, logits[:, :2], target)
+    with pytest.raises(ValueError, match="target must have shape"):
+        module(features, logits, target[0])
+    bad = target.clone()
+    bad[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"target contains values \[7\]"):
+        module(features, logits, bad)
+
+
+def test_default_layer_weights_are_the_papers():
+    module = ContextrastLoss(19, [48, 96, 192, 384])
+    assert module.layer_weights == [0.1, 0.4, 0.7, 1.0]
+    assert (module.w_high, module.bane_ratio, module.loss_weight) == (0.7, 0.5, 0.1)
+    assert module.temperature == 0.1 and math.isclose(1 - module.w_high, 0.3)
+    assert [h.net[-1].out_channels for h in module.heads] == [256] * 4

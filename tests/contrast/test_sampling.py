@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from contextrast.contrast import BaneSampler, PixelSubsampler, ProjectionHead
+
+
+def test_bane_sampler_picks_error_pixels_nearest_the_edge():
+    # GT: class 1 square 5×5; prediction misses it entirely (all class 0).
+    target = torch.zeros(1, 7, 7, dtype=torch.long)
+    target[0, 1:6, 1:6] = 1
+    pred = torch.zeros_like(target)
+    hard = BaneSampler(ratio=16 / 25)(pred, target, num_classes=2)
+    # The 16 rim pixels of the 5×5 error square are at distance 1, the inner 9 further.
+    ring = torch.zeros_like(hard)
+    ring[0, 1:6, 1:6] = True
+    ring[0, 2:5, 2:5] = False
+    assert torch.equal(hard, ring)
+    assert not BaneSampler(ratio=0)(pred, target, 2).any()
+    assert BaneSampler(ratio=1)(pred, target, 2).sum() == 25
+
+
+def test_bane_sampler_runs_without_grad_and_validates():
+    logits = torch.randn(1, 2, 4, 4, requires_grad=True)
+    hard = BaneSampler(0.5)(logits.argmax(1), torch.ones(1, 4, 4, dtype=torch.long), 2)
+    assert not hard.requires_grad
+    with pytest.raises(ValueError, match="bane ratio"):
+        BaneSampler(ratio=2)
+
+
+def test_pixel_subsampler_keeps_priority_and_skips_ignore():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 255, 1, 0, 255, 1, 0])
+    priority = torch.tensor([False, False, False, True, False, False, True, False])
+    keep = PixelSubsampler(max_pixels=4)(labels, priority)
+    assert keep.numel() == 4
+    kept = set(keep.tolist())
+    assert {3, 6} <= kept and not kept & {2, 5}
+    assert PixelSubsampler(max_pixels=6)(labels, priority) is None  # 6 valid pixels fit
+    assert PixelSubsampler(None)(labels) is None
+
+
+def test_projection_head_normalises():
+    head = ProjectionHead(5, embed_dim=3)
+    out = head(torch.randn(2, 5, 4, 4))
+    assert out.shape == (2, 3, 4, 4)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2, 4, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="embed_dim must be a positive int"):
+        ProjectionHead(5, embed_dim=0)

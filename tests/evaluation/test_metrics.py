@@ -1,0 +1,116 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from contextrast import metrics
+
+
+def test_confusion_matrix_hand_case():
+    target = torch.tensor([[0, 0, 1, 1, 255, 2]])
+    pred = torch.tensor([[0, 1, 1, 1, 2, 0]])
+    cm = metrics.confusion_matrix(pred, target, num_classes=3)
+    assert cm.dtype == torch.int64
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]  # rows = GT
+
+
+def test_confusion_matrix_matches_loop_and_accumulates():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 5, (2, 9, 11), generator=g)
+    target[target == 4] = 255
+    pred = torch.randint(0, 5, (2, 9, 11), generator=g)
+    cm = metrics.confusion_matrix(pred, target, 5)
+    want = np.zeros((5, 5), dtype=np.int64)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            want[t, p] += 1
+    assert cm.numpy().tolist() == want.tolist()
+    halves = metrics.confusion_matrix(pred[:1], target[:1], 5) + metrics.confusion_matrix(
+        pred[1:], target[1:], 5
+    )
+    assert torch.equal(halves, cm)
+
+
+def test_confusion_matrix_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"target contains values \[9\]"):
+        metrics.confusion_matrix(torch.tensor([0]), torch.tensor([9]), 3)
+    with pytest.raises(ValueError, match="pred must hold integer class ids"):
+        metrics.confusion_matrix(torch.tensor([3]), torch.tensor([0]), 3)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.confusion_matrix(torch.tensor([0, 1]), torch.tensor([0]), 3)
+
+
+def test_mean_iou_hand_case_with_absent_class():
+    cm = torch.tensor([[1, 1, 0], [0, 2, 0], [0, 0, 0]])
+    iou, miou = metrics.mean_iou(cm)
+    # class 0: 1 / (2 + 1 - 1) = 0.5; class 1: 2 / (2 + 3 - 2) = 2/3; class 2: absent.
+    assert iou.dtype == torch.float64
+    assert iou[0].item() == 0.5 and iou[1].item() == pytest.approx(2 / 3)
+    assert math.isnan(iou[2].item())
+    assert miou == pytest.approx((0.5 + 2 / 3) / 2)
+    assert metrics.pixel_accuracy(cm) == pytest.approx(3 / 4)
+    # A class only predicted (never in GT) has IoU 0, not NaN.
+    assert metrics.mean_iou(torch.tensor([[1, 1], [0, 0]])).iou.tolist() == [0.5, 0.0]
+
+
+def brute_band(target: np.ndarray, width: float) -> np.ndarray:
+    h, w = target.shape
+    band = np.zeros_like(target, dtype=bool)
+    for y in range(h):
+        for x in range(w):
+            for yy in range(h):
+                for xx in range(w):
+                    if target[yy, xx] != target[y, x] and math.hypot(y - yy, x - xx) <= width:
+                        band[y, x] = True
+    return band
+
+
+def test_boundary_band_hand_case():
+    target = torch.tensor([[0, 0, 0, 0, 1, 1]])
+    assert metrics.boundary_band(target, 1).tolist() == [[False, False, False, True, True, False]]
+    assert metrics.boundary_band(target, 2).tolist() == [[False, False, True, True, True, True]]
+    assert not metrics.boundary_band(torch.zeros(3, 3, dtype=torch.long), 5).any()
+
+
+@pytest.mark.parametrize("width", [1, 1.5, 3])
+def test_boundary_band_matches_brute_force(width):
+    g = torch.Generator().manual_seed(int(width * 10))
+    target = torch.randint(0, 3, (2, 3), generator=g).repeat_interleave(4, 0)
+    target = target.repeat_interleave(3, 1)  # 8×9 blocks
+    target[0, 0] = 255
+    band = metrics.boundary_band(target.unsqueeze(0), width)[0]
+    assert band.numpy().tolist() == brute_band(target.numpy(), width).tolist()
+
+
+def test_boundary_confusion_matrix_counts_only_the_band():
+    target = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    pred = torch.tensor([[1, 0, 0, 1, 1, 1, 1, 0]])
+    cm = metrics.boundary_confusion_matrix(pred, target, 2, width=1)
+    assert cm.tolist() == [[0, 1], [0, 1]]  # band = pixels 3 and 4 only
+
+
+def test_feature_metrics_hand_case():
+    s = 1 / math.sqrt(2)
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.0], [9, 9]])
+    labels = torch.tensor([0, 0, 1, 1, 2, 255])
+    out = metrics.feature_metrics(emb, labels, ks=(1, 2, 5))
+    # Classes 0 and 1: ordered pairs (incl. j = k) 0, √2, √2, 0 -> √2 / 2; class 2: 0.
+    assert out["A"] == pytest.approx((2 * math.sqrt(2) / 2) / 3)
+    d01 = 2.0
+    d02 = math.dist((s, s), (1, 0))
+    d12 = math.dist((-s, -s), (1, 0))
+    assert out["U"] == pytest.approx((d01 + d02 + d12) / 3)
+    assert out["U_1"] == pytest.approx((min(d01, d02) + min(d01, d12) + min(d02, d12)) / 3)
+    assert out["U_2"] == pytest.approx(out["U"])
+    assert out["U_5"] == pytest.approx(out["U"])  # k above C − 1 uses all neighbours
+    assert set(out) == {"A", "U", "U_1", "U_2", "U_5"}
+
+
+def test_feature_metrics_single_class_and_bad_input():
+    out = metrics.feature_metrics(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+    assert out["A"] > 0 and math.isnan(out["U"]) and math.isnan(out["U_3"])
+    with pytest.raises(ValueError, match="embeddings must be"):
+        metrics.feature_metrics(torch.randn(4, 3), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one labelled"):
+        metrics.feature_metrics(torch.randn(2, 3), torch.full((2,), 255))

@@ -1,0 +1,307 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from contextrast import functional as CF
+from tests import reference as ref
+
+# ------------------------------------------------------------------ representative anchors
+
+
+def test_anchors_hand_case():
+    # Four pixels in one row: two of class 0, one of class 1, one ignored.
+    emb = torch.tensor([[1.0, 0.0, 1.0, 3.0], [0.0, 1.0, 1.0, 3.0]]).view(1, 2, 1, 4)
+    labels = torch.tensor([[[0, 0, 1, 255]]])
+    anchors, present = CF.representative_anchors(emb, labels, num_classes=3)
+    assert torch.allclose(anchors, torch.tensor([[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]]))
+    assert present.tolist() == [True, True, False]
+
+
+def test_anchors_match_brute_force_over_batch():
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (3, 4, 6), generator=g)
+    labels[0, 0, :3] = 255
+    anchors, present = CF.representative_anchors(emb, labels, num_classes=5)
+    want, want_present = ref.anchors(emb.numpy(), labels.numpy(), 5)
+    assert anchors.dtype == torch.float64
+    np.testing.assert_allclose(anchors.numpy(), want, atol=1e-12)
+    assert present.numpy().tolist() == want_present.tolist()
+
+
+def test_anchor_gradient_is_one_over_count():
+    emb = torch.zeros(1, 2, 2, 2, requires_grad=True)
+    labels = torch.tensor([[[0, 0], [0, 1]]])
+    anchors, _ = CF.representative_anchors(emb, labels, num_classes=2)
+    anchors.sum().backward()
+    # Class 0 has 3 pixels, class 1 one: d(sum of anchors)/dv = 1/count in every channel.
+    expected = torch.tensor([[1 / 3, 1 / 3], [1 / 3, 1.0]]).expand(1, 2, 2, 2)
+    assert torch.allclose(emb.grad, expected)
+
+
+@pytest.mark.parametrize(
+    ("emb_shape", "label_shape", "match"),
+    [((2, 3, 4), (2, 3, 4), "embeddings must have shape"), ((1, 2, 3, 4), (1, 3, 5), "labels")],
+)
+def test_anchors_reject_bad_shapes(emb_shape, label_shape, match):
+    with pytest.raises(ValueError, match=match):
+        CF.representative_anchors(torch.zeros(emb_shape), torch.zeros(label_shape).long(), 2)
+
+
+def test_anchors_reject_labels_outside_classes():
+    with pytest.raises(ValueError, match=r"values \[7\] outside \[0, 3\)"):
+        CF.representative_anchors(torch.zeros(1, 2, 1, 2), torch.tensor([[[0, 7]]]), 3)
+
+
+# ------------------------------------------------------------------ pixel-anchor loss
+
+
+def test_pixel_anchor_loss_hand_case():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    # Each anchor: one positive at similarity 1, one negative at 0, τ = 1:
+    # -log(e / (e + 1)) = log(1 + 1/e).
+    loss = CF.pixel_anchor_loss(anchors, emb, labels, temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+
+
+def test_pixel_anchor_loss_averages_positives_then_anchors():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    emb = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    loss = CF.pixel_anchor_loss(anchors, emb, labels, temperature=1.0)
+    # Anchor 0: positives at s = 1 and s = 0, negative at 0.
+    a0 = (math.log(1 + math.exp(-1)) + math.log(2)) / 2
+    # Anchor 1: positive at 1, negatives at 0 and 0.
+    a1 = -math.log(math.e / (math.e + 2))
+    assert loss.item() == pytest.approx((a0 + a1) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.1, 1.0])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_pixel_anchor_loss_matches_loop(tau, with_mask):
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64))
+    emb = torch.nn.functional.normalize(torch.randn(40, 8, generator=g, dtype=torch.float64))
+    labels = torch.randint(0, 4, (40,), generator=g)
+    labels[::7] = 255
+    mask = torch.rand(4, 40, generator=g) > 0.5 if with_mask else None
+    loss = CF.pixel_anchor_loss(anchors, emb, labels, tau, mask)
+    want = ref.pixel_anchor_loss(
+        anchors.numpy(), emb.numpy(), labels.numpy(), tau, None if mask is None else mask.numpy()
+    )
+    assert loss.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_pixel_anchor_loss_is_stable_at_low_temperature():
+    g = torch.Generator().manual_seed(2)
+    anchors = torch.nn.functional.normalize(torch.randn(3, 16, generator=g)).requires_grad_()
+    emb = torch.nn.functional.normalize(torch.randn(5000, 16, generator=g)).requires_grad_()
+    labels = torch.randint(0, 3, (5000,), generator=g)
+    loss = CF.pixel_anchor_loss(anchors, emb, labels, temperature=0.01)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(anchors.grad).all() and torch.isfinite(emb.grad).all()
+    assert loss.item() > 1.0  # random embeddings at τ = 0.01 are far from solved
+
+
+def test_pixel_anchor_loss_is_zero_with_graph_when_no_anchor_qualifies():
+    anchors = torch.randn(2, 4, requires_grad=True)
+    emb = torch.randn(5, 4, requires_grad=True)
+    # Only class 0 present: it has positives but no negatives; class 1 has no positives.
+    loss = CF.pixel_anchor_loss(anchors, emb, torch.zeros(5, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.count_nonzero(emb.grad) == 0
+    all_ignore = CF.pixel_anchor_loss(anchors, emb, torch.full((5,), 255))
+    assert all_ignore.item() == 0.0 and all_ignore.requires_grad
+
+
+def test_pixel_anchor_loss_bfloat16_inputs():
+    g = torch.Generator().manual_seed(3)
+    anchors = torch.nn.functional.normalize(torch.randn(3, 16, generator=g))
+    emb = torch.nn.functional.normalize(torch.randn(200, 16, generator=g))
+    labels = torch.randint(0, 3, (200,), generator=g)
+    full = CF.pixel_anchor_loss(anchors, emb, labels, temperature=0.01)
+    half = CF.pixel_anchor_loss(anchors.bfloat16(), emb.bfloat16(), labels, temperature=0.01)
+    assert torch.isfinite(half) and half.dtype == torch.float32
+    assert half.item() == pytest.approx(full.item(), rel=0.05)
+
+
+def test_pixel_anchor_loss_rejects_bad_input():
+    anchors, emb = torch.zeros(2, 3), torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="embeddings must have shape"):
+        CF.pixel_anchor_loss(anchors, torch.zeros(4, 5), torch.zeros(4).long())
+    with pytest.raises(ValueError, match="labels must have shape"):
+        CF.pixel_anchor_loss(anchors, emb, torch.zeros(3).long())
+    with pytest.raises(ValueError, match="negative_mask"):
+        CF.pixel_anchor_loss(anchors, emb, torch.zeros(4).long(), negative_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        CF.pixel_anchor_loss(anchors, emb, torch.zeros(4).long(), temperature=0)
+    with pytest.raises(ValueError, match="outside"):
+        CF.pixel_anchor_loss(anchors, emb, torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="integer"):
+        CF.pixel_anchor_loss(anchors, emb, torch.zeros(4))
+
+
+# ------------------------------------------------------------------ error maps
+
+
+def test_class_error_maps_hand_case():
+    target = torch.tensor([[[0, 0, 1, 255]]])
+    pred = torch.tensor([[[0, 1, 0, 1]]])
+    maps = CF.class_error_maps(pred, target, num_classes=2)
+    assert maps.shape == (1, 2, 1, 4)
+    assert maps[0, 0, 0].tolist() == [False, True, False, False]  # GT 0 predicted as 1
+    assert maps[0, 1, 0].tolist() == [False, False, True, False]  # GT 1 predicted as 0
+
+
+def test_class_error_maps_reject_bad_pred():
+    with pytest.raises(ValueError, match="pred contains values"):
+        CF.class_error_maps(torch.tensor([[[3]]]), torch.tensor([[[0]]]), 2)
+    with pytest.raises(ValueError, match="same shape"):
+        CF.class_error_maps(torch.zeros(1, 2, 2).long(), torch.zeros(1, 2, 3).long(), 2)
+
+
+# ------------------------------------------------------------------ distance transform
+
+
+def test_distance_transform_hand_case():
+    mask = torch.tensor(
+        [
+            [0, 0, 0, 0, 0],
+            [0, 1, 1, 1, 0],
+            [0, 1, 1, 1, 0],
+            [0, 1, 1, 1, 0],
+            [0, 0, 0, 0, 0],
+        ],
+        dtype=torch.bool,
+    )
+    d = CF.distance_transform(mask)
+    assert d[2, 2].item() == 2.0 and d[1, 1].item() == 1.0 and d[0, 0].item() == 0.0
+    # A single False pixel in a corner: distances are plain Euclidean norms.
+    corner = torch.ones(3, 4, dtype=torch.bool)
+    corner[0, 0] = False
+    expected = torch.tensor([[math.hypot(i, j) for j in range(4)] for i in range(3)])
+    assert torch.allclose(CF.distance_transform(corner), expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (5, 1, 40), (4, 31, 1), (1, 64, 64)])
+@pytest.mark.parametrize("density", [0.3, 0.9, 0.995])
+def test_distance_transform_matches_scipy(shape, density):
+    g = torch.Generator().manual_seed(sum(shape) + int(density * 1000))
+    mask = torch.rand(shape, generator=g) < density
+    got = CF.distance_transform(mask)
+    assert got.shape == mask.shape and got.device == mask.device
+    np.testing.assert_allclose(got.numpy(), ref.edt(mask.numpy()), atol=1e-4)
+
+
+def test_distance_transform_blobs_match_scipy():
+    # Large regions need many column offsets: the early-exit path must stay exact.
+    mask = torch.zeros(2, 60, 90, dtype=torch.bool)
+    mask[0, 5:55, 10:80] = True
+    mask[1, :, 30:] = True
+    mask[1, 20:25, 50:52] = False
+    np.testing.assert_allclose(
+        CF.distance_transform(mask).numpy(), ref.edt(mask.numpy()), atol=1e-4
+    )
+
+
+def test_distance_transform_special_maps():
+    mask = torch.zeros(3, 4, 5, dtype=torch.bool)
+    mask[1] = True  # no False pixel
+    mask[2, 1, 1] = True
+    d = CF.distance_transform(mask)
+    assert (d[0] == 0).all()
+    assert torch.isinf(d[1]).all()
+    assert d[2, 1, 1] == 1.0 and d[2].sum() == 1.0
+    assert CF.distance_transform(torch.zeros(0, 4, 4, dtype=torch.bool)).shape == (0, 4, 4)
+
+
+def test_distance_transform_uses_float64_when_float32_is_not_exact():
+    mask = torch.ones(4097, 1, dtype=torch.bool)
+    mask[0, 0] = False
+    d = CF.distance_transform(mask)
+    assert d.dtype == torch.float64 and d[4096, 0].item() == 4096.0
+
+
+def test_distance_transform_rejects_non_bool():
+    with pytest.raises(ValueError, match="bool"):
+        CF.distance_transform(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"\(\.\.\., H, W\)"):
+        CF.distance_transform(torch.zeros(3, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------ BANE selection
+
+
+def test_bane_select_hand_case():
+    errors = torch.zeros(1, 1, 3, 7, dtype=torch.bool)
+    errors[0, 0, 1, 1:6] = True  # a 1×5 error strip: distances 1 everywhere
+    distance = torch.zeros(1, 1, 3, 7)
+    distance[0, 0, 1, 1:6] = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0])
+    chosen = CF.bane_select(distance, errors, 0.5)
+    # ⌈0.5 · 5⌉ = 3: both 1s and one of the 2s.
+    assert chosen.sum() == 3
+    assert chosen[0, 0, 1, 1] and chosen[0, 0, 1, 5] and not chosen[0, 0, 1, 3]
+    assert chosen[0, 0, 1, 2] ^ chosen[0, 0, 1, 4]
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7, 0.999])
+def test_bane_select_is_nearest_first_per_class_over_batch(ratio):
+    g = torch.Generator().manual_seed(int(ratio * 100))
+    target = torch.randint(0, 4, (3, 12, 14), generator=g)
+    pred = torch.randint(0, 4, (3, 12, 14), generator=g)
+    errors = CF.class_error_maps(pred, target, 4)
+    distance = CF.distance_transform(errors)
+    chosen = CF.bane_select(distance, errors, ratio)
+    assert not (chosen & ~errors).any()
+    for c in range(4):
+        inside = distance[:, c][errors[:, c]]
+        picked = distance[:, c][chosen[:, c]]
+        assert picked.numel() == ref.ceil_ratio(ratio, inside.numel())
+        rest = distance[:, c][errors[:, c] & ~chosen[:, c]]
+        if picked.numel() and rest.numel():
+            assert picked.max() <= rest.min()
+
+
+def test_bane_select_ratio_edges_and_float_artefacts():
+    errors = torch.zeros(1, 2, 1, 10, dtype=torch.bool)
+    errors[0, 0] = True
+    errors[0, 1, 0, :3] = True
+    distance = torch.arange(20.0).view(1, 2, 1, 10)
+    assert not CF.bane_select(distance, errors, 0.0).any()
+    assert torch.equal(CF.bane_select(distance, errors, 1.0), errors)
+    # 0.7 · 10 is 7.000000000000001 in floating point; the count must be 7, not 8.
+    assert CF.bane_select(distance, errors, 0.7)[0, 0].sum() == 7
+    assert CF.bane_select(distance, errors, 0.7)[0, 1].sum() == 3  # ⌈2.1⌉
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan"), "0.5"])
+def test_bane_select_rejects_ratio(ratio):
+    errors = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="ratio"):
+        CF.bane_select(torch.zeros(1, 1, 2, 2), errors, ratio)
+
+
+def test_hard_negative_mask_rows_are_confused_classes():
+    hard = torch.tensor([True, True, False, True])
+    pred = torch.tensor([1, 2, 1, 1])
+    mask = CF.hard_negative_mask(hard, pred, num_classes=3, fallback=False)
+    assert mask.tolist() == [
+        [False, False, False, False],
+        [True, False, False, True],
+        [False, True, False, False],
+    ]
+    with_fallback = CF.hard_negative_mask(hard, pred, num_classes=3)
+    assert with_fallback[0].all() and torch.equal(with_fallback[1:], mask[1:])
+
+
+def test_scipy_reference_agrees_with_hand_values():
+    # Guards the reference itself: scipy's convention is distance to the nearest zero.
+    m = np.array([[0, 1, 1, 1]], dtype=bool)
+    assert ndimage.distance_transform_edt(m).tolist() == [[0, 1, 2, 3]]
