@@ -8,6 +8,7 @@ from contextrast.contrast import (
     PixelSubsampler,
     ProjectionHead,
 )
+from contextrast.models import SegmentationOutput, create_model, list_models
 
 __version__ = "0.1.0"
 
@@ -17,7 +18,10 @@ __all__ = [
     "ContextrastTerms",
     "PixelSubsampler",
     "ProjectionHead",
+    "SegmentationOutput",
     "__version__",
+    "create_model",
     "functional",
+    "list_models",
     "metrics",
 ]

@@ -31,6 +31,17 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _models(_: argparse.Namespace) -> int:
+    from contextrast.models import GENERIC_PREFIX, MODELS
+
+    print(f"{'name':<26}{'backbone (timm)':<22}head")
+    for name in sorted(MODELS):
+        builder = MODELS[name]
+        print(f"{name:<26}{builder.args[0]:<22}{builder.keywords['head']}")
+    print(f"{GENERIC_PREFIX + '<timm name>':<26}{'any, features_only':<22}hrnetv2 | ocr | aspp")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contextrast",
@@ -40,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = commands.add_parser("info", help="print versions and available devices")
     info.set_defaults(handler=_info)
+    models = commands.add_parser("models", help="list the segmentation model presets")
+    models.set_defaults(handler=_models)
     return parser
 
 

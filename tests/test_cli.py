@@ -20,6 +20,15 @@ def test_version_and_info(capsys):
     assert f"torch         {torch.__version__}" in out
 
 
+def test_models_lists_every_preset(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in contextrast.list_models():
+        assert name in out
+    assert "hrnetv2_w48               hrnet_w48             hrnetv2" in out
+    assert "tu-<timm name>" in out
+
+
 def test_unknown_command_exits_2():
     result = subprocess.run(
         [sys.executable, "-m", "contextrast.cli", "nosuch"], capture_output=True, text=True

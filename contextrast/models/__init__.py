@@ -1,0 +1,30 @@
+"""Segmentation models exposing the multi-scale encoder features that the losses attach to."""
+
+from contextrast.models.encoders import TimmEncoder, load_state_dict_file
+from contextrast.models.factory import GENERIC_PREFIX, MODELS, create_model, list_models
+from contextrast.models.heads import ASPPHead, FCNHead, HRNetV2Head, OCRHead
+from contextrast.models.segmentor import (
+    SegmentationInference,
+    SegmentationOutput,
+    Segmentor,
+    convert_sync_batchnorm,
+    export_inference,
+)
+
+__all__ = [
+    "GENERIC_PREFIX",
+    "MODELS",
+    "ASPPHead",
+    "FCNHead",
+    "HRNetV2Head",
+    "OCRHead",
+    "SegmentationInference",
+    "SegmentationOutput",
+    "Segmentor",
+    "TimmEncoder",
+    "convert_sync_batchnorm",
+    "create_model",
+    "export_inference",
+    "list_models",
+    "load_state_dict_file",
+]
