@@ -42,6 +42,29 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from contextrast.data import check_dataset
+
+    kwargs = {"split": args.split}
+    if args.dataset != "digits":
+        kwargs["root"] = args.root
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    report = check_dataset(args.dataset, **kwargs)
+    for problem in report.problems:
+        print(problem)
+    where = args.root if args.root else args.dataset
+    if not report.problems:
+        print(f"{where} [{args.split}]: {report.samples} samples, no problems")
+        return 0
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(report.counts.items()))
+    print(
+        f"{where} [{args.split}]: {report.samples} samples checked, "
+        f"{len(report.problems)} problems: {summary}"
+    )
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contextrast",
@@ -53,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_info)
     models = commands.add_parser("models", help="list the segmentation model presets")
     models.set_defaults(handler=_models)
+    check = commands.add_parser(
+        "check-data",
+        help="scan a dataset and report every problem at once, with counts",
+        description="Scan a dataset and report every problem at once (exit 1 if any).",
+    )
+    from contextrast.data import DATASETS
+
+    check.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    check.add_argument("--root", help="dataset root folder (not for digits)")
+    check.add_argument("--split", default="train")
+    check.add_argument("--num-classes", type=int, help="folder / pascal_context class count")
+    check.set_defaults(handler=_check_data)
     return parser
 
 
@@ -64,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError
         print(f"contextrast {args.command}: error: {error}", file=sys.stderr)
         return 2
 
