@@ -47,6 +47,8 @@ def _check_data(args: argparse.Namespace) -> int:
 
     kwargs = {"split": args.split}
     if args.dataset != "digits":
+        if not args.root:
+            raise ValueError(f"--root is required for dataset {args.dataset!r}")
         kwargs["root"] = args.root
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
