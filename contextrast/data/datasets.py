@@ -173,11 +173,21 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def read_instances(self, index: int) -> torch.Tensor:
         return torch.empty(0, dtype=torch.int64)
 
+    def resolve(self, index: int) -> tuple[int, int]:
+        """(sample index, epoch) of a possibly "virtual" index ``e · len + i``: indices past
+        the end address later epochs' augmentation draws of sample i (the trainer's sampler
+        uses them so that workers need no epoch state)."""
+        if index < 0:
+            raise IndexError(f"{self.name}: negative index {index}")
+        epoch, index = divmod(index, len(self))
+        return index, self.epoch + epoch
+
     def __getitem__(self, index: int) -> Sample:
+        index, epoch = self.resolve(index)
         image, label = self.read(index)
         instances = self.read_instances(index)
         if self.transform is not None:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             image, label = self.transform(image, label, generator)
         return Sample(image, label, index, instances)
 

@@ -157,8 +157,9 @@ class Digits(SegmentationDataset):
         return image, label
 
     def __getitem__(self, index: int) -> Sample:
+        index, epoch = self.resolve(index)
         image, label = self.read(index)
         if self.transform is not None:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             image, label = self.transform(image, label, generator)
         return Sample(image, label, index, torch.empty(0, dtype=torch.int64))

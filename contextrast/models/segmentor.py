@@ -107,6 +107,16 @@ def export_inference(
     Returns:
         The path written. Load with ``torch.export.load(path).module()``.
     """
+    if dynamic:
+        height, width = example.shape[-2:]
+        if height % 32 or width % 32:
+            raise ValueError(
+                f"export: example size {height}x{width} must be a multiple of 32 for a dynamic "
+                "export (or pass dynamic=False)"
+            )
+        if example.shape[0] < 2:
+            # torch.export specialises a traced batch of 1 to a constant.
+            example = example.expand(2, *example.shape[1:])
     inference = model.inference()
     was_training = model.training
     model.eval()

@@ -1,0 +1,296 @@
+"""Run configuration: typed sections, strict keys, ``--set key=value`` overrides.
+
+Only the CLI and the factories read configs; components take plain keyword arguments. A
+config file is complete on its own (no inheritance); every key has a type, and a wrong key or
+value is a one-line ``ConfigError`` naming it and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "apply_overrides", "config_from_dict", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A wrong key or value in a config; the message names it and what is allowed."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    deterministic: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hrnetv2_w18_small"
+    #: False, True (timm's ImageNet weights; needs internet) or a local state-dict path
+    pretrained: bool | str = False
+    #: DeepLab's FCN auxiliary head
+    aux: bool = False
+    #: weight of the auxiliary CE (OCR's soft regions, DeepLab's FCN head)
+    aux_weight: float = 0.4
+    head: str | None = None
+    head_width: int | None = None
+    #: ImageNet mean/std unless the pretrained weights were trained otherwise
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    #: extra keyword arguments of the dataset class (e.g. label_type, num_classes, length)
+    options: dict[str, Any] = field(default_factory=dict)
+    crop_size: list[int] = field(default_factory=lambda: [512, 1024])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: float = 0.5
+    color_jitter: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.0])
+    #: global batch size, split evenly over the processes
+    batch_size: int = 8
+    num_workers: int = 4
+
+
+@dataclass
+class ContrastConfig:
+    embed_dim: int = 256
+    temperature: float = 0.1
+    layer_weights: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.7, 1.0])
+    w_high: float = 0.7
+    bane_ratio: float = 0.5
+    loss_weight: float = 0.1
+    max_pixels: int | None = None
+    hard_negatives: Literal["only", "include"] = "only"
+    detach_anchors: bool = False
+    normalize_anchors: bool = False
+
+
+@dataclass
+class LossConfig:
+    #: "ce": cross-entropy baseline; "contextrast": CE + α·L_PA
+    name: Literal["ce", "contextrast"] = "contextrast"
+    #: iterations before the contrastive term is switched on
+    contrast_warmup_iters: int = 0
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    iters: int = 40000
+    power: float = 0.9
+    #: linear warm-up iterations, from ``lr · warmup_ratio`` to ``lr``
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    log_interval: int = 50
+    eval_interval: int = 4000
+    checkpoint_interval: int = 2000
+
+
+@dataclass
+class EvalConfig:
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: list[int] = field(default_factory=lambda: [512, 1024])
+    stride: list[int] = field(default_factory=lambda: [341, 682])
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    boundary_widths: list[int] = field(default_factory=lambda: [5, 7, 10])
+    #: evaluate at most this many validation images (None: all)
+    max_images: int | None = None
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown key {where!r}; allowed: {names}")
+    values = {}
+    for name in names:
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, data[name], key)
+        else:
+            values[name] = _coerce(data[name], tp, key)
+    return cls(**values)
+
+
+def _check(config: Config) -> Config:
+    """Cross-field checks that types alone cannot express."""
+    checks = [
+        ("optim.iters", config.optim.iters >= 1, "must be >= 1"),
+        ("optim.lr", config.optim.lr > 0, "must be > 0"),
+        ("data.batch_size", config.data.batch_size >= 1, "must be >= 1"),
+        ("data.crop_size", len(config.data.crop_size) == 2, "must be [height, width]"),
+        ("eval.crop_size", len(config.eval.crop_size) == 2, "must be [height, width]"),
+        ("eval.stride", len(config.eval.stride) == 2, "must be [height, width]"),
+        ("eval.scales", len(config.eval.scales) >= 1, "must list at least one scale"),
+        ("train.log_interval", config.train.log_interval >= 1, "must be >= 1"),
+        ("train.eval_interval", config.train.eval_interval >= 1, "must be >= 1"),
+        ("train.checkpoint_interval", config.train.checkpoint_interval >= 1, "must be >= 1"),
+        ("data.hflip", 0 <= config.data.hflip <= 1, "must be in [0, 1]"),
+        ("loss.contrast.bane_ratio", 0 <= config.loss.contrast.bane_ratio <= 1, "in [0, 1]"),
+        ("loss.contrast.w_high", 0 <= config.loss.contrast.w_high <= 1, "must be in [0, 1]"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _check(_build(Config, data, ""))
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node, cls, prefix = data, Config, ""
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)] if cls else None
+        key = f"{prefix}.{part}" if prefix else part
+        if names is not None and part not in names:
+            raise ConfigError(f"unknown key {key!r}; allowed: {names}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        hint = typing.get_type_hints(cls)[part] if cls else None
+        cls = hint if hint is not None and dataclasses.is_dataclass(hint) else None
+        if cls is None and not (hint is not None and typing.get_origin(hint) is dict):
+            raise ConfigError(f"{key} is not a section; cannot set {dotted!r}")
+        node = node.setdefault(part, {})
+        prefix = key
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (``0.02``, ``[512, 512]``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.02")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate. Errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    try:
+        return config_from_dict(apply_overrides(data, overrides or []))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None

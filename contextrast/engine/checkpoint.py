@@ -1,0 +1,75 @@
+"""Atomic checkpoints, loaded with ``weights_only=True``, and RNG state capture."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write to a temporary file in the same folder, flush it to disk, then rename: a kill at
+    any moment leaves either the previous checkpoint or the new one, never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load on the CPU with ``weights_only=True`` (no arbitrary pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file gets the same one-line message
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"checkpoint {path}: not a readable contextrast checkpoint "
+            f"({type(error).__name__}: {first[:160]})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"checkpoint {path}: missing 'model' or 'config'; not a contextrast run")
+    return state
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """Every RNG a training step may draw from, in types that ``weights_only`` accepts."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))  # noqa: NPY002
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,125 @@
+"""Human-facing outputs: metric tables, coloured masks, overlays and comparison grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from contextrast.config import Config
+from contextrast.data.datasets import IMAGE_SUFFIXES, read_image
+from contextrast.data.transforms import normalize
+from contextrast.evaluation.inference import predict_probabilities
+from contextrast.models import Segmentor
+
+__all__ = ["colorize", "format_metrics", "overlay", "predict_files", "save_grid"]
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A plain-text table: summary lines, then per-class IoU."""
+    lines = [
+        f"images          {metrics['images']}",
+        f"pixel accuracy  {metrics['pixel_accuracy'] * 100:6.2f}",
+        f"mIoU            {metrics['miou'] * 100:6.2f}",
+    ]
+    for width, value in metrics.get("boundary_miou", {}).items():
+        lines.append(f"B-mIoU {width:>3} px   {value * 100:6.2f}")
+    for key, title in (
+        ("iiou", "iIoU"),
+        ("category_miou", "category mIoU"),
+        ("category_iiou", "category iIoU"),
+    ):
+        if key in metrics:
+            lines.append(f"{title:<16}{metrics[key] * 100:6.2f}")
+    lines.append("")
+    lines.append(f"{'class':<24}{'IoU':>8}")
+    for name, value in metrics["iou"].items():
+        shown = "     n/a" if value != value else f"{value * 100:8.2f}"
+        lines.append(f"{name:<24}{shown}")
+    return "\n".join(lines)
+
+
+def colorize(
+    pred: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255
+) -> np.ndarray:
+    """pred: (H, W) class ids -> (H, W, 3) uint8; ignore is black."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    table[ignore_index] = 0
+    return table[pred.astype(np.int64).clip(0, 255)]
+
+
+def overlay(image: np.ndarray, mask_rgb: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """image, mask_rgb: (H, W, 3) uint8 -> blend."""
+    return (image * (1 - alpha) + mask_rgb * alpha).round().astype(np.uint8)
+
+
+def _inputs(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"input {path}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)}")
+    return files
+
+
+@torch.no_grad()
+def predict_files(
+    model: Segmentor,
+    config: Config,
+    palette: Sequence[Sequence[int]],
+    inputs: Sequence[str],
+    out_dir: Path,
+) -> list[Path]:
+    """Segment each image with the config's eval protocol; write NAME_mask.png (palette
+    colours) and NAME_overlay.png. Returns the mask paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    forward = model.inference()
+    e = config.eval
+    written = []
+    for path in _inputs(inputs):
+        image = read_image(path)  # (3, H, W) uint8
+        batch = normalize(image, config.model.mean, config.model.std)[None]
+        probabilities = predict_probabilities(
+            forward, batch, e.mode, e.crop_size, e.stride, e.scales, e.flip
+        )
+        pred = probabilities.argmax(1)[0].numpy()
+        mask = colorize(pred, palette)
+        mask_path = out_dir / f"{path.stem}_mask.png"
+        Image.fromarray(mask).save(mask_path)
+        rgb = image.permute(1, 2, 0).numpy()
+        Image.fromarray(overlay(rgb, mask)).save(out_dir / f"{path.stem}_overlay.png")
+        written.append(mask_path)
+    return written
+
+
+def save_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, scale: int = 2) -> Path:
+    """rows of equally sized (H, W, 3) uint8 panels -> one PNG, 2-px white gutters."""
+    gutter = 2
+    height, width = rows[0][0].shape[:2]
+    columns = max(len(r) for r in rows)
+    canvas = np.full(
+        (len(rows) * (height + gutter) - gutter, columns * (width + gutter) - gutter, 3),
+        255,
+        dtype=np.uint8,
+    )
+    for r, row in enumerate(rows):
+        for c, panel in enumerate(row):
+            top, left = r * (height + gutter), c * (width + gutter)
+            canvas[top : top + height, left : left + width] = panel
+    image = Image.fromarray(canvas)
+    if scale != 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
