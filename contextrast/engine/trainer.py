@@ -164,7 +164,12 @@ def evaluate(
     if config.eval.max_images is not None:
         count = min(count, config.eval.max_images)
     shard = Subset(dataset, list(range(rank, count, world)))
-    loader = DataLoader(shard, batch_size=1, num_workers=min(2, config.data.num_workers))
+    loader = DataLoader(
+        shard,
+        batch_size=1,
+        num_workers=min(2, config.data.num_workers),
+        generator=torch.Generator().manual_seed(config.run.seed),
+    )
     was_training = model.training
     model.eval()
     forward = model.inference()
@@ -357,6 +362,9 @@ class Trainer:
             num_workers=c.data.num_workers,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=seed_worker,
+            # Its own generator: drawing worker seeds from the global RNG would shift the
+            # stream that dropout and pixel sampling use, and break resume equivalence.
+            generator=torch.Generator().manual_seed(sample_seed(c.run.seed, 0, self.start_iter, 4)),
         )
 
     def _evaluate(self, iteration: int, seconds_per_iter: float) -> dict[str, Any]:

@@ -1,0 +1,225 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contextrast.config import ConfigError, config_from_dict
+from contextrast.engine import checkpoint as ckpt
+from contextrast.engine.builders import build_model
+from contextrast.engine.trainer import IterationBatchSampler, PolyLR, Trainer, TrainingModule
+from contextrast.models import create_model
+
+
+def learnable_folder(root: Path, count: int = 8, size: int = 32) -> Path:
+    """Images whose label is decided by the red channel: easy to learn in a few steps."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k in range(count):
+            red = (rng.random((size // 8, size // 8)) > 0.5).repeat(8, 0).repeat(8, 1)
+            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            image[..., 0] = np.where(red, 220, 20)
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / "images" / split / f"{k}.png")
+            Image.fromarray(red.astype(np.uint8), mode="L").save(
+                root / "labels" / split / f"{k}.png"
+            )
+    (root / "classes.txt").write_text("dark\nred\n")
+    return root
+
+
+def config(tmp_path: Path, name: str = "run", **sections) -> dict:
+    data = {
+        "run": {
+            "name": name,
+            "output_dir": str(tmp_path / "runs"),
+            "seed": 3,
+            "deterministic": True,
+        },
+        "model": {"name": "hrnetv2_w18_small"},
+        "data": {
+            "dataset": "folder",
+            "root": str(tmp_path / "data"),
+            "crop_size": [32, 32],
+            "scale_range": [0.75, 1.25],
+            "batch_size": 4,
+            "num_workers": 0,
+        },
+        "loss": {"name": "contextrast", "contrast": {"embed_dim": 16, "max_pixels": 200}},
+        "optim": {"lr": 0.05, "iters": 6, "weight_decay": 0.0001},
+        "train": {"log_interval": 1, "eval_interval": 100, "checkpoint_interval": 2},
+        "eval": {"boundary_widths": [2]},
+    }
+    for section, values in sections.items():
+        data[section].update(values)
+    return data
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    learnable_folder(tmp_path / "data")
+    return tmp_path
+
+
+def test_training_lowers_the_loss_and_writes_loadable_checkpoints(workspace, capsys):
+    c = config_from_dict(config(workspace, optim={"iters": 16}, train={"log_interval": 4}))
+    metrics = Trainer(c).fit()
+    logged = [line for line in capsys.readouterr().out.splitlines() if line.startswith("it ")]
+    losses = [float(line.split("loss ")[1].split()[0]) for line in logged]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    run = c.run_dir
+    assert {"last.pt", "best.pt", "config.yaml", "train.log", "metrics.jsonl"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert (
+        json.loads((run / "metrics" / "iter_0000016.json").read_text())["miou"] == metrics["miou"]
+    )
+    state = ckpt.load_checkpoint(run / "last.pt")
+    assert state["iteration"] == 16 and state["classes"] == ["dark", "red"]
+    model = build_model(config_from_dict(state["config"]), 2, pretrained=False)
+    model.load_state_dict(state["model"])
+    assert set(state["contrast"]) and any(k.startswith("heads.") for k in state["contrast"])
+    assert list((run / "tensorboard").iterdir())
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_weights(workspace):
+    full = Trainer(config_from_dict(config(workspace, "full"))).fit()
+
+    def crash(iteration):
+        if iteration == 5:  # after the checkpoint at 4, before the one at 6
+            raise KeyboardInterrupt
+
+    crashed = config_from_dict(config(workspace, "crashed"))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(crashed, on_iteration=crash).fit()
+    assert ckpt.load_checkpoint(crashed.run_dir / "last.pt")["iteration"] == 4
+    resumed = Trainer(crashed, resume=True).fit()
+    a = ckpt.load_checkpoint(workspace / "runs" / "full" / "last.pt")
+    b = ckpt.load_checkpoint(crashed.run_dir / "last.pt")
+    for part in ("model", "contrast"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    resumed_momentum = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momentum, resumed_momentum))
+    assert resumed["miou"] == full["miou"]
+
+
+def test_run_directory_is_never_overwritten_and_resume_needs_a_checkpoint(workspace):
+    c = config_from_dict(config(workspace, optim={"iters": 2}))
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint .*last.pt"):
+        Trainer(c, resume=True)
+    Trainer(c).fit()
+    with pytest.raises(ConfigError, match=r"already holds a checkpoint; pass --resume"):
+        Trainer(c)
+    changed = config_from_dict(config(workspace, optim={"iters": 2}, loss={"name": "ce"}))
+    with pytest.raises(ConfigError, match=r"loss\.name: 'ce' differs from 'contextrast'"):
+        Trainer(changed, resume=True)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    good = {"model": {"w": torch.ones(2)}, "config": {}}
+    ckpt.save_checkpoint(good, path)
+
+    def torn_save(obj, handle):
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint({"model": {"w": torch.zeros(2)}, "config": {}}, path)
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(ValueError, match=r"bad.pt: not a readable contextrast checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"missing 'model' or 'config'"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_poly_schedule_with_warmup_by_hand():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    schedule = PolyLR(optimizer, total_iters=10, power=0.9, warmup_iters=2, warmup_ratio=0.1)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.01 * 0.1)
+    assert lrs[1] == pytest.approx(0.01 * 0.9**0.9 * 0.55)
+    assert lrs[5] == pytest.approx(0.01 * 0.5**0.9)
+    assert lrs[9] == pytest.approx(0.01 * 0.1**0.9)
+
+
+def test_iteration_sampler_resumes_and_splits_over_ranks():
+    def batches(rank, world, start, total):
+        return list(IterationBatchSampler(10, 2, rank, world, seed=1, start=start, total=total))
+
+    whole = batches(0, 1, 0, 12)
+    assert batches(0, 1, 7, 12) == whole[7:]
+    # An epoch is 5 batches of 2: each covers all 10 samples once, epoch in the index.
+    first = sorted(i for b in whole[:5] for i in b)
+    assert first == list(range(10))
+    assert sorted(i % 10 for b in whole[5:10] for i in b) == list(range(10))
+    assert all(i >= 10 for b in whole[5:10] for i in b)
+    r0, r1 = batches(0, 2, 0, 2), batches(1, 2, 0, 2)
+    assert not set(r0[0]) & set(r1[0])
+    with pytest.raises(ConfigError, match=r"fewer than the global batch of 12"):
+        IterationBatchSampler(10, 6, 0, 2, 0, 0, 1)
+
+
+def test_contrast_warmup_keeps_the_term_but_not_its_gradient():
+    model = create_model("hrnetv2_w18_small", num_classes=3)
+    from contextrast import ContextrastLoss
+
+    net = TrainingModule(model, ContextrastLoss(3, model.feature_channels, embed_dim=8))
+    images, target = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    terms = net(images, target, contrast_scale=0.0)
+    terms.total.backward()
+    assert terms.contrast > 0 and torch.allclose(terms.total.detach(), terms.ce)
+    head = net.contrast.heads[0].net[0].weight
+    assert head.grad is not None and head.grad.abs().sum() == 0
+
+
+def test_hflip_on_digits_is_rejected(tmp_path):
+    c = config_from_dict(
+        config(
+            tmp_path,
+            data={"dataset": "digits", "root": None, "hflip": 0.5, "options": {"length": 8}},
+        )
+    )
+    with pytest.raises(ConfigError, match=r"data\.hflip: must be 0 for digits"):
+        Trainer(c)
+
+
+def test_two_process_gloo_run(workspace):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun ships with torch"
+    (workspace / "cfg.yaml").write_text(json.dumps(config(workspace, "ddp", optim={"iters": 4})))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "contextrast.cli", "train",
+         str(workspace / "cfg.yaml")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout
+    state = ckpt.load_checkpoint(workspace / "runs" / "ddp" / "last.pt")
+    assert state["iteration"] == 4 and state["config"]["data"]["batch_size"] == 4
+    log = (workspace / "runs" / "ddp" / "train.log").read_text()
+    contrast_terms = [
+        float(x.split("contrast ")[1].split(")")[0]) for x in log.splitlines() if "it " in x
+    ]
+    assert contrast_terms and all(t > 0 for t in contrast_terms)  # active on many processes too

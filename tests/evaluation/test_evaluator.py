@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from contextrast.data import metadata as meta
+from contextrast.evaluation.evaluator import CITYSCAPES_AVG_CLASS_SIZE, Evaluator
+
+
+def cityscapes_evaluator():
+    return Evaluator(
+        meta.CITYSCAPES_CLASSES,
+        boundary_widths=[1],
+        instance_classes=meta.CITYSCAPES_INSTANCE_CLASSES,
+        train_to_label=meta.CITYSCAPES_TRAIN_TO_LABEL,
+        categories=meta.CITYSCAPES_CATEGORIES,
+    )
+
+
+def test_iiou_and_category_scores_by_hand():
+    road, car, truck = 0, 13, 14
+    target = torch.full((1, 2, 6), road)
+    instances = torch.full((1, 2, 6), 7)  # road's labelId, no instance
+    # Car instance A: 4 pixels, 3 predicted car. Car instance B: 2 pixels, 1 predicted truck.
+    target[0, 0, :4] = car
+    instances[0, 0, :4] = 26000
+    target[0, 1, :2] = car
+    instances[0, 1, :2] = 26001
+    pred = torch.full((1, 2, 6), road)
+    pred[0, 0, :3] = car
+    pred[0, 1, 0] = truck
+    pred[0, 1, 4:6] = car  # two road pixels predicted car: false positives
+    evaluator = cityscapes_evaluator()
+    evaluator.update(pred, target, instances)
+    result = evaluator.compute()
+    avg = CITYSCAPES_AVG_CLASS_SIZE["car"]
+    tp = 3 * avg / 4
+    fn = 1 * avg / 4 + 2 * avg / 2
+    car_iiou = tp / (tp + 2 + fn)
+    # Truck has no instance but one false positive: 0 / (0 + 1 + 0) = 0, as cityscapesScripts
+    # scores it; the other instance classes count nothing at all and are NaN, skipped.
+    assert result["iiou"] == pytest.approx((car_iiou + 0.0) / 2)
+    # Category "vehicle": the truck pixel of instance B counts as a hit.
+    tp_cat, fn_cat = 3 * avg / 4 + 1 * avg / 2, 1 * avg / 4 + 1 * avg / 2
+    vehicle_iiou = tp_cat / (tp_cat + 2 + fn_cat)
+    assert result["category_iiou"] == pytest.approx(vehicle_iiou)
+    # Category IoU: flat (road) tp 4, fn 2, fp 2; vehicle tp 4, fn 2, fp 2.
+    assert result["category_miou"] == pytest.approx(0.5)
+    # Class IoU: road 4 / (4 + 2 + 2), car 3 / (3 + 3 + 2), truck 0 / 1.
+    assert result["iou"]["road"] == pytest.approx(0.5) and result["iou"]["car"] == pytest.approx(
+        3 / 8
+    )
+    assert result["iou"]["truck"] == 0.0 and math.isnan(result["iou"]["bus"])
+    assert result["miou"] == pytest.approx((0.5 + 3 / 8 + 0) / 3)
+
+
+def test_instance_ids_at_or_below_1000_are_not_instances():
+    evaluator = cityscapes_evaluator()
+    target = torch.full((1, 1, 2), 13)
+    evaluator.update(target.clone(), target, torch.full((1, 1, 2), 26))  # car without ids
+    assert math.isnan(evaluator.compute()["iiou"])
+
+
+def test_accumulates_over_images_and_reports_boundaries():
+    evaluator = Evaluator(["a", "b"], boundary_widths=[1, 3])
+    target = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    evaluator.update(target, target)
+    evaluator.update(torch.zeros_like(target), target)
+    result = evaluator.compute()
+    assert result["images"] == 2
+    assert evaluator.confusion.tolist() == [[6, 0], [3, 3]]
+    assert result["pixel_accuracy"] == pytest.approx(9 / 12)
+    # Band of width 1: pixels 2 and 3 of each image.
+    assert evaluator.boundary[0].tolist() == [[2, 0], [1, 1]]
+    assert set(result["boundary_miou"]) == {"1", "3"}
+    assert "iiou" not in result

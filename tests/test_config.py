@@ -1,0 +1,58 @@
+import pytest
+
+from contextrast.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_papers_contrastive_settings():
+    c = Config()
+    assert c.loss.contrast.layer_weights == [0.1, 0.4, 0.7, 1.0]
+    assert (c.loss.contrast.w_high, c.loss.contrast.bane_ratio) == (0.7, 0.5)
+    assert (c.loss.contrast.loss_weight, c.optim.momentum, c.optim.power) == (0.1, 0.9, 0.9)
+
+
+def test_load_and_override(tmp_path):
+    path = write(tmp_path, "optim: {lr: 0.02, iters: 100}\ndata: {crop_size: [64, 64]}\n")
+    c = load_config(path, ["optim.lr=0.05", "data.options.length=10", "model.pretrained=/w.pth"])
+    assert c.optim.lr == 0.05 and c.optim.iters == 100 and c.data.crop_size == [64, 64]
+    assert c.data.options == {"length": 10} and c.model.pretrained == "/w.pth"
+    assert config_from_dict(c.to_dict()) == c  # the resolved config round-trips
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("optim: {lrr: 1}", [], "unknown key 'optim.lrr'; allowed: ['lr', 'momentum'"),
+        ("optim: {lr: fast}", [], "optim.lr: 'fast' is not float"),
+        ("optim: {amp: fp8}", [], "optim.amp: 'fp8' is not one of ['none', 'bf16', 'fp16']"),
+        ("loss: {name: focal}", [], "loss.name: 'focal' is not one of ['ce', 'contextrast']"),
+        ("data: {crop_size: 512}", [], "data.crop_size: 512 is not a list of int"),
+        ("", ["optim.iters=0"], "optim.iters: must be >= 1"),
+        ("", ["nosection.x=1"], "unknown key 'nosection'; allowed: ['run', 'model'"),
+        ("", ["optim.lr"], "expected key=value"),
+        ("", ["optim.lr.x=1"], "optim.lr is not a section"),
+        ("run: [1, 2]", [], "run: expected a mapping"),
+    ],
+)
+def test_bad_keys_and_values_are_one_line_errors(tmp_path, text, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert str(tmp_path / "c.yaml") in str(error.value)
+
+
+def test_missing_file_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .*nope.yaml not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"c.yaml line \d+: not valid YAML"):
+        load_config(write(tmp_path, "optim:\n  lr: [1,\n"))
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({}, ["eval.scales=[0.75, 1.0]", "eval.flip=true", "run.name=a=b"])
+    assert data == {"eval": {"scales": [0.75, 1.0], "flip": True}, "run": {"name": "a=b"}}
