@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: test lint format demo bench-edt clean
+.PHONY: test lint demo bench-edt configs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +25,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-demo: $(STAMP)
-	@echo "make demo trains and compares CE and Contextrast on the built-in digits set;"
-	@echo "it arrives with the trainer (issue 5). Until then: make test, and see README.md."
+$(DEMO_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench,demo]'
+	touch $(DEMO_STAMP)
+
+# CE vs Contextrast on the built-in digits set, CPU only; results in runs/demo/.
+demo: $(DEMO_STAMP)
+	$(BIN)/python -m contextrast.demo
 
 bench-edt: $(STAMP)
 	$(BIN)/python benchmarks/distance_transform.py
+
+configs: $(STAMP)
+	$(BIN)/python tools/make_configs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

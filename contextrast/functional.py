@@ -291,7 +291,11 @@ def _row_runs_distance(true_index: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _column_envelope(
-    buffer: torch.Tensor, true_index: torch.Tensor, height: int, width: int
+    buffer: torch.Tensor,
+    true_index: torch.Tensor,
+    height: int,
+    width: int,
+    max_offset: int | None = None,
 ) -> torch.Tensor:
     """Exact squared distance of each True pixel: ``min_d d² + g²[pixel + d·W]``.
 
@@ -306,7 +310,8 @@ def _column_envelope(
     slot = torch.arange(true_index.numel(), device=true_index.device)
     index, row = true_index, (true_index // width) % height
     offset = 1
-    while offset < height:
+    last_offset = height - 1 if max_offset is None else min(height - 1, max_offset)
+    while offset <= last_offset:
         above = torch.where(row >= offset, index - offset * width, sentinel)
         below = torch.where(row < height - offset, index + offset * width, sentinel)
         best = torch.minimum(best, torch.minimum(buffer[above], buffer[below]) + offset * offset)
@@ -324,7 +329,7 @@ def _column_envelope(
     return result
 
 
-def distance_transform(mask: torch.Tensor) -> torch.Tensor:
+def distance_transform(mask: torch.Tensor, max_distance: float | None = None) -> torch.Tensor:
     """Exact Euclidean distance transform, batched over all leading dimensions.
 
     For every True pixel, the Euclidean distance to the nearest False pixel of the same 2-D
@@ -338,6 +343,8 @@ def distance_transform(mask: torch.Tensor) -> torch.Tensor:
 
     Args:
         mask: (..., H, W) bool.
+        max_distance: if given, distances above it are reported as ``+inf`` (exact at or
+            below it) and the column pass stops at that offset: what boundary bands need.
 
     Returns:
         (..., H, W) float32 (float64 when H² + W² ≥ 2²⁴, to keep squared distances exact).
@@ -371,8 +378,12 @@ def distance_transform(mask: torch.Tensor) -> torch.Tensor:
         true_index = true_index[finite]
     if true_index.numel() > 0:
         buffer[true_index] = _row_runs_distance(true_index, w).to(dtype).square()
-        squared = _column_envelope(buffer, true_index, h, w)
-        buffer[true_index] = squared.sqrt()
+        max_offset = None if max_distance is None else math.floor(max_distance)
+        squared = _column_envelope(buffer, true_index, h, w, max_offset)
+        distance = squared.sqrt()
+        if max_distance is not None:
+            distance = distance.masked_fill(distance > max_distance, float("inf"))
+        buffer[true_index] = distance
     return out
 
 

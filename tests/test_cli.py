@@ -74,3 +74,108 @@ def test_unknown_command_exits_2():
 def test_public_signatures_start_with_the_contract(function, params):
     names = list(inspect.signature(function).parameters)
     assert names[: len(params)] == params
+
+
+# ------------------------------------------------------------------ train / eval / predict / export
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-iteration run on a folder fixture, for the commands that need a checkpoint."""
+    from tests.data import fixtures
+
+    tmp = tmp_path_factory.mktemp("cli")
+    root = fixtures.folder(tmp / "data")
+    config = tmp / "cfg.yaml"
+    config.write_text(
+        f"""
+run: {{name: tiny, output_dir: {tmp / "runs"}}}
+model: {{name: hrnetv2_w18_small}}
+data: {{dataset: folder, root: {root}, crop_size: [32, 32], batch_size: 2, num_workers: 0}}
+loss: {{name: contextrast, contrast: {{embed_dim: 8}}}}
+optim: {{iters: 2}}
+train: {{log_interval: 1}}
+eval: {{crop_size: [32, 32], stride: [16, 16], boundary_widths: [1]}}
+"""
+    )
+    assert cli.main(["train", str(config)]) == 0
+    return tmp, config, tmp / "runs" / "tiny" / "best.pt"
+
+
+def test_eval_predict_export(trained, capsys):
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    tmp, config, checkpoint = trained
+    assert (
+        cli.main(["eval", str(config), "--checkpoint", str(checkpoint), "--set", "eval.mode=slide"])
+        == 0
+    )
+    metrics = json.loads((checkpoint.parent / "eval_val.json").read_text())
+    assert metrics["images"] == 3 and "mIoU" in capsys.readouterr().out
+    images = tmp / "data" / "images" / "val"
+    assert (
+        cli.main(
+            ["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp / "pred")]
+        )
+        == 0
+    )
+    mask = np.asarray(Image.open(tmp / "pred" / "img0_mask.png"))
+    palette = {tuple(c) for c in torch.load(checkpoint, weights_only=True)["palette"]}
+    assert mask.shape == (6, 8, 3) and {tuple(c) for c in mask.reshape(-1, 3)} <= palette
+    assert (tmp / "pred" / "img2_overlay.png").is_file()
+    out = tmp / "model.pt2"
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    loaded = torch.export.load(out).module()
+    from contextrast.config import config_from_dict
+    from contextrast.engine.builders import build_model
+
+    state = torch.load(checkpoint, weights_only=True)
+    model = build_model(config_from_dict(state["config"]), 3, pretrained=False)
+    model.load_state_dict(state["model"])
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.eval().inference()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "missing.yaml"], "contextrast train: error: config file missing.yaml not found"),
+        (["train", "{config}", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'; allowed: ['lr'"),
+        (
+            ["train", "{config}", "--set", "optim.amp=fp8"],
+            "'fp8' is not one of ['none', 'bf16', 'fp16']",
+        ),
+        (
+            ["train", "{config}", "--set", "data.root=/nowhere", "--set", "run.name=other"],
+            "folder: no class list /nowhere/classes.txt and no num_classes",
+        ),
+        (["eval", "{config}", "--checkpoint", "/no.pt"], "checkpoint /no.pt: no such file"),
+        (
+            ["predict", "--checkpoint", "{checkpoint}", "/no.png", "--out", "/tmp/x"],
+            "input /no.png: no such file",
+        ),
+        (
+            ["export", "--checkpoint", "/no.pt", "--out", "/tmp/x.pt2"],
+            "checkpoint /no.pt: no such file",
+        ),
+    ],
+)
+def test_cli_errors_are_one_line(trained, capsys, argv, message):
+    _, config, checkpoint = trained
+    argv = [a.format(config=config, checkpoint=checkpoint) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "check-data"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: contextrast {command}" in capsys.readouterr().out

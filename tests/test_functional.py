@@ -305,3 +305,14 @@ def test_scipy_reference_agrees_with_hand_values():
     # Guards the reference itself: scipy's convention is distance to the nearest zero.
     m = np.array([[0, 1, 1, 1]], dtype=bool)
     assert ndimage.distance_transform_edt(m).tolist() == [[0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("cutoff", [0.5, 1, 2.5, 7])
+def test_distance_transform_cutoff_is_exact_below_and_inf_above(cutoff):
+    g = torch.Generator().manual_seed(11)
+    mask = torch.rand(3, 30, 40, generator=g) < 0.97
+    full = CF.distance_transform(mask)
+    cut = CF.distance_transform(mask, max_distance=cutoff)
+    near = full <= cutoff
+    assert torch.equal(cut[near], full[near])
+    assert torch.isinf(cut[~near]).all()

@@ -242,6 +242,12 @@ class Trainer:
         self.val_set = build_dataset(c, c.data.val_split, train=False)
         num_classes = self.train_set.num_classes
         model = build_model(c, num_classes, pretrained=not resume)
+        stride = max(model.feature_strides)
+        if any(size % stride for size in c.data.crop_size):
+            raise ConfigError(
+                f"data.crop_size: {c.data.crop_size} must be multiples of {stride}, the largest "
+                f"stride of {c.model.name}'s features"
+            )
         contrast = build_contrast(c, num_classes, model.feature_channels)
         self.model, self.contrast = model, contrast
         net = TrainingModule(model, contrast, c.model.aux_weight).to(self.device)

@@ -13,7 +13,7 @@ import torch
 
 from contextrast.engine.distributed import all_reduce_sum
 from contextrast.evaluation.metrics import (
-    boundary_band,
+    boundary_distance,
     confusion_matrix,
     mean_iou,
     pixel_accuracy,
@@ -94,8 +94,10 @@ class Evaluator:
             pred, target = pred[None], target[None]
             instances = None if instances is None or instances.numel() == 0 else instances[None]
         self.confusion += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        if self.boundary_widths:
+            distance = boundary_distance(target, max(self.boundary_widths))
         for i, width in enumerate(self.boundary_widths):
-            band = boundary_band(target, width, self.ignore_index)
+            band = distance <= width
             banded = torch.where(band, target, torch.full_like(target, self.ignore_index))
             self.boundary[i] += confusion_matrix(pred, banded, self.num_classes, self.ignore_index)
         if instances is not None and instances.numel() and self.instance_classes:

@@ -17,12 +17,19 @@ __all__ = ["predict_probabilities", "slide_logits", "whole_logits"]
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def whole_logits(forward: Forward, images: torch.Tensor) -> torch.Tensor:
-    """images: (B, 3, H, W) -> (B, N, H, W) logits."""
-    logits = forward(images)
-    if logits.shape[-2:] != images.shape[-2:]:
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    return logits
+def whole_logits(forward: Forward, images: torch.Tensor, size_divisor: int = 32) -> torch.Tensor:
+    """images: (B, 3, H, W) -> (B, N, H, W) logits.
+
+    The image is zero-padded (the mean colour after normalisation) at the bottom and right to
+    a multiple of ``size_divisor`` (HRNet's branches need it) and the logits cropped back.
+    """
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % size_divisor, (-width) % size_divisor
+    padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+    logits = forward(padded)
+    if logits.shape[-2:] != padded.shape[-2:]:
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+    return logits[:, :, :height, :width]
 
 
 def _starts(length: int, crop: int, stride: int) -> list[int]:
@@ -34,7 +41,11 @@ def _starts(length: int, crop: int, stride: int) -> list[int]:
 
 
 def slide_logits(
-    forward: Forward, images: torch.Tensor, crop: Sequence[int], stride: Sequence[int]
+    forward: Forward,
+    images: torch.Tensor,
+    crop: Sequence[int],
+    stride: Sequence[int],
+    size_divisor: int = 32,
 ) -> torch.Tensor:
     """Average of window logits over overlapping crop × crop windows.
 
@@ -54,7 +65,7 @@ def slide_logits(
     for top in _starts(full_h, crop_h, stride_h):
         for left in _starts(full_w, crop_w, stride_w):
             window = padded[:, :, top : top + crop_h, left : left + crop_w]
-            logits = whole_logits(forward, window)
+            logits = whole_logits(forward, window, size_divisor)
             if total is None:
                 total = images.new_zeros(b, logits.shape[1], full_h, full_w, dtype=logits.dtype)
             total[:, :, top : top + crop_h, left : left + crop_w] += logits
@@ -71,6 +82,7 @@ def predict_probabilities(
     stride: Sequence[int] = (341, 341),
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    size_divisor: int = 32,
 ) -> torch.Tensor:
     """Softmax probabilities averaged over scales (and horizontal flips).
 
@@ -94,9 +106,9 @@ def predict_probabilities(
         for flipped in (False, True) if flip else (False,):
             view = scaled.flip(-1) if flipped else scaled
             if mode == "whole":
-                logits = whole_logits(forward, view)
+                logits = whole_logits(forward, view, size_divisor)
             else:
-                logits = slide_logits(forward, view, crop, stride)
+                logits = slide_logits(forward, view, crop, stride, size_divisor)
             if flipped:
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (height, width):

@@ -18,6 +18,7 @@ __all__ = [
     "IoU",
     "boundary_band",
     "boundary_confusion_matrix",
+    "boundary_distance",
     "confusion_matrix",
     "feature_metrics",
     "mean_iou",
@@ -100,13 +101,23 @@ def boundary_band(target: torch.Tensor, width: float, ignore_index: int = 255) -
         )
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}")
-    band = torch.zeros_like(target, dtype=torch.bool)
+    return boundary_distance(target, width) <= width
+
+
+def boundary_distance(target: torch.Tensor, max_distance: float | None = None) -> torch.Tensor:
+    """Per pixel, the Euclidean distance to the nearest pixel with a different value.
+
+    target: (..., H, W) integer. Returns (..., H, W) float; ``+inf`` where no other value is
+    within ``max_distance`` (when given) or in the map at all. One call serves every band
+    width up to ``max_distance``.
+    """
+    distance = torch.full(target.shape, float("inf"), device=target.device)
     # Per value v, the distance transform of (target == v) gives each pixel of v its
     # distance to the nearest pixel of another value.
     for value in torch.unique(target).tolist():
         inside = target == value
-        band |= inside & (distance_transform(inside) <= width)
-    return band
+        distance = torch.where(inside, distance_transform(inside, max_distance), distance)
+    return distance
 
 
 def boundary_confusion_matrix(

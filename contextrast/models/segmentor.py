@@ -102,7 +102,7 @@ def export_inference(
             mode is restored afterwards).
         path: output file.
         example: (B, 3, H, W) example input; H and W should be multiples of 32.
-        dynamic: allow any batch size and any H, W that are multiples of 32.
+        dynamic: allow any batch size and any H, W that are multiples of 32 from 64 up.
 
     Returns:
         The path written. Load with ``torch.export.load(path).module()``.
@@ -114,17 +114,20 @@ def export_inference(
                 f"export: example size {height}x{width} must be a multiple of 32 for a dynamic "
                 "export (or pass dynamic=False)"
             )
-        if example.shape[0] < 2:
-            # torch.export specialises a traced batch of 1 to a constant.
-            example = example.expand(2, *example.shape[1:])
+        if example.shape[0] < 2 or min(height, width) < 64:
+            # torch.export specialises a traced size of 1 (a batch of 1, or a 1-pixel map at
+            # stride 32) to a constant: trace with at least 2 images of 64 × 64.
+            example = example.new_zeros(
+                max(2, example.shape[0]), example.shape[1], max(64, height), max(64, width)
+            )
     inference = model.inference()
     was_training = model.training
     model.eval()
     shapes = None
     if dynamic:
         batch = torch.export.Dim("batch", min=1, max=1024)
-        height = 32 * torch.export.Dim("height_32", min=1, max=512)
-        width = 32 * torch.export.Dim("width_32", min=1, max=512)
+        height = 32 * torch.export.Dim("height_32", min=2, max=512)
+        width = 32 * torch.export.Dim("width_32", min=2, max=512)
         shapes = {"images": {0: batch, 2: height, 3: width}}
     try:
         with torch.no_grad():

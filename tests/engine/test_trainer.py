@@ -223,3 +223,20 @@ def test_two_process_gloo_run(workspace):
         float(x.split("contrast ")[1].split(")")[0]) for x in log.splitlines() if "it " in x
     ]
     assert contrast_terms and all(t > 0 for t in contrast_terms)  # active on many processes too
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains(workspace, amp):
+    c = config_from_dict(config(workspace, f"amp_{amp}", optim={"iters": 2, "amp": amp}))
+    trainer = Trainer(c)
+    metrics = trainer.fit()
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    state = ckpt.load_checkpoint(c.run_dir / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert metrics["miou"] == metrics["miou"]  # not NaN
+
+
+def test_crop_size_must_fit_the_encoder_stride(workspace):
+    c = config_from_dict(config(workspace, data={"crop_size": [36, 32]}))
+    with pytest.raises(ConfigError, match=r"data\.crop_size: \[36, 32\] must be multiples of 32"):
+        Trainer(c)

@@ -1,0 +1,48 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from contextrast.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("make_configs", ROOT / "tools" / "make_configs.py")
+make_configs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_configs)
+GENERATED = make_configs.files()
+
+
+def test_configs_are_up_to_date_and_cover_table_2():
+    on_disk = sorted(ROOT.joinpath("configs").rglob("*.yaml"))
+    assert on_disk == sorted(GENERATED)
+    for path, text in GENERATED.items():
+        assert path.read_text() == text, f"{path} is stale: run make configs"
+    # 3 models x 5 datasets x {CE, Contextrast} + the 2 digits configs.
+    assert len(GENERATED) == 32
+
+
+@pytest.mark.parametrize("path", sorted(GENERATED), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_loads(path):
+    config = load_config(path)
+    assert config.loss.name in ("ce", "contextrast")
+    assert path.stem.endswith(config.loss.name)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "crop", "batch", "iters", "scales"),
+    [
+        ("cityscapes", [512, 1024], 8, 40000, [1.0]),
+        ("camvid", [352, 480], 16, 6000, [0.75, 1.0, 1.25, 1.5, 1.75, 2.0]),
+        ("ade20k", [512, 512], 12, 80000, [0.75, 1.0, 1.25, 1.5, 1.75, 2.0]),
+        ("coco_stuff", [512, 512], 16, 60000, [0.75, 1.0, 1.25, 1.5, 1.75, 2.0]),
+        ("pascal_context", [512, 512], 16, 60000, [0.75, 1.0, 1.25, 1.5, 1.75, 2.0]),
+    ],
+)
+def test_paper_settings(dataset, crop, batch, iters, scales):
+    for model in ("deeplabv3_r101", "hrnetv2_w48", "ocrnet_hrnetv2_w48"):
+        c = load_config(ROOT / "configs" / dataset / f"{model}_contextrast.yaml")
+        assert (c.data.crop_size, c.data.batch_size, c.optim.iters) == (crop, batch, iters)
+        assert c.eval.scales == scales and c.eval.flip == (scales != [1.0])
+        assert c.loss.contrast.layer_weights == [0.1, 0.4, 0.7, 1.0]
+        assert (c.loss.contrast.loss_weight, c.loss.contrast.w_high) == (0.1, 0.7)
+        assert c.loss.contrast.bane_ratio == 0.5 and c.model.name == model
