@@ -5,8 +5,12 @@ from contextrast.contrast import (
     BaneSampler,
     ContextrastLoss,
     ContextrastTerms,
+    MultiScaleCrossScaleLoss,
+    PixelContrastLoss,
+    PixelContrastMemory,
     PixelSubsampler,
     ProjectionHead,
+    RegionContrastLoss,
 )
 from contextrast.models import SegmentationOutput, create_model, list_models
 
@@ -16,8 +20,12 @@ __all__ = [
     "BaneSampler",
     "ContextrastLoss",
     "ContextrastTerms",
+    "MultiScaleCrossScaleLoss",
+    "PixelContrastLoss",
+    "PixelContrastMemory",
     "PixelSubsampler",
     "ProjectionHead",
+    "RegionContrastLoss",
     "SegmentationOutput",
     "__version__",
     "create_model",

@@ -157,6 +157,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _losses(_: argparse.Namespace) -> int:
+    from contextrast.engine.builders import LOSS_DESCRIPTIONS
+
+    for name, text in LOSS_DESCRIPTIONS.items():
+        print(f"{name:<17}{text}")
+    print(
+        "\nchoose one with --set loss.name=NAME; its options are under loss.<section> in a config"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contextrast",
@@ -168,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_info)
     models = commands.add_parser("models", help="list the segmentation model presets")
     models.set_defaults(handler=_models)
+    losses = commands.add_parser("losses", help="list the contrastive losses (loss.name)")
+    losses.set_defaults(handler=_losses)
     check = commands.add_parser(
         "check-data",
         help="scan a dataset and report every problem at once, with counts",

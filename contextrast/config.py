@@ -76,17 +76,61 @@ class ContrastConfig:
     loss_weight: float = 0.1
     max_pixels: int | None = None
     hard_negatives: Literal["only", "include"] = "only"
+    #: "bane", or "semi_hard" (random error pixels: the Table 6 ablation)
+    negatives: Literal["bane", "semi_hard"] = "bane"
     detach_anchors: bool = False
     normalize_anchors: bool = False
 
 
 @dataclass
+class PixelContrastConfig:
+    embed_dim: int = 256
+    temperature: float = 0.1
+    base_temperature: float = 0.07
+    loss_weight: float = 0.1
+    max_samples: int = 1024
+    max_views: int = 100
+    feature: Literal["concat", "last"] = "concat"
+    #: contrast against per-class pixel and segment queues too
+    memory: bool = False
+    queue_size: int = 5000
+    pixels_per_class: int = 10
+
+
+@dataclass
+class MultiScaleConfig:
+    embed_dim: int = 256
+    temperature: float = 0.1
+    base_temperature: float = 0.1
+    loss_weight: float = 0.1
+    scale_weights: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.4, 0.1])
+    #: the model's feature maps used as scales (None: all)
+    feature_indices: list[int] | None = None
+    cross_scale: bool = True
+    min_pixels: int = 5
+    max_views: int = 2500
+    max_samples: int = 10000
+
+
+@dataclass
+class RegionContrastConfig:
+    embed_dim: int = 256
+    temperature: float = 0.2
+    loss_weight: float = 0.1
+    queue_size: int = 1000
+    feature: Literal["concat", "last"] = "concat"
+
+
+@dataclass
 class LossConfig:
-    #: "ce": cross-entropy baseline; "contextrast": CE + α·L_PA
-    name: Literal["ce", "contextrast"] = "contextrast"
+    #: the contrastive term added to CE; "ce" is the baseline (``contextrast losses`` lists them)
+    name: Literal["ce", "contextrast", "pixel_contrast", "ms_cs", "region_contrast"] = "contextrast"
     #: iterations before the contrastive term is switched on
     contrast_warmup_iters: int = 0
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    pixel_contrast: PixelContrastConfig = field(default_factory=PixelContrastConfig)
+    ms_cs: MultiScaleConfig = field(default_factory=MultiScaleConfig)
+    region_contrast: RegionContrastConfig = field(default_factory=RegionContrastConfig)
 
 
 @dataclass

@@ -20,9 +20,12 @@ __all__ = [
     "class_error_maps",
     "distance_transform",
     "hard_negative_mask",
+    "info_nce_from_logits",
     "pixel_anchor_loss",
     "pixel_anchor_loss_from_logits",
     "representative_anchors",
+    "semi_hard_select",
+    "supervised_contrastive_loss",
 ]
 
 
@@ -137,6 +140,38 @@ def anchors_from_flat(
     return anchors, counts > 0
 
 
+def info_nce_from_logits(
+    logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
+) -> torch.Tensor:
+    """Masked InfoNCE, the common core of every contrastive loss here.
+
+    For each anchor a with at least one positive and one negative:
+    ``mean over positives p of −log(exp(s_ap) / (exp(s_ap) + Σ_negatives exp(s_an)))``,
+    computed as ``softplus(logsumexp_n s_an − s_ap)`` (stable at any temperature). The result
+    is the mean over those anchors; an exact zero that keeps the graph when there is none.
+
+    Args:
+        logits: (A, C) similarities already divided by the temperature.
+        positive: (A, C) bool.
+        negative: (A, C) bool (disjoint from ``positive``).
+    """
+    has_negative = negative.any(dim=1)  # (A,)
+    num_positive = positive.sum(dim=1)  # (A,)
+    used = has_negative & (num_positive > 0)  # (A,)
+    # Rows without any negative would give logsumexp(-inf…) = -inf and a NaN gradient even
+    # when masked out later, so they are neutralised before the reduction.
+    masked = logits.masked_fill(~negative, float("-inf"))
+    masked = masked.masked_fill(~has_negative.unsqueeze(1), 0.0)
+    negative_lse = torch.logsumexp(masked, dim=1, keepdim=True)  # (A, 1)
+    per_pair = F.softplus(negative_lse - logits)  # (A, C)
+    per_pair = torch.where(positive & used.unsqueeze(1), per_pair, torch.zeros_like(per_pair))
+    per_anchor = per_pair.sum(dim=1) / num_positive.clamp(min=1).to(per_pair.dtype)  # (A,)
+    num_used = used.sum()
+    if int(num_used) == 0:
+        return logits.sum() * 0.0
+    return per_anchor[used].sum() / num_used.to(per_pair.dtype)
+
+
 def pixel_anchor_loss_from_logits(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -164,27 +199,45 @@ def pixel_anchor_loss_from_logits(
     negative = valid.unsqueeze(0) & ~positive  # (N, M)
     if negative_mask is not None:
         negative = negative & negative_mask
-    has_negative = negative.any(dim=1)  # (N,)
-    num_positive = positive.sum(dim=1)  # (N,)
-    used = has_negative & (num_positive > 0)  # (N,)
+    return info_nce_from_logits(logits, positive, negative)
 
-    # Rows without any negative would give logsumexp(-inf…) = -inf and a NaN gradient even
-    # when masked out later, so they are neutralised before the reduction.
-    masked = logits.masked_fill(~negative, float("-inf"))
-    masked = masked.masked_fill(~has_negative.unsqueeze(1), 0.0)
-    negative_lse = torch.logsumexp(masked, dim=1)  # (N,)
 
-    own = torch.where(valid, labels, torch.zeros_like(labels))  # (M,) safe index
-    positive_logit = logits.gather(0, own.unsqueeze(0)).squeeze(0)  # (M,)
-    # -L_a = log(1 + exp(lse_neg - s_pos)) = softplus(lse_neg - s_pos): stable at any τ.
-    per_pixel = F.softplus(negative_lse[own] - positive_logit)  # (M,)
-    per_pixel = torch.where(valid & used[own], per_pixel, torch.zeros_like(per_pixel))
-    per_anchor = torch.mv(positive.to(per_pixel.dtype), per_pixel)  # (N,)
-    per_anchor = per_anchor / num_positive.clamp(min=1).to(per_pixel.dtype)
-    num_used = used.sum()
-    if int(num_used) == 0:
-        return logits.sum() * 0.0
-    return per_anchor[used].sum() / num_used.to(per_pixel.dtype)
+def supervised_contrastive_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    base_temperature: float = 0.07,
+    contrast_features: torch.Tensor | None = None,
+    contrast_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Supervised contrastive loss over samples (pixel contrast, multi-/cross-scale contrast).
+
+    Each sample is an anchor; its positives are the other samples (of the contrast set) with
+    its label, its negatives those with another label; the per-positive term is the InfoNCE of
+    :func:`info_nce_from_logits`, scaled by ``temperature / base_temperature`` as in the
+    peers' code.
+
+    Args:
+        features: (A, D) L2-normalised anchor embeddings.
+        labels: (A,) class ids.
+        contrast_features: (C, D) the set to contrast against (default: the anchors
+            themselves, each excluded as its own positive).
+        contrast_labels: (C,) their class ids.
+    """
+    if not temperature > 0 or not base_temperature > 0:
+        raise ValueError(f"temperatures must be > 0, got {temperature}, {base_temperature}")
+    self_contrast = contrast_features is None
+    if self_contrast:
+        contrast_features, contrast_labels = features, labels
+    dtype = compute_dtype(features, contrast_features)
+    with _no_autocast(features.device):
+        logits = features.to(dtype) @ contrast_features.to(dtype).t() / temperature  # (A, C)
+        same = labels.unsqueeze(1) == contrast_labels.unsqueeze(0)  # (A, C)
+        positive, negative = same.clone(), ~same
+        if self_contrast:
+            positive.fill_diagonal_(False)
+        loss = info_nce_from_logits(logits, positive, negative)
+    return loss * (temperature / base_temperature)
 
 
 def pixel_anchor_loss(
@@ -436,6 +489,20 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
     selected = torch.zeros_like(error_maps)
     selected[chosen[:, 0], chosen[:, 1], chosen[:, 2], chosen[:, 3]] = True
     return selected
+
+
+def semi_hard_select(
+    error_maps: torch.Tensor, ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Semi-hard negatives (Table 6 ablation): per class, ⌈ratio · count⌉ error pixels
+    chosen uniformly at random instead of nearest to the edge.
+
+    error_maps: (B, N, H, W) bool. Returns (B, N, H, W) bool.
+    """
+    device = generator.device if generator is not None else error_maps.device
+    scores = torch.rand(error_maps.shape, generator=generator, device=device)
+    scores = scores.to(error_maps.device)
+    return bane_select(scores, error_maps, ratio)
 
 
 def hard_negative_mask(

@@ -70,3 +70,28 @@ def ceil_ratio(ratio: float, count: int) -> int:
     from fractions import Fraction
 
     return math.ceil(Fraction(ratio).limit_denominator(10**6) * count)
+
+
+def supcon(features, labels, tau, base_tau, contrast=None, contrast_labels=None):
+    """Supervised contrast with a loop: per anchor, mean over positives of
+    −log(e^{s+} / (e^{s+} + Σ_neg e^{s−})), times τ / τ_base; mean over anchors that have both."""
+    self_contrast = contrast is None
+    if self_contrast:
+        contrast, contrast_labels = features, labels
+    per_anchor = []
+    for i in range(len(features)):
+        positives = [
+            j
+            for j in range(len(contrast))
+            if contrast_labels[j] == labels[i] and not (self_contrast and j == i)
+        ]
+        negatives = [j for j in range(len(contrast)) if contrast_labels[j] != labels[i]]
+        if not positives or not negatives:
+            continue
+        neg = sum(math.exp(features[i] @ contrast[j] / tau) for j in negatives)
+        terms = []
+        for p in positives:
+            pos = math.exp(features[i] @ contrast[p] / tau)
+            terms.append(-math.log(pos / (pos + neg)))
+        per_anchor.append(sum(terms) / len(terms))
+    return (sum(per_anchor) / len(per_anchor)) * tau / base_tau if per_anchor else 0.0

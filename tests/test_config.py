@@ -30,7 +30,11 @@ def test_load_and_override(tmp_path):
         ("optim: {lrr: 1}", [], "unknown key 'optim.lrr'; allowed: ['lr', 'momentum'"),
         ("optim: {lr: fast}", [], "optim.lr: 'fast' is not float"),
         ("optim: {amp: fp8}", [], "optim.amp: 'fp8' is not one of ['none', 'bf16', 'fp16']"),
-        ("loss: {name: focal}", [], "loss.name: 'focal' is not one of ['ce', 'contextrast']"),
+        (
+            "loss: {name: focal}",
+            [],
+            "loss.name: 'focal' is not one of ['ce', 'contextrast', 'pixel",
+        ),
         ("data: {crop_size: 512}", [], "data.crop_size: 512 is not a list of int"),
         ("", ["optim.iters=0"], "optim.iters: must be >= 1"),
         ("", ["nosection.x=1"], "unknown key 'nosection'; allowed: ['run', 'model'"),

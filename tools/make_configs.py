@@ -1,4 +1,4 @@
-"""Write configs/: one complete YAML per Table 2 row this codebase trains, plus digits.
+"""Write configs/: one complete YAML per Table 2 / Table 6 row this codebase trains, plus digits.
 
     python tools/make_configs.py            # (re)write configs/
     python tools/make_configs.py --check    # exit 1 if configs/ differs from this script
@@ -76,19 +76,51 @@ PAPER_HEADER = """\
 DIGITS_HEADER = """\
 # {title}
 # The CPU demo (make demo): real MNIST digits composed into scenes (built in), an
-# ImageNet-pretrained EfficientNet-Lite0 encoder with an HRNetV2-style head, 500 iterations.
+# ImageNet-pretrained EfficientNet-Lite0 encoder with an HRNetV2-style head, 400 iterations.
 # model.pretrained is written by `make demo` (python -m contextrast.demo --prepare-weights);
 # without it, run with --set model.pretrained=false (from scratch: much lower mIoU).
 # Train: contextrast train {path}
 """
 
 
-def paper_config(dataset: str, model: str, loss: str) -> dict:
+#: extra loss settings per variant (file suffix → (loss.name, loss section settings, title))
+VARIANTS = {
+    "ce": ("ce", {}, "CE baseline"),
+    "contextrast": ("contextrast", {}, "Contextrast (CCL + BANE)"),
+    "ms_cs": ("ms_cs", {}, "multi-/cross-scale contrast [31]"),
+    "pixel_contrast": (
+        "pixel_contrast",
+        {"contrast_warmup_iters": 5000, "pixel_contrast": {"memory": True}},
+        "pixel contrast with memory bank [41]",
+    ),
+    "region_contrast": ("region_contrast", {}, "region-aware contrast [17]"),
+    "contextrast_ccl": ("contextrast", {"contrast": {"bane_ratio": 0.0}}, "CCL only (Table 6)"),
+    "contextrast_ccl_semi_hard": (
+        "contextrast",
+        {"contrast": {"negatives": "semi_hard"}},
+        "CCL + semi-hard negatives (Table 6)",
+    ),
+}
+#: which variants each model/dataset gets: the rows of Tables 2 and 6 this codebase trains
+ROWS = {
+    (dataset, model): ["ce", "contextrast", "ms_cs"] for dataset in DATASETS for model in MODELS
+}
+ROWS[("cityscapes", "hrnetv2_w48")] += [
+    "pixel_contrast",
+    "region_contrast",
+    "contextrast_ccl",
+    "contextrast_ccl_semi_hard",
+]
+ROWS[("camvid", "hrnetv2_w48")] += ["contextrast_ccl", "contextrast_ccl_semi_hard"]
+
+
+def paper_config(dataset: str, model: str, variant: str) -> dict:
+    loss, settings, _ = VARIANTS[variant]
     d = DATASETS[dataset]
     train_split, val_split = SPLITS.get(dataset, ("train", "val"))
     crop_h, crop_w = d["eval"]["crop_size"]
     return {
-        "run": {"name": f"{dataset}_{model}_{loss}", "output_dir": "runs", "device": "cuda"},
+        "run": {"name": f"{dataset}_{model}_{variant}", "output_dir": "runs", "device": "cuda"},
         "model": {"name": model, "pretrained": True, "aux_weight": 0.4},
         "data": {
             "dataset": dataset,
@@ -102,7 +134,7 @@ def paper_config(dataset: str, model: str, loss: str) -> dict:
             "batch_size": d["batch_size"],
             "num_workers": 4,
         },
-        "loss": {"name": loss},
+        "loss": {"name": loss, **settings, **_ms_cs_scales(model, loss)},
         "optim": {"lr": 0.01, "weight_decay": 0.0005, "iters": d["iters"]},
         "train": {
             "log_interval": 50,
@@ -111,6 +143,13 @@ def paper_config(dataset: str, model: str, loss: str) -> dict:
         },
         "eval": {**d["eval"], "stride": [crop_h * 2 // 3, crop_w * 2 // 3]},
     }
+
+
+def _ms_cs_scales(model: str, loss: str) -> dict:
+    # Pissas et al. contrast DeepLabV3's layer1, layer3 and layer4.
+    if loss == "ms_cs" and model.startswith("deeplabv3"):
+        return {"ms_cs": {"feature_indices": [0, 2, 3], "scale_weights": [1.0, 0.7, 0.4]}}
+    return {}
 
 
 def digits_config(loss: str) -> dict:
@@ -133,8 +172,8 @@ def digits_config(loss: str) -> dict:
             "num_workers": 0,
         },
         "loss": {"name": loss, "contrast": {"embed_dim": 128}},
-        "optim": {"lr": 0.03, "weight_decay": 0.0001, "iters": 500},
-        "train": {"log_interval": 50, "eval_interval": 500, "checkpoint_interval": 250},
+        "optim": {"lr": 0.03, "weight_decay": 0.0001, "iters": 400},
+        "train": {"log_interval": 50, "eval_interval": 400, "checkpoint_interval": 200},
         "eval": {"mode": "whole", "crop_size": [96, 128], "stride": [64, 86]},
     }
 
@@ -162,9 +201,9 @@ def files() -> dict[Path, str]:
             "single scale" if d["eval"]["scales"] == [1.0] else "multi-scale 0.75–2.0 + flip"
         ) + f", {d['eval']['mode']}"
         for model in MODELS:
-            for loss in ("ce", "contextrast"):
-                path = ROOT / dataset / f"{model}_{loss}.yaml"
-                title = f"{model} + {'CE baseline' if loss == 'ce' else 'Contextrast'} on {dataset}"
+            for variant in ROWS[(dataset, model)]:
+                path = ROOT / dataset / f"{model}_{variant}.yaml"
+                title = f"{model} + {VARIANTS[variant][2]} on {dataset}"
                 header = PAPER_HEADER.format(
                     title=title,
                     crop="×".join(map(str, d["crop_size"])),
@@ -173,7 +212,7 @@ def files() -> dict[Path, str]:
                     protocol=protocol,
                     path=path.relative_to(ROOT.parent),
                 )
-                out[path] = render(paper_config(dataset, model, loss), header)
+                out[path] = render(paper_config(dataset, model, variant), header)
     for loss in ("ce", "contextrast"):
         path = ROOT / "digits" / f"{loss}.yaml"
         title = f"digits demo: {'CE baseline' if loss == 'ce' else 'Contextrast'}"

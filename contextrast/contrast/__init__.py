@@ -1,13 +1,34 @@
 """Contrastive learning: projection heads, samplers and losses."""
 
 from contextrast.contrast.losses import ContextrastLoss, ContextrastTerms
+from contextrast.contrast.memory import ClassQueue
+from contextrast.contrast.peers import (
+    MultiScaleCrossScaleLoss,
+    PixelContrastLoss,
+    PixelContrastMemory,
+    RegionContrastLoss,
+)
 from contextrast.contrast.projection import ProjectionHead
-from contextrast.contrast.sampling import BaneSampler, PixelSubsampler
+from contextrast.contrast.sampling import (
+    BalancedRandomSampler,
+    BaneSampler,
+    HardAnchorSampler,
+    PixelSubsampler,
+    SemiHardSampler,
+)
 
 __all__ = [
+    "BalancedRandomSampler",
     "BaneSampler",
+    "ClassQueue",
     "ContextrastLoss",
     "ContextrastTerms",
+    "HardAnchorSampler",
+    "MultiScaleCrossScaleLoss",
+    "PixelContrastLoss",
+    "PixelContrastMemory",
     "PixelSubsampler",
     "ProjectionHead",
+    "RegionContrastLoss",
+    "SemiHardSampler",
 ]

@@ -11,11 +11,12 @@ from torch import nn
 
 from contextrast import functional as CF
 from contextrast.contrast.projection import ProjectionHead
-from contextrast.contrast.sampling import BaneSampler, PixelSubsampler
+from contextrast.contrast.sampling import BaneSampler, PixelSubsampler, SemiHardSampler
 
 __all__ = ["ContextrastLoss", "ContextrastTerms", "resize_labels"]
 
 HARD_NEGATIVE_MODES = ("only", "include")
+NEGATIVE_SAMPLERS = {"bane": BaneSampler, "semi_hard": SemiHardSampler}
 
 
 class ContextrastTerms(NamedTuple):
@@ -75,6 +76,8 @@ class ContextrastLoss(nn.Module):
             alone; an anchor without any keeps its ordinary negatives) or ``"include"`` (all
             ordinary negatives stay; BANE pixels are only guaranteed a place under
             ``max_pixels``).
+        negatives: "bane" (nearest the error edge) or "semi_hard" (the same share of error
+            pixels, at random: the Table 6 ablation).
         detach_anchors: stop the gradient through the anchors (default: anchors carry it).
         normalize_anchors: L2-normalise the fused anchors (default: plain means, as eq. 1).
     """
@@ -94,6 +97,7 @@ class ContextrastLoss(nn.Module):
         hidden_channels: int | None = None,
         max_pixels: int | None = None,
         hard_negatives: str = "only",
+        negatives: str = "bane",
         detach_anchors: bool = False,
         normalize_anchors: bool = False,
     ):
@@ -120,6 +124,10 @@ class ContextrastLoss(nn.Module):
             )
         if 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index={ignore_index} collides with a class id")
+        if negatives not in NEGATIVE_SAMPLERS:
+            raise ValueError(
+                f"unknown negatives {negatives!r}; choose from {sorted(NEGATIVE_SAMPLERS)}"
+            )
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.embed_dim = embed_dim
@@ -135,7 +143,8 @@ class ContextrastLoss(nn.Module):
         self.heads = nn.ModuleList(
             ProjectionHead(c, embed_dim, hidden_channels) for c in in_channels
         )
-        self.sampler = BaneSampler(self.bane_ratio, ignore_index)
+        self.negatives = negatives
+        self.sampler = NEGATIVE_SAMPLERS[negatives](self.bane_ratio, ignore_index)
         self.subsampler = PixelSubsampler(max_pixels, ignore_index)
 
     def extra_repr(self) -> str:
@@ -143,7 +152,8 @@ class ContextrastLoss(nn.Module):
             f"num_classes={self.num_classes}, temperature={self.temperature}, "
             f"layer_weights={self.layer_weights}, w_high={self.w_high}, "
             f"bane_ratio={self.bane_ratio}, loss_weight={self.loss_weight}, "
-            f"hard_negatives={self.hard_negatives!r}, max_pixels={self.subsampler.max_pixels}"
+            f"negatives={self.negatives!r}, hard_negatives={self.hard_negatives!r}, "
+            f"max_pixels={self.subsampler.max_pixels}"
         )
 
     def forward(

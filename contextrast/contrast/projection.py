@@ -19,18 +19,28 @@ class ProjectionHead(nn.Module):
         in_channels: C of the encoder feature map.
         embed_dim: d of the embeddings.
         hidden_channels: width of the hidden layer (default: ``in_channels``).
+        order: "bn_relu" (Conv → BN → ReLU → Conv) or "relu_bn" (Conv → ReLU → BN → Conv,
+            the multi-/cross-scale contrast projector).
     """
 
-    def __init__(self, in_channels: int, embed_dim: int = 256, hidden_channels: int | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        embed_dim: int = 256,
+        hidden_channels: int | None = None,
+        order: str = "bn_relu",
+    ):
         super().__init__()
         hidden = in_channels if hidden_channels is None else hidden_channels
         for name, value in (("in_channels", in_channels), ("embed_dim", embed_dim)):
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if order not in ("bn_relu", "relu_bn"):
+            raise ValueError(f"unknown order {order!r}; choose from ['bn_relu', 'relu_bn']")
+        middle = [nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, kernel_size=1, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, hidden, kernel_size=1, bias=order == "relu_bn"),
+            *(middle if order == "bn_relu" else middle[::-1]),
             nn.Conv2d(hidden, embed_dim, kernel_size=1),
         )
 

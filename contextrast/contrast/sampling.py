@@ -6,11 +6,20 @@ works without one (plain CCL) and accepts any of them.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from contextrast import functional as CF
 
-__all__ = ["BaneSampler", "PixelSubsampler"]
+__all__ = [
+    "BalancedRandomSampler",
+    "BaneSampler",
+    "HardAnchorSampler",
+    "PixelSamples",
+    "PixelSubsampler",
+    "SemiHardSampler",
+]
 
 
 class BaneSampler:
@@ -83,3 +92,122 @@ class PixelSubsampler:
             score = score + priority.to(score.dtype)
         score = score.masked_fill(~valid, -1.0)
         return torch.topk(score, self.max_pixels, sorted=False).indices
+
+
+class SemiHardSampler(BaneSampler):
+    """Semi-hard negatives (Table 6 ablation): the same share of error pixels per class as
+    BANE, chosen uniformly at random instead of nearest to the edge."""
+
+    @torch.no_grad()
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+        if self.ratio == 0:
+            return torch.zeros_like(target, dtype=torch.bool)
+        errors = CF.class_error_maps(pred, target, num_classes, self.ignore_index)
+        return CF.semi_hard_select(errors, self.ratio).any(dim=1)
+
+
+class PixelSamples(NamedTuple):
+    """Sampled pixels, one row per (image, class) pair.
+
+    batch: (A,) image of each row; pixels: (A, V) flat pixel indices in that image;
+    classes: (A,) the class of each row.
+    """
+
+    batch: torch.Tensor
+    pixels: torch.Tensor
+    classes: torch.Tensor
+
+    def gather(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """embeddings: (B, D, P) -> (features (A·V, D), labels (A·V,)), with gradient."""
+        a, v = self.pixels.shape
+        rows = self.batch.unsqueeze(1).expand(a, v)  # (A, V)
+        features = embeddings[rows.reshape(-1), :, self.pixels.reshape(-1)]  # (A·V, D)
+        return features, self.classes.repeat_interleave(v)
+
+
+def _empty_samples(device: torch.device) -> PixelSamples:
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return PixelSamples(empty, empty.view(0, 0), empty)
+
+
+def _pick(candidates: torch.Tensor, count: int) -> torch.Tensor:
+    return candidates[torch.randperm(candidates.numel(), device=candidates.device)[:count]]
+
+
+class HardAnchorSampler:
+    """Pixel contrast's sampling (Wang et al.): per image, the classes with more than
+    ``max_views`` pixels qualify; each gets ``min(max_samples // #qualifying, max_views)``
+    views, half "hard" (predicted wrongly) and half "easy" (predicted rightly), filling from
+    the other kind when one is short."""
+
+    def __init__(self, max_samples: int = 1024, max_views: int = 100, ignore_index: int = 255):
+        if max_samples < 1 or max_views < 2:
+            raise ValueError(
+                f"max_samples >= 1 and max_views >= 2 needed, got {max_samples}, {max_views}"
+            )
+        self.max_samples, self.max_views, self.ignore_index = max_samples, max_views, ignore_index
+
+    @torch.no_grad()
+    def __call__(self, labels: torch.Tensor, pred: torch.Tensor) -> PixelSamples:
+        """labels, pred: (B, P) at the embeddings' resolution."""
+        pairs = []
+        for b in range(labels.shape[0]):
+            values, counts = torch.unique(labels[b], return_counts=True)
+            for c, n in zip(values.tolist(), counts.tolist()):
+                if c != self.ignore_index and n > self.max_views:
+                    pairs.append((b, c))
+        if not pairs:
+            return _empty_samples(labels.device)
+        views = min(self.max_samples // len(pairs), self.max_views)
+        if views < 2:
+            return _empty_samples(labels.device)
+        rows = []
+        for b, c in pairs:
+            hard = torch.nonzero((labels[b] == c) & (pred[b] != c)).squeeze(1)
+            easy = torch.nonzero((labels[b] == c) & (pred[b] == c)).squeeze(1)
+            n_hard = min(hard.numel(), max(views // 2, views - easy.numel()))
+            rows.append(torch.cat([_pick(hard, n_hard), _pick(easy, views - n_hard)]))
+        device = labels.device
+        return PixelSamples(
+            torch.tensor([b for b, _ in pairs], device=device),
+            torch.stack(rows),
+            torch.tensor([c for _, c in pairs], device=device),
+        )
+
+
+class BalancedRandomSampler:
+    """Multi-/cross-scale contrast's sampling (Pissas et al.): (image, class) pairs with at
+    least ``min_pixels`` pixels qualify; every pair gets the same number of views — the
+    smallest pair's count, capped at ``max_views`` and ``max_samples // #pairs`` — drawn
+    uniformly at random."""
+
+    def __init__(
+        self,
+        min_pixels: int = 5,
+        max_views: int = 2500,
+        max_samples: int = 10000,
+        ignore_index: int = 255,
+    ):
+        self.min_pixels, self.max_views, self.max_samples = min_pixels, max_views, max_samples
+        self.ignore_index = ignore_index
+
+    @torch.no_grad()
+    def __call__(self, labels: torch.Tensor) -> PixelSamples:
+        """labels: (B, P)."""
+        pairs, smallest = [], None
+        for b in range(labels.shape[0]):
+            values, counts = torch.unique(labels[b], return_counts=True)
+            for c, n in zip(values.tolist(), counts.tolist()):
+                if c != self.ignore_index and n >= self.min_pixels:
+                    pairs.append((b, c))
+                    smallest = n if smallest is None else min(smallest, n)
+        if not pairs:
+            return _empty_samples(labels.device)
+        views = max(1, min(smallest, self.max_views, self.max_samples // len(pairs)))
+        rows = [_pick(torch.nonzero(labels[b] == c).squeeze(1), views) for b, c in pairs]
+        device = labels.device
+        return PixelSamples(
+            torch.tensor([b for b, _ in pairs], device=device),
+            torch.stack(rows),
+            torch.tensor([c for _, c in pairs], device=device),
+        )

@@ -4,16 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from contextrast.config import Config, ConfigError
 from contextrast.contrast import ContextrastLoss
+from contextrast.contrast.peers import (
+    MultiScaleCrossScaleLoss,
+    PixelContrastLoss,
+    PixelContrastMemory,
+    RegionContrastLoss,
+)
 from contextrast.data import DATASETS, EvalTransform, SegmentationDataset, TrainTransform
 from contextrast.evaluation.evaluator import Evaluator
 from contextrast.models import Segmentor, create_model
 
-__all__ = ["LOSSES", "build_contrast", "build_dataset", "build_evaluator", "build_model"]
+__all__ = [
+    "LOSS_DESCRIPTIONS",
+    "build_contrast",
+    "build_dataset",
+    "build_evaluator",
+    "build_model",
+]
 
-#: ``loss.name`` → contrastive loss class (None: cross-entropy only).
-LOSSES: dict[str, type | None] = {"ce": None, "contextrast": ContextrastLoss}
+#: ``loss.name`` → (what it is, the paper's reference).
+LOSS_DESCRIPTIONS = {
+    "ce": "cross-entropy only (the baseline rows of Table 2)",
+    "contextrast": "CCL + BANE, Sung et al. (this paper); negatives=semi_hard / bane_ratio=0 "
+    "for the Table 6 ablations",
+    "pixel_contrast": "pixel contrast, Wang et al. ICCV21 [41]; memory=true for its memory bank",
+    "ms_cs": "multi-scale + cross-scale contrast, Pissas et al. ECCV22 [31]",
+    "region_contrast": "region-aware contrast, Hu et al. ICCV21 [17]",
+}
 
 
 def build_dataset(config: Config, split: str, train: bool) -> SegmentationDataset:
@@ -67,33 +88,86 @@ def build_model(config: Config, num_classes: int, pretrained: bool = True) -> Se
     return create_model(m.name, num_classes, m.pretrained if pretrained else False, **kwargs)
 
 
-def build_contrast(config: Config, num_classes: int, channels: list[int]) -> ContextrastLoss | None:
+def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.Module | None:
+    """The contrastive loss module of ``loss.name`` (None for "ce")."""
     name = config.loss.name
-    if name not in LOSSES:
-        raise ConfigError(f"loss.name: unknown loss {name!r}; choose from {sorted(LOSSES)}")
-    cls = LOSSES[name]
-    if cls is None:
-        return None
-    c = config.loss.contrast
-    if len(c.layer_weights) != len(channels):
+    if name not in LOSS_DESCRIPTIONS:
         raise ConfigError(
-            f"loss.contrast.layer_weights: {len(c.layer_weights)} weights for a model with "
-            f"{len(channels)} feature maps"
+            f"loss.name: unknown loss {name!r}; choose from {sorted(LOSS_DESCRIPTIONS)}"
         )
-    return cls(
+    if name == "ce":
+        return None
+    if name == "contextrast":
+        c = config.loss.contrast
+        if len(c.layer_weights) != len(channels):
+            raise ConfigError(
+                f"loss.contrast.layer_weights: {len(c.layer_weights)} weights for a model with "
+                f"{len(channels)} feature maps"
+            )
+        return ContextrastLoss(
+            num_classes,
+            channels,
+            embed_dim=c.embed_dim,
+            temperature=c.temperature,
+            layer_weights=c.layer_weights,
+            w_high=c.w_high,
+            bane_ratio=c.bane_ratio,
+            loss_weight=c.loss_weight,
+            max_pixels=c.max_pixels,
+            hard_negatives=c.hard_negatives,
+            negatives=c.negatives,
+            detach_anchors=c.detach_anchors,
+            normalize_anchors=c.normalize_anchors,
+        )
+    if name == "pixel_contrast":
+        p = config.loss.pixel_contrast
+        loss = PixelContrastLoss(
+            num_classes,
+            channels,
+            embed_dim=p.embed_dim,
+            temperature=p.temperature,
+            base_temperature=p.base_temperature,
+            loss_weight=p.loss_weight,
+            max_samples=p.max_samples,
+            max_views=p.max_views,
+            feature=p.feature,
+        )
+        return PixelContrastMemory(loss, p.queue_size, p.pixels_per_class) if p.memory else loss
+    if name == "ms_cs":
+        m = config.loss.ms_cs
+        indices = m.feature_indices if m.feature_indices is not None else list(range(len(channels)))
+        if any(not 0 <= i < len(channels) for i in indices):
+            raise ConfigError(
+                f"loss.ms_cs.feature_indices: {indices} outside the model's {len(channels)} maps"
+            )
+        if len(m.scale_weights) != len(indices):
+            raise ConfigError(
+                f"loss.ms_cs.scale_weights: {len(m.scale_weights)} weights for "
+                f"{len(indices)} scales"
+            )
+        return MultiScaleCrossScaleLoss(
+            num_classes,
+            channels,
+            embed_dim=m.embed_dim,
+            temperature=m.temperature,
+            base_temperature=m.base_temperature,
+            loss_weight=m.loss_weight,
+            scale_weights=m.scale_weights,
+            feature_indices=indices,
+            cross_scale=m.cross_scale,
+            min_pixels=m.min_pixels,
+            max_views=m.max_views,
+            max_samples=m.max_samples,
+        )
+    r = config.loss.region_contrast
+    return RegionContrastLoss(
         num_classes,
         channels,
-        embed_dim=c.embed_dim,
-        temperature=c.temperature,
-        layer_weights=c.layer_weights,
-        w_high=c.w_high,
-        bane_ratio=c.bane_ratio,
-        loss_weight=c.loss_weight,
-        ignore_index=255,
-        max_pixels=c.max_pixels,
-        hard_negatives=c.hard_negatives,
-        detach_anchors=c.detach_anchors,
-        normalize_anchors=c.normalize_anchors,
+        embed_dim=r.embed_dim,
+        temperature=r.temperature,
+        loss_weight=r.loss_weight,
+        queue_size=r.queue_size,
+        feature=r.feature,
     )
 
 

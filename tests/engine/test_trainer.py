@@ -240,3 +240,26 @@ def test_crop_size_must_fit_the_encoder_stride(workspace):
     c = config_from_dict(config(workspace, data={"crop_size": [36, 32]}))
     with pytest.raises(ConfigError, match=r"data\.crop_size: \[36, 32\] must be multiples of 32"):
         Trainer(c)
+
+
+@pytest.mark.parametrize(
+    ("loss", "section"),
+    [
+        ("pixel_contrast", {"pixel_contrast": {"embed_dim": 8, "max_views": 8, "memory": True}}),
+        ("ms_cs", {"ms_cs": {"embed_dim": 8}}),
+        ("region_contrast", {"region_contrast": {"embed_dim": 8}}),
+        ("contextrast", {"contrast": {"embed_dim": 8, "negatives": "semi_hard"}}),
+    ],
+)
+def test_one_config_key_switches_the_loss(workspace, loss, section):
+    c = config_from_dict(
+        config(workspace, loss, optim={"iters": 2}, loss={"name": loss, **section})
+    )
+    trainer = Trainer(c)
+    trainer.fit()
+    state = ckpt.load_checkpoint(c.run_dir / "last.pt")
+    assert state["contrast"] and type(trainer.contrast).__name__ in {
+        "PixelContrastMemory", "MultiScaleCrossScaleLoss", "RegionContrastLoss", "ContextrastLoss",
+    }  # fmt: skip
+    log = (c.run_dir / "train.log").read_text()
+    assert "contrast 0.0000)" not in log.splitlines()[-2]  # the term was active

@@ -1,0 +1,177 @@
+"""Training cost of each loss on the same model and input: step time and peak memory.
+
+    python benchmarks/training_cost.py [--model hrnetv2_w18_small --batch 4 --size 256 512]
+
+Every method trains the same model (same initial weights) on the same batch: CE only,
+Contextrast, its semi-hard ablation, and each peer loss. Step times (forward, backward, SGD
+step) are measured interleaved — one step of each method per round — so that drift of the
+machine affects all methods alike; the median over rounds is reported with its ratio to CE.
+Peak memory: on CUDA ``max_memory_allocated`` per method; on the CPU each method runs once
+more in a fresh subprocess and the increase of its peak resident memory over the model alone
+is reported. Prints a table and writes JSON (``benchmarks/results/training_cost.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from contextrast import (
+    ContextrastLoss,
+    MultiScaleCrossScaleLoss,
+    PixelContrastLoss,
+    PixelContrastMemory,
+    RegionContrastLoss,
+    create_model,
+)
+from contextrast.engine.trainer import TrainingModule
+
+METHODS = {
+    "ce": lambda n, ch: None,
+    "contextrast": lambda n, ch: ContextrastLoss(n, ch),
+    "contextrast_semi_hard": lambda n, ch: ContextrastLoss(n, ch, negatives="semi_hard"),
+    "pixel_contrast": lambda n, ch: PixelContrastLoss(n, ch),
+    "pixel_contrast_memory": lambda n, ch: PixelContrastMemory(PixelContrastLoss(n, ch)),
+    "ms_cs": lambda n, ch: MultiScaleCrossScaleLoss(n, ch),
+    "region_contrast": lambda n, ch: RegionContrastLoss(n, ch),
+}
+
+
+def batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and a blocky label map (regions of 32 px) with boundaries everywhere."""
+    g = torch.Generator().manual_seed(0)
+    height, width = args.size
+    images = torch.randn(args.batch, 3, height, width, generator=g)
+    coarse = torch.randint(0, args.classes, (args.batch, 1, height // 32, width // 32), generator=g)
+    labels = F.interpolate(coarse.float(), size=(height, width), mode="nearest")[:, 0].long()
+    return images.to(device), labels.to(device)
+
+
+def build(args: argparse.Namespace, method: str, model: torch.nn.Module, device: torch.device):
+    model = copy.deepcopy(model)
+    net = TrainingModule(model, METHODS[method](args.classes, model.feature_channels)).to(device)
+    return net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+
+def step(net, optimizer, images, labels, amp) -> None:
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        terms = net(images, labels)
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    optimizer.step()
+
+
+def peak_memory_child(args: argparse.Namespace, method: str) -> float:
+    """MiB of peak resident memory a CPU step of ``method`` adds to the model alone."""
+    command = [sys.executable, __file__, "--child", method, "--model", args.model,
+               "--batch", str(args.batch), "--size", *map(str, args.size),
+               "--classes", str(args.classes)]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def child(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model = create_model(args.model, args.classes)
+    images, labels = batch(args, device)
+    net, optimizer = build(args, args.child, model, device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2):
+        step(net, optimizer, images, labels, amp=False)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="hrnetv2_w18_small")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, nargs=2, default=[256, 512])
+    parser.add_argument("--classes", type=int, default=19)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--out", default="benchmarks/results/training_cost.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = create_model(args.model, args.classes)
+    images, labels = batch(args, device)
+    nets = {m: build(args, m, model, device) for m in args.methods}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {m: [] for m in args.methods}
+    for net, optimizer in nets.values():  # warm-up
+        step(net, optimizer, images, labels, args.amp)
+    for _ in range(args.rounds):
+        for method, (net, optimizer) in nets.items():
+            sync()
+            start = time.perf_counter()
+            step(net, optimizer, images, labels, args.amp)
+            sync()
+            times[method].append(time.perf_counter() - start)
+    memory = {}
+    for method, (net, optimizer) in nets.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            step(net, optimizer, images, labels, args.amp)
+            memory[method] = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            memory[method] = peak_memory_child(args, method)
+    base_time = statistics.median(times["ce"]) if "ce" in times else None
+    rows = []
+    for method in args.methods:
+        seconds = statistics.median(times[method])
+        rows.append({
+            "method": method,
+            "seconds_per_step": seconds,
+            "time_ratio_to_ce": seconds / base_time if base_time else None,
+            "peak_memory_mib": memory[method],
+            "memory_ratio_to_ce": memory[method] / memory["ce"] if "ce" in memory else None,
+        })  # fmt: skip
+    what = "peak memory (MiB, CUDA)" if device.type == "cuda" else "peak RSS added (MiB)"
+    title = (
+        f"{args.model}, batch {args.batch}, {args.size[0]}x{args.size[1]}, {args.classes} classes"
+    )
+    print(f"training step cost: {title}, {device}{' bf16' if args.amp else ''}")
+    print(f"{'method':<24}{'s/step':>8}{'x CE':>7}{what:>26}{'x CE':>7}")
+    for r in rows:
+        print(
+            f"{r['method']:<24}{r['seconds_per_step']:>8.3f}{r['time_ratio_to_ce']:>7.2f}"
+            f"{r['peak_memory_mib']:>26.0f}{r['memory_ratio_to_ce']:>7.2f}"
+        )
+    result = {
+        "benchmark": "training_cost",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "setting": title,
+        "rounds": args.rounds,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Per-class memory queues for the contrastive losses that contrast against past batches."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["ClassQueue", "all_gather_variable"]
+
+
+def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a (K, ...) tensor over ranks, K may differ per rank; a copy on one process.
+
+    Sizes are gathered first, every rank pads to the largest, and the padding is cut again,
+    so it works with gloo and nccl alike.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor.clone()
+    world = dist.get_world_size()
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    largest = int(max(int(s) for s in sizes))
+    padded = tensor.new_zeros((largest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(s)] for g, s in zip(gathered, sizes)])
+
+
+class ClassQueue(nn.Module):
+    """A ring buffer of ``size`` entries per class, as module buffers (saved in checkpoints).
+
+    ``push`` writes each class's new keys at its pointer and advances the pointer by the
+    number written (the pixel-contrast public code advanced it by one whatever was written).
+
+    Args:
+        num_classes: N.
+        size: entries per class (Q).
+        dim: key dimension (D).
+    """
+
+    def __init__(self, num_classes: int, size: int, dim: int):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"queue size must be >= 1, got {size}")
+        self.register_buffer("keys", torch.zeros(num_classes, size, dim))
+        self.register_buffer("pointer", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[1]
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor, labels: torch.Tensor, gather: bool = True) -> None:
+        """keys: (K, D) detached embeddings; labels: (K,) their classes. With ``gather``, the
+        keys of every rank are pushed on every rank (queues stay identical under DDP)."""
+        if gather:
+            keys, labels = all_gather_variable(keys), all_gather_variable(labels)
+        keys = keys.to(self.keys.dtype)
+        for c in torch.unique(labels).tolist():
+            new = keys[labels == c][-self.size :]  # (k, D); only the newest fit
+            k = new.shape[0]
+            slots = (int(self.pointer[c]) + torch.arange(k, device=new.device)) % self.size
+            self.keys[c, slots] = new
+            self.pointer[c] = (self.pointer[c] + k) % self.size
+            self.count[c] = min(self.size, int(self.count[c]) + k)
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys (T, D), labels (T,)) of the filled entries."""
+        filled = torch.arange(self.size, device=self.keys.device).unsqueeze(
+            0
+        ) < self.count.unsqueeze(1)
+        labels = (
+            torch.arange(self.keys.shape[0], device=self.keys.device).unsqueeze(1).expand_as(filled)
+        )
+        return self.keys[filled], labels[filled]
