@@ -168,6 +168,151 @@ def _losses(_: argparse.Namespace) -> int:
     return 0
 
 
+def _analysis_model(args: argparse.Namespace):
+    """Config (from --config or the checkpoint), dataset split and loaded model."""
+    from contextrast.config import load_config
+    from contextrast.engine.builders import build_dataset, build_model
+    from contextrast.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    if args.config:
+        config = load_config(args.config, args.set)
+    else:
+        config = _checkpoint_config(args.checkpoint, args.set)[1]
+    dataset = build_dataset(config, args.split or config.data.val_split, train=False)
+    model = build_model(config, dataset.num_classes, pretrained=False)
+    model.load_state_dict(state["model"])
+    return state, config, dataset, model.eval()
+
+
+def _analyze_features(args: argparse.Namespace) -> int:
+    import json
+
+    from contextrast.evaluation.analysis import collect_head_inputs
+    from contextrast.evaluation.metrics import feature_metrics
+
+    _, _, dataset, model = _analysis_model(args)
+    embeddings, labels = collect_head_inputs(
+        model, dataset, per_class=args.per_class, max_images=args.max_images, seed=args.seed
+    )
+    metrics = feature_metrics(embeddings, labels)
+    metrics.update({"pixels": int(labels.numel()), "classes": int(labels.unique().numel())})
+    print(
+        " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _analyze_boundary(args: argparse.Namespace) -> int:
+    import csv
+
+    from contextrast.engine.builders import build_contrast
+    from contextrast.evaluation.analysis import boundary_similarity, plot_curves
+
+    state, config, dataset, model = _analysis_model(args)
+    if config.loss.name != "contextrast" or not state["contrast"]:
+        raise ValueError(
+            f"checkpoint {args.checkpoint}: the Fig. 5 analysis needs a Contextrast run's "
+            f"projection heads; this run used loss.name={config.loss.name!r}"
+        )
+    contrast = build_contrast(config, dataset.num_classes, model.feature_channels)
+    contrast.load_state_dict(state["contrast"])
+    curves = boundary_similarity(model, contrast, dataset, args.max_distance, args.max_images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "boundary_similarity.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["layer", "distance", "similarity", "pixels"])
+        for layer, curve in enumerate(curves, start=1):
+            for d, sim, n in zip(curve["distance"], curve["similarity"], curve["pixels"]):
+                writer.writerow([layer, d, f"{sim:.6f}", n])
+    plot_curves(curves, out / "boundary_similarity.png", f"{config.run.name}")
+    for layer, curve in enumerate(curves, start=1):
+        shown = " ".join(f"{v:.3f}" for v in curve["similarity"])
+        print(f"layer {layer}: {shown}")
+    print(f"wrote {out / 'boundary_similarity.csv'} and .png")
+    return 0
+
+
+def _analyze_grid(args: argparse.Namespace) -> int:
+    import torch
+
+    from contextrast.config import config_from_dict
+    from contextrast.engine.builders import build_dataset, build_model
+    from contextrast.engine.checkpoint import load_checkpoint
+    from contextrast.evaluation.inference import predict_probabilities
+    from contextrast.evaluation.report import colorize, save_grid
+
+    models = []
+    for path in args.checkpoints:
+        state = load_checkpoint(path)
+        config = config_from_dict(state["config"])
+        model = build_model(config, len(state["classes"]), pretrained=False)
+        model.load_state_dict(state["model"])
+        models.append((model.eval(), state["palette"], config))
+    config = models[0][2]
+    dataset = build_dataset(config, args.split or config.data.val_split, train=False)
+    rows = []
+    with torch.no_grad():
+        for index in args.indices or range(args.count):
+            sample = dataset[index]
+            image, _ = dataset.read(index)
+            palette = models[0][1]
+            row = [image.permute(1, 2, 0).numpy(), colorize(sample.label.numpy(), palette)]
+            for model, palette, c in models:
+                e = c.eval
+                probabilities = predict_probabilities(
+                    model.inference(), sample.image[None], e.mode, e.crop_size, e.stride
+                )
+                row.append(colorize(probabilities.argmax(1)[0].numpy(), palette))
+            rows.append(row)
+    path = save_grid(rows, Path(args.out), scale=args.scale)
+    print(f"wrote {path} (image | ground truth | " + " | ".join(map(str, args.checkpoints)) + ")")
+    return 0
+
+
+def _analyze_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from contextrast.config import load_config
+    from contextrast.engine.trainer import Trainer
+
+    base = load_config(args.config, args.set)
+    rows = []
+    for raw in args.values:
+        value = yaml.safe_load(raw)
+        name = f"{base.run.name}_{args.param.split('.')[-1]}_{raw}"
+        config = load_config(args.config, [*args.set, f"{args.param}={raw}", f"run.name={name}"])
+        if (config.run_dir / "last.pt").is_file():
+            lines = (config.run_dir / "metrics.jsonl").read_text().splitlines()
+            metrics = json.loads(lines[-1])
+            print(f"{config.run_dir}: already trained, reusing it")
+        else:
+            metrics = Trainer(config).fit()
+        rows.append({"value": value, "run": str(config.run_dir), **{
+            k: metrics[k] for k in ("miou", "pixel_accuracy")
+        }, "boundary_miou": metrics["boundary_miou"]})  # fmt: skip
+    print(
+        f"\n| {args.param} | mIoU | "
+        + " | ".join(f"B-mIoU {w} px" for w in base.eval.boundary_widths)
+        + " |"
+    )
+    print("|---" * (2 + len(base.eval.boundary_widths)) + "|")
+    for r in rows:
+        bands = " | ".join(f"{v * 100:.2f}" for v in r["boundary_miou"].values())
+        print(f"| {r['value']} | {r['miou'] * 100:.2f} | {bands} |")
+    out = Path(args.out) if args.out else base.run_dir.parent / f"{base.run.name}_sweep.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"param": args.param, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contextrast",
@@ -243,6 +388,52 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example size")
     export.add_argument("--set", **overrides)
     export.set_defaults(handler=_export)
+
+    analyze = commands.add_parser(
+        "analyze", help="the paper's analyses: features, boundary-similarity, grid, sweep"
+    )
+    analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--checkpoint", required=True)
+    common.add_argument("--config", help="config (default: the one saved in the checkpoint)")
+    common.add_argument("--split", help="dataset split (default: data.val_split)")
+    common.add_argument("--max-images", type=int, help="analyse the first N images only")
+    common.add_argument("--set", **overrides)
+    features = analyses.add_parser(
+        "features", parents=[common], help="A, U, U_3, U_5 of the head inputs (Table 5)"
+    )
+    features.add_argument("--per-class", type=int, default=1000, help="pixels sampled per class")
+    features.add_argument("--seed", type=int, default=0)
+    features.add_argument("--out", help="JSON file")
+    features.set_defaults(handler=_analyze_features)
+    boundary = analyses.add_parser(
+        "boundary-similarity",
+        parents=[common],
+        help="error-pixel / anchor similarity against edge distance (Fig. 5)",
+    )
+    boundary.add_argument("--max-distance", type=int, default=10)
+    boundary.add_argument("--out", required=True, help="output folder (CSV + PNG)")
+    boundary.set_defaults(handler=_analyze_boundary)
+    grid = analyses.add_parser("grid", help="qualitative grid of several checkpoints (Fig. 4)")
+    grid.add_argument("--checkpoints", nargs="+", required=True)
+    grid.add_argument("--split")
+    grid.add_argument("--count", type=int, default=6, help="first N images")
+    grid.add_argument("--indices", type=int, nargs="*", help="these images instead")
+    grid.add_argument("--scale", type=int, default=2, help="pixel magnification")
+    grid.add_argument("--out", required=True, help="PNG file")
+    grid.set_defaults(handler=_analyze_grid)
+    sweep = analyses.add_parser(
+        "sweep",
+        help="train one config per value of a key (Tables 6–8)",
+        description="e.g. --param loss.contrast.w_high --values 0 0.3 0.5 0.7 1 (Table 7), "
+        "--param loss.contrast.bane_ratio --values 0 0.1 0.3 0.5 0.7 1 (Table 8).",
+    )
+    sweep.add_argument("config")
+    sweep.add_argument("--param", required=True, help="dotted config key")
+    sweep.add_argument("--values", nargs="+", required=True)
+    sweep.add_argument("--out", help="JSON file with the table")
+    sweep.add_argument("--set", **overrides)
+    sweep.set_defaults(handler=_analyze_sweep)
     return parser
 
 

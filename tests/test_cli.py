@@ -179,3 +179,38 @@ def test_every_command_has_help(command, capsys):
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: contextrast {command}" in capsys.readouterr().out
+
+
+def test_analyze_commands(trained, capsys, tmp_path):
+    import json
+
+    from PIL import Image
+
+    _, config, checkpoint = trained
+    assert (
+        cli.main(["analyze", "features", "--checkpoint", str(checkpoint), "--per-class", "20"]) == 0
+    )
+    assert "A " in capsys.readouterr().out
+    out = tmp_path / "fig5"
+    assert (
+        cli.main(
+            ["analyze", "boundary-similarity", "--checkpoint", str(checkpoint), "--out", str(out)]
+        )
+        == 0
+    )
+    rows = (out / "boundary_similarity.csv").read_text().splitlines()
+    assert rows[0] == "layer,distance,similarity,pixels" and len(rows) == 1 + 4 * 10
+    assert (out / "boundary_similarity.png").is_file()
+    grid = tmp_path / "grid.png"
+    argv = ["analyze", "grid", "--checkpoints", str(checkpoint), str(checkpoint), "--count", "2"]
+    assert cli.main([*argv, "--out", str(grid)]) == 0
+    # 2 rows x 4 panels of 6 x 8 px with 2-px gutters, magnified twice.
+    assert Image.open(grid).size == ((4 * 10 - 2) * 2, (2 * 8 - 2) * 2)
+    sweep = ["analyze", "sweep", str(config), "--param", "optim.lr", "--values", "0.01", "0.02"]
+    assert cli.main([*sweep, "--set", "optim.iters=1", "--out", str(tmp_path / "s.json")]) == 0
+    table = json.loads((tmp_path / "s.json").read_text())
+    assert [r["value"] for r in table["rows"]] == [0.01, 0.02]
+    capsys.readouterr()
+    ce = ["analyze", "boundary-similarity", "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert cli.main([*ce, "--set", "loss.name=ce"]) == 2
+    assert "needs a Contextrast run's projection heads" in capsys.readouterr().err
