@@ -36,7 +36,35 @@ def _check_features(features: Sequence[torch.Tensor], channels: Sequence[int], n
             raise ValueError(f"{name}: features[{i}] must be (B, {c}, h, w), got {tuple(f.shape)}")
 
 
-class PixelContrastLoss(nn.Module):
+class _SingleMapProjection(nn.Module):
+    """Shared by the losses that project one map: the concatenation of all feature maps
+    ("concat", HRNet) or the deepest one ("last", DeepLabV3)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: Sequence[int],
+        embed_dim: int,
+        feature: str,
+        ignore_index: int,
+    ):
+        super().__init__()
+        if feature not in ("concat", "last"):
+            raise ValueError(f"unknown feature {feature!r}; choose from ['concat', 'last']")
+        self.num_classes, self.in_channels = num_classes, list(in_channels)
+        self.feature, self.ignore_index = feature, ignore_index
+        width = sum(self.in_channels) if feature == "concat" else self.in_channels[-1]
+        self.head = ProjectionHead(width, embed_dim)
+
+    def project(self, features: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Validated inputs -> embeddings (B, D, h, w) of the chosen map."""
+        _check_features(features, self.in_channels, type(self).__name__)
+        CF.check_labels(target, self.num_classes, self.ignore_index, "target")
+        x = concat_upsampled(features) if self.feature == "concat" else features[-1]
+        return self.head(x)
+
+
+class PixelContrastLoss(_SingleMapProjection):
     """Pixel contrast (Wang et al., ICCV21): supervised contrast between sampled pixels.
 
     Args:
@@ -62,25 +90,16 @@ class PixelContrastLoss(nn.Module):
         feature: str = "concat",
         ignore_index: int = 255,
     ):
-        super().__init__()
-        if feature not in ("concat", "last"):
-            raise ValueError(f"unknown feature {feature!r}; choose from ['concat', 'last']")
-        self.num_classes, self.in_channels = num_classes, list(in_channels)
-        self.feature, self.ignore_index = feature, ignore_index
+        super().__init__(num_classes, in_channels, embed_dim, feature, ignore_index)
         self.temperature, self.base_temperature = temperature, base_temperature
         self.loss_weight = loss_weight
-        width = sum(self.in_channels) if feature == "concat" else self.in_channels[-1]
-        self.head = ProjectionHead(width, embed_dim)
         self.sampler = HardAnchorSampler(max_samples, max_views, ignore_index)
 
     def embed(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> embeddings (B, D, P), labels (B, P), predictions (B, P) at the map's size."""
-        _check_features(features, self.in_channels, type(self).__name__)
-        CF.check_labels(target, self.num_classes, self.ignore_index, "target")
-        x = concat_upsampled(features) if self.feature == "concat" else features[-1]
-        embeddings = self.head(x)  # (B, D, h, w)
+        embeddings = self.project(features, target)  # (B, D, h, w)
         size = tuple(embeddings.shape[-2:])
         labels = resize_labels(target, size).flatten(1)  # (B, P)
         pred = resize_labels(logits.argmax(1), size).flatten(1)  # (B, P)
@@ -256,7 +275,7 @@ class MultiScaleCrossScaleLoss(nn.Module):
         return self.loss_weight * total
 
 
-class RegionContrastLoss(nn.Module):
+class RegionContrastLoss(_SingleMapProjection):
     """Region-aware contrast (Hu et al., ICCV21): per image, the mean embedding of the pixels
     *predicted* as each class (a region centre, L2-normalised) is contrasted with the
     centres of past batches in a per-class queue: same class positive, other classes
@@ -278,25 +297,17 @@ class RegionContrastLoss(nn.Module):
         feature: str = "concat",
         ignore_index: int = 255,
     ):
-        super().__init__()
-        if feature not in ("concat", "last"):
-            raise ValueError(f"unknown feature {feature!r}; choose from ['concat', 'last']")
-        self.num_classes, self.in_channels = num_classes, list(in_channels)
-        self.feature, self.ignore_index = feature, ignore_index
+        super().__init__(num_classes, in_channels, embed_dim, feature, ignore_index)
         self.temperature, self.loss_weight = temperature, loss_weight
-        width = sum(self.in_channels) if feature == "concat" else self.in_channels[-1]
-        self.head = ProjectionHead(width, embed_dim)
         self.queue = ClassQueue(num_classes, queue_size, embed_dim)
 
     def forward(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
-        _check_features(features, self.in_channels, type(self).__name__)
-        CF.check_labels(target, self.num_classes, self.ignore_index, "target")
-        x = concat_upsampled(features) if self.feature == "concat" else features[-1]
-        embeddings = self.head(x).flatten(2)  # (B, D, P)
+        projected = self.project(features, target)  # (B, D, h, w)
+        embeddings = projected.flatten(2)  # (B, D, P)
         with torch.no_grad():
-            size = tuple(x.shape[-2:])
+            size = tuple(projected.shape[-2:])
             pred = resize_labels(logits.argmax(1), size).flatten(1)  # (B, P)
             valid = resize_labels(target, size).flatten(1) != self.ignore_index
             pred = torch.where(valid, pred, torch.full_like(pred, self.num_classes))
