@@ -297,7 +297,11 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.dist.is_main:
             log.info(message)
-            print(message, flush=True)
+            progress = getattr(self, "_progress", None)
+            if progress is not None:
+                progress.write(message)  # keeps the bar intact
+            else:
+                print(message, flush=True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -404,6 +408,7 @@ class Trainer:
             from tqdm import tqdm
 
             progress = tqdm(total=total, initial=self.start_iter, dynamic_ncols=True)
+        self._progress = progress
         sums = torch.zeros(4, dtype=torch.float64)
         window_start, window_iters = time.perf_counter(), 0
         train_seconds, train_iters = 0.0, 0
@@ -462,6 +467,7 @@ class Trainer:
                 self.on_iteration(iteration)
         if progress is not None:
             progress.close()
+            self._progress = None
         if self.writer is not None:
             self.writer.close()
         if self.dist.is_main:
