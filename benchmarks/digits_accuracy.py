@@ -31,7 +31,9 @@ PEER_SETTINGS = {
 }
 
 
-def run(method: str, seed: int, extra: list[str], tag: str, iters: int | None) -> dict:
+def run(
+    method: str, seed: int, extra: list[str], tag: str, iters: int | None, train: bool = True
+) -> dict | None:
     loss = "contextrast" if method.startswith("contextrast") else method
     overrides = [
         f"loss.name={loss}",
@@ -44,9 +46,14 @@ def run(method: str, seed: int, extra: list[str], tag: str, iters: int | None) -
     if iters:
         overrides.append(f"optim.iters={iters}")
     config = load_config(CONFIG, overrides)
-    if (config.run_dir / "last.pt").is_file():
-        return json.loads((config.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    return Trainer(config).fit()
+    state = config.run_dir / "last.pt"
+    if state.is_file() and (config.run_dir / "metrics.jsonl").is_file():
+        last = json.loads((config.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        if last["iteration"] >= config.optim.iters:
+            return last
+    if not train:
+        return None
+    return Trainer(config, resume=state.is_file()).fit()
 
 
 def summary(values: list[float]) -> str:
@@ -66,6 +73,9 @@ def main() -> None:
     parser.add_argument("--k-sweep", type=float, nargs="*", help="bane_ratio values instead")
     parser.add_argument("--iters", type=int, help="override the config's iterations")
     parser.add_argument("--out", default="benchmarks/results/digits_accuracy.json")
+    parser.add_argument(
+        "--report-only", action="store_true", help="tabulate finished runs, train nothing"
+    )
     args = parser.parse_args()
     prepare_weights()
     if args.k_sweep:
@@ -78,7 +88,9 @@ def main() -> None:
     for seed in args.seeds:
         for name, (method, extra) in variants.items():
             tag = name.replace("=", "").replace(".", "p")
-            metrics = run(method, seed, extra, f"{tag}", args.iters)
+            metrics = run(method, seed, extra, tag, args.iters, train=not args.report_only)
+            if metrics is None:
+                continue
             results[name][seed] = {
                 "miou": metrics["miou"],
                 "boundary_miou_5": metrics["boundary_miou"]["5"],
@@ -91,7 +103,9 @@ def main() -> None:
     )
     rows = []
     for name, by_seed in results.items():
-        seeds = sorted(by_seed)
+        seeds = sorted(set(by_seed) & set(results[reference]))
+        if not seeds:
+            continue
         miou = [by_seed[s]["miou"] for s in seeds]
         band = [by_seed[s]["boundary_miou_5"] for s in seeds]
         d_miou = [by_seed[s]["miou"] - results[reference][s]["miou"] for s in seeds]
