@@ -2,6 +2,8 @@
 
     python benchmarks/digits_accuracy.py [--seeds 0 1 2] [--methods ce contextrast ...]
     python benchmarks/digits_accuracy.py --k-sweep 0 0.1 0.3 0.5 0.7 1 --seeds 0
+    python benchmarks/digits_accuracy.py --methods ce contextrast \
+        --variant "detach:loss.contrast.detach_anchors=true" --set run.device=cuda --jobs 8
 
 Every run uses configs/digits/contextrast.yaml (the demo's setting: ImageNet-pretrained
 EfficientNet-Lite0 + HRNetV2-style head, 400 iterations, batch 8) with only ``loss.name`` (and
@@ -9,15 +11,23 @@ the seed) changed, so that for a given seed every method starts from the same we
 the same batches. Runs are seed-major and each finished run is reused, so an interrupted
 benchmark continues where it stopped. Prints mean ± sd of mIoU and boundary mIoU (5 px) and
 the paired difference to CE; writes JSON (``benchmarks/results/digits_accuracy.json``).
+``--variant NAME:KEY=VALUE,...`` adds a Contextrast run with config overrides; ``--set`` applies
+overrides to every run (and names the run folders apart); ``--jobs`` trains runs in parallel
+processes (for a GPU, where one small run leaves the device mostly idle).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
+from multiprocessing import get_context
 from pathlib import Path
+
+import torch
 
 from contextrast.config import load_config
 from contextrast.demo import prepare_weights
@@ -56,10 +66,28 @@ def run(
     return Trainer(config, resume=state.is_file()).fit()
 
 
+def tag_of(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "p" if c == "." else "" for c in name)
+
+
 def summary(values: list[float]) -> str:
     mean = statistics.mean(values) * 100
     sd = statistics.stdev(values) * 100 if len(values) > 1 else float("nan")
     return f"{mean:.2f} ± {sd:.2f}"
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, list[str]]]:
+    name, sep, overrides = text.partition(":")
+    if not sep or not name or not overrides:
+        raise SystemExit(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    return name, ("contextrast", overrides.split(","))
+
+
+def train_one(job: tuple) -> tuple[str, int, dict | None]:
+    name, seed, method, extra, tag, iters, train, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    return name, seed, run(method, seed, extra, tag, iters, train)
 
 
 def main() -> None:
@@ -67,11 +95,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--methods",
-        nargs="+",
+        nargs="*",
         default=["ce", "contextrast", "pixel_contrast", "ms_cs", "region_contrast"],
     )
     parser.add_argument("--k-sweep", type=float, nargs="*", help="bane_ratio values instead")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="an extra Contextrast run with these config overrides (repeatable)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run"
+    )
     parser.add_argument("--iters", type=int, help="override the config's iterations")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel")
     parser.add_argument("--out", default="benchmarks/results/digits_accuracy.json")
     parser.add_argument(
         "--report-only", action="store_true", help="tabulate finished runs, train nothing"
@@ -84,18 +123,29 @@ def main() -> None:
         }
     else:
         variants = {m: (m, []) for m in args.methods}
+    variants.update(parse_variant(v) for v in args.variant)
+    # Runs under different shared overrides must not reuse each other's folders.
+    suffix = "_" + hashlib.sha1("|".join(args.set).encode()).hexdigest()[:6] if args.set else ""
+    jobs = [
+        (name, seed, method, [*args.set, *extra], tag_of(name) + suffix, args.iters,
+         not args.report_only, 2 if args.jobs > 1 else 0)
+        for seed in args.seeds
+        for name, (method, extra) in variants.items()
+    ]  # fmt: skip
     results: dict[str, dict[int, dict]] = {name: {} for name in variants}
-    for seed in args.seeds:
-        for name, (method, extra) in variants.items():
-            tag = name.replace("=", "").replace(".", "p")
-            metrics = run(method, seed, extra, tag, args.iters, train=not args.report_only)
-            if metrics is None:
-                continue
-            results[name][seed] = {
-                "miou": metrics["miou"],
-                "boundary_miou_5": metrics["boundary_miou"]["5"],
-                "seconds_per_iter": metrics["seconds_per_iter"],
-            }
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            finished = list(pool.map(train_one, jobs))
+    else:
+        finished = [train_one(job) for job in jobs]
+    for name, seed, metrics in finished:
+        if metrics is None:
+            continue
+        results[name][seed] = {
+            "miou": metrics["miou"],
+            "boundary_miou_5": metrics["boundary_miou"]["5"],
+            "seconds_per_iter": metrics["seconds_per_iter"],
+        }
     reference = "ce" if "ce" in results else next(iter(results))
     print(f"digits, seeds {args.seeds}: mean ± sd over seeds; Δ = paired difference to {reference}")
     print(
@@ -122,7 +172,9 @@ def main() -> None:
     out.write_text(json.dumps({
         "benchmark": "digits_accuracy",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": str(CONFIG), "seeds": args.seeds, "rows": rows,
+        "config": str(CONFIG), "overrides": args.set, "iters": args.iters,
+        "variants": {name: extra for name, (_, extra) in variants.items()},
+        "seeds": args.seeds, "rows": rows,
     }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {out}")
 

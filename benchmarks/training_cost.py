@@ -6,7 +6,8 @@ Every method trains the same model (same initial weights) on the same batch: CE 
 Contextrast, its semi-hard ablation, and each peer loss. Step times (forward, backward, SGD
 step) are measured interleaved — one step of each method per round — so that drift of the
 machine affects all methods alike; the median over rounds is reported with its ratio to CE.
-Peak memory: on CUDA ``max_memory_allocated`` per method; on the CPU (Linux) each method runs
+Peak memory: on CUDA the rise of ``max_memory_allocated`` over what is allocated before a
+step of the method; on the CPU (Linux) each method runs
 in a fresh subprocess: after one step, the peak-RSS mark is reset and the rise of the peak over
 the resident memory during two more steps is reported (activations and temporaries of a step).
 Prints a table and writes JSON (``benchmarks/results/training_cost.json``).
@@ -138,9 +139,14 @@ def main() -> None:
     memory = {}
     for method, (net, optimizer) in nets.items():
         if device.type == "cuda":
+            # All methods' models live on the device at once: report what this method's step
+            # adds on top of what is allocated before it (activations and temporaries), as on
+            # the CPU, so that the other methods' weights do not dilute the ratio.
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
             step(net, optimizer, images, labels, args.amp)
-            memory[method] = torch.cuda.max_memory_allocated(device) / 2**20
+            memory[method] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         else:
             memory[method] = peak_memory_child(args, method)
     base_time = statistics.median(times["ce"]) if "ce" in times else None
@@ -154,7 +160,7 @@ def main() -> None:
             "peak_memory_mib": memory[method],
             "memory_ratio_to_ce": memory[method] / memory["ce"] if "ce" in memory else None,
         })  # fmt: skip
-    what = "peak memory (MiB, CUDA)" if device.type == "cuda" else "peak RSS added (MiB)"
+    what = "peak added (MiB, CUDA)" if device.type == "cuda" else "peak RSS added (MiB)"
     title = (
         f"{args.model}, batch {args.batch}, {args.size[0]}x{args.size[1]}, {args.classes} classes"
     )

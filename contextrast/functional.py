@@ -21,6 +21,7 @@ __all__ = [
     "distance_transform",
     "hard_negative_mask",
     "info_nce_from_logits",
+    "lifted_norm",
     "pixel_anchor_loss",
     "pixel_anchor_loss_from_logits",
     "representative_anchors",
@@ -130,14 +131,45 @@ def representative_anchors(
 
 
 def anchors_from_flat(
-    flat: torch.Tensor, one_hot: torch.Tensor
+    flat: torch.Tensor, one_hot: torch.Tensor, scale: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """flat: (B, D, P); one_hot: (B, N, P) -> anchors (N, D), present (N,)."""
+    """Class means of pixel vectors.
+
+    Args:
+        flat: (B, D, P) pixel vectors.
+        one_hot: (B, N, P) class membership (:func:`class_one_hot`).
+        scale: optional (B, P) factor per pixel, applied before averaging (e.g. ``1/‖v‖``,
+            which averages the normalised vectors without forming them).
+
+    Returns:
+        anchors (N, D), present (N,) bool.
+    """
     # A batched matmul with the one-hot is deterministic on every device, unlike scatter_add.
-    sums = torch.bmm(one_hot, flat.transpose(1, 2)).sum(0)  # (N, D)
+    weights = one_hot if scale is None else one_hot * scale.unsqueeze(1)  # (B, N, P)
+    sums = torch.bmm(weights, flat.transpose(1, 2)).sum(0)  # (N, D)
     counts = one_hot.sum(dim=(0, 2))  # (N,)
     anchors = sums / counts.clamp(min=1).unsqueeze(1)
     return anchors, counts > 0
+
+
+def lifted_norm(
+    coords: torch.Tensor, lift: torch.Tensor | None, eps: float = 1e-12
+) -> torch.Tensor:
+    """Per-pixel norm ``max(‖lift @ c‖, eps)`` of factored embeddings (``F.normalize``'s rule).
+
+    Args:
+        coords: (B, K, P) coordinates c of each pixel.
+        lift: (D, K), or ``None`` for the identity (the coords are the embeddings).
+
+    Returns:
+        (B, P).
+    """
+    if lift is None:
+        return torch.linalg.vector_norm(coords, dim=1).clamp_min(eps)
+    gram = lift.t() @ lift  # (K, K)
+    # cᵀ G c; rounding can make it slightly negative for a near-zero embedding.
+    squared = (coords * torch.matmul(gram, coords)).sum(1)  # (B, P)
+    return squared.clamp_min(eps * eps).sqrt()
 
 
 def info_nce_from_logits(
@@ -166,10 +198,9 @@ def info_nce_from_logits(
     per_pair = F.softplus(negative_lse - logits)  # (A, C)
     per_pair = torch.where(positive & used.unsqueeze(1), per_pair, torch.zeros_like(per_pair))
     per_anchor = per_pair.sum(dim=1) / num_positive.clamp(min=1).to(per_pair.dtype)  # (A,)
-    num_used = used.sum()
-    if int(num_used) == 0:
-        return logits.sum() * 0.0
-    return per_anchor[used].sum() / num_used.to(per_pair.dtype)
+    # Unused rows are exact zeros: masking by multiplication needs no host synchronisation.
+    num_used = used.sum().clamp(min=1).to(per_pair.dtype)
+    return (per_anchor * used.to(per_pair.dtype)).sum() / num_used
 
 
 def pixel_anchor_loss_from_logits(
@@ -296,13 +327,19 @@ def pixel_anchor_loss(
 
 
 def class_error_maps(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Class-wise binary error maps of eq. 6: ``B^n = (pred != n) & (target == n)``.
 
     Args:
         pred: (B, H, W) predicted class ids in [0, N).
         target: (B, H, W) ground-truth ids, ``ignore_index`` allowed (never an error).
+        validate: check the value ranges of both (two host synchronisations on a GPU);
+            callers that already checked them pass ``False``.
 
     Returns:
         (B, N, H, W) bool.
@@ -314,10 +351,11 @@ def class_error_maps(
             f"pred and target must have the same shape, got {tuple(pred.shape)} and "
             f"{tuple(target.shape)}"
         )
-    check_labels(target, num_classes, ignore_index, "target")
     _check_integer(pred, "pred")
-    if bool(((pred < 0) | (pred >= num_classes)).any()):
-        raise ValueError(f"pred contains values outside [0, {num_classes})")
+    if validate:
+        check_labels(target, num_classes, ignore_index, "target")
+        if bool(((pred < 0) | (pred >= num_classes)).any()):
+            raise ValueError(f"pred contains values outside [0, {num_classes})")
     classes = torch.arange(num_classes, device=target.device).view(1, num_classes, 1, 1)
     return (target.unsqueeze(1) == classes) & (pred.unsqueeze(1) != classes)
 
@@ -334,9 +372,12 @@ def _row_runs_distance(true_index: torch.Tensor, width: int) -> torch.Tensor:
     following = torch.cat([true_index[1:], true_index.new_full((1,), -2)])
     run_start = (column == 0) | (previous != true_index - 1)  # (E,)
     run_end = (column == width - 1) | (following != true_index + 1)  # (E,)
-    run_id = torch.cumsum(run_start, 0) - 1  # (E,)
-    start = true_index[run_start][run_id]
-    end = true_index[run_end][run_id]
+    # The indices increase, so a running max of the run starts seen so far gives each pixel
+    # its run's start, and a running min from the right its end (no boolean indexing: no
+    # host synchronisation on a GPU).
+    start = torch.where(run_start, true_index, -1).cummax(0).values  # (E,)
+    big = torch.iinfo(true_index.dtype).max
+    end = torch.where(run_end, true_index, big).flip(0).cummin(0).values.flip(0)  # (E,)
     inf = torch.tensor(float("inf"), device=true_index.device)
     left = torch.where(start % width == 0, inf, (true_index - start + 1).float())
     right = torch.where(end % width == width - 1, inf, (end - true_index + 1).float())
@@ -474,10 +515,10 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
         return torch.zeros_like(error_maps)
     if ratio == 1:
         return error_maps.clone()
-    num_classes = error_maps.shape[1]
-    index = torch.nonzero(error_maps)  # (E, 4): b, n, h, w
-    cls = index[:, 1]
-    dist = distance[index[:, 0], cls, index[:, 2], index[:, 3]]  # (E,)
+    _, num_classes, h, w = error_maps.shape
+    index = torch.nonzero(error_maps.reshape(-1)).squeeze(1)  # (E,) flat, over (B, N, H, W)
+    cls = torch.div(index, h * w, rounding_mode="floor") % num_classes  # (E,)
+    dist = distance.reshape(-1)[index]  # (E,)
     # Stable sorts: by distance, then by class, leaves each class's pixels nearest-first.
     order = torch.argsort(dist, stable=True)
     order = order[torch.argsort(cls[order], stable=True)]
@@ -485,10 +526,11 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
     starts = torch.cumsum(counts, 0) - counts
     sorted_cls = cls[order]
     rank = torch.arange(order.numel(), device=order.device) - starts[sorted_cls]
-    chosen = index[order[rank < _ceil_fraction(ratio, counts)[sorted_cls]]]  # (S, 4)
-    selected = torch.zeros_like(error_maps)
-    selected[chosen[:, 0], chosen[:, 1], chosen[:, 2], chosen[:, 3]] = True
-    return selected
+    # Writing the keep flag of every error pixel (rather than indexing the kept ones) avoids
+    # a second data-dependent size, i.e. a host synchronisation on a GPU.
+    selected = torch.zeros(error_maps.numel(), dtype=torch.bool, device=error_maps.device)
+    selected[index[order]] = rank < _ceil_fraction(ratio, counts)[sorted_cls]
+    return selected.view(error_maps.shape)
 
 
 def semi_hard_select(

@@ -165,6 +165,11 @@ def test_class_error_maps_reject_bad_pred():
         CF.class_error_maps(torch.tensor([[[3]]]), torch.tensor([[[0]]]), 2)
     with pytest.raises(ValueError, match="same shape"):
         CF.class_error_maps(torch.zeros(1, 2, 2).long(), torch.zeros(1, 2, 3).long(), 2)
+    # validate=False skips only the value checks (callers that checked already).
+    maps = CF.class_error_maps(torch.tensor([[[3]]]), torch.tensor([[[0]]]), 2, validate=False)
+    assert maps[0, :, 0, 0].tolist() == [True, False]
+    with pytest.raises(ValueError, match="target"):
+        CF.class_error_maps(torch.tensor([[[0]]]), torch.tensor([[[7]]]), 2)
 
 
 # ------------------------------------------------------------------ distance transform

@@ -32,3 +32,39 @@ def test_loss_under_autocast_on_cuda(dtype):
     loss.backward()
     assert loss.is_cuda and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in contrast.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("hard_negatives", ["only", "include"])
+def test_contextrast_loss_on_cuda_matches_cpu(hard_negatives, monkeypatch):
+    # Same weights, same inputs: the device path (BANE included) must give the CPU's value and
+    # gradients; max_pixels=None so that no random subsampling differs between devices.
+    # cuDNN convolutions default to TF32 (10-bit mantissa): compare true float32 arithmetic.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    channels = (8, 16, 32, 64)
+    features = [torch.randn(2, c, 32 // 2**i, 48 // 2**i) for i, c in enumerate(channels)]
+    coarse = torch.randint(0, 5, (2, 1, 8, 12)).float()
+    target = torch.nn.functional.interpolate(coarse, size=(64, 96), mode="nearest")[:, 0].long()
+    target[:, :4] = 255
+    logits = torch.randn(2, 5, 64, 96)
+    options = dict(embed_dim=16, hard_negatives=hard_negatives, max_pixels=None)
+    cpu_loss = ContextrastLoss(5, channels, **options)
+    gpu_loss = ContextrastLoss(5, channels, **options)
+    gpu_loss.load_state_dict(cpu_loss.state_dict())
+    gpu_loss.cuda()
+    for module in (cpu_loss, gpu_loss):
+        module.eval()  # BatchNorm with running statistics on both devices
+    cpu_features = [f.clone().requires_grad_() for f in features]
+    gpu_features = [f.cuda().requires_grad_() for f in features]
+    expected = cpu_loss.terms(cpu_features, logits, target)
+    got = gpu_loss.terms(gpu_features, logits.cuda(), target.cuda())
+    assert got.loss.is_cuda
+    assert torch.equal(got.hard_negatives.cpu(), expected.hard_negatives)
+    assert expected.hard_negatives.sum() > 0  # BANE picked pixels: the comparison covers it
+    assert torch.allclose(got.loss.cpu(), expected.loss, rtol=1e-4, atol=1e-6)
+    expected.loss.backward()
+    got.loss.backward()
+    for a, b in zip(cpu_features, gpu_features):
+        assert a.grad.abs().sum() > 0
+        assert (b.grad.cpu() - a.grad).norm() / a.grad.norm() < 1e-4

@@ -212,24 +212,30 @@ class ContextrastLoss(nn.Module):
         n = self.num_classes
         with torch.no_grad():
             pred = logits.argmax(dim=1)  # (B, h, w)
-        embeddings = [head(feature) for head, feature in zip(self.heads, features)]
+        # Each layer's embeddings as lift @ coords, normalised lazily through a per-pixel
+        # 1/‖v‖: the d-dim maps are formed only where the head's hidden layer is as wide.
+        factored = [head.factored(feature) for head, feature in zip(self.heads, features)]
         device = target.device
-        dtype = CF.compute_dtype(*embeddings)
+        dtype = CF.compute_dtype(*(coords for coords, _ in factored))
         with torch.autocast(device_type=device.type, enabled=False):
-            flats, labels, anchors, present = [], [], [], []
-            for embedding in embeddings:
-                size = embedding.shape[-2:]
+            layers, labels, anchors, present = [], [], [], []
+            for coords, lift in factored:
+                size = coords.shape[-2:]
                 layer_labels = resize_labels(target, size).flatten(1)  # (B, P)
-                flat = embedding.to(dtype).flatten(2)  # (B, D, P)
+                flat = coords.to(dtype).flatten(2)  # (B, K, P)
+                lift = None if lift is None else lift.to(dtype)
+                inverse_norm = CF.lifted_norm(flat, lift).reciprocal()  # (B, P)
                 one_hot = CF.class_one_hot(layer_labels, n, dtype)  # (B, N, P)
-                layer_anchors, layer_present = CF.anchors_from_flat(flat, one_hot)
-                flats.append(flat)
+                layer_anchors, layer_present = CF.anchors_from_flat(flat, one_hot, inverse_norm)
+                if lift is not None:
+                    layer_anchors = layer_anchors @ lift.t()  # (N, d)
+                layers.append((flat, lift, inverse_norm, size))
                 labels.append(layer_labels)
                 anchors.append(layer_anchors)
                 present.append(layer_present)
             top, top_present = anchors[-1], present[-1]
             layer_losses, hard_counts = [], []
-            for i, (flat, layer_labels) in enumerate(zip(flats, labels)):
+            for i, (layer, layer_labels) in enumerate(zip(layers, labels)):
                 fused = anchors[i]
                 if i < len(anchors) - 1:
                     # A class that vanished at the last layer's resolution has no global
@@ -240,9 +246,7 @@ class ContextrastLoss(nn.Module):
                     fused = F.normalize(fused, dim=1)
                 if self.detach_anchors:
                     fused = fused.detach()
-                loss, hard_count = self._layer_loss(
-                    fused, flat, layer_labels, pred, embeddings[i].shape[-2:]
-                )
+                loss, hard_count = self._layer_loss(fused, *layer, layer_labels, pred)
                 layer_losses.append(loss)
                 hard_counts.append(hard_count)
             weights = torch.tensor(self.layer_weights, dtype=dtype, device=device)
@@ -258,24 +262,37 @@ class ContextrastLoss(nn.Module):
         self,
         anchors: torch.Tensor,
         flat: torch.Tensor,
+        lift: torch.Tensor | None,
+        inverse_norm: torch.Tensor,
+        size: torch.Size,
         labels: torch.Tensor,
         pred: torch.Tensor,
-        size: torch.Size,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """anchors: (N, D); flat: (B, D, P); labels: (B, P); pred: (B, h, w) at logits size."""
+        """Pixel-anchor loss of one layer.
+
+        anchors: (N, d) fused; flat: (B, K, P) coords of the embeddings ``lift @ flat``
+        (``lift`` (d, K) or ``None`` = identity); inverse_norm: (B, P) ``1/‖v‖``; size: the
+        layer's (h, w) with P = h·w; labels: (B, P); pred: (B, h', w') at the logits' size.
+        """
         b, _, p = flat.shape
         n = self.num_classes
         layer_pred = resize_labels(pred, tuple(size))  # (B, h_i, w_i)
-        hard = self.sampler(layer_pred, labels.view(b, *size), n).reshape(-1)  # (M,)
+        # The labels were checked once in _validate; the prediction is an argmax.
+        hard = self.sampler(layer_pred, labels.view(b, *size), n, validate=False)
+        hard = hard.reshape(-1)  # (M,)
         labels = labels.reshape(-1)  # (M,)
         layer_pred = layer_pred.reshape(-1)  # (M,)
+        # â · v/‖v‖ = ((â lift) · c) / ‖v‖: the anchors move to the coords' space instead.
+        projected = anchors if lift is None else anchors @ lift  # (N, K)
         keep = self.subsampler(labels, hard)
         if keep is None:
-            logits = torch.matmul(anchors, flat) / self.temperature  # (B, N, P)
+            scale = inverse_norm.unsqueeze(1) / self.temperature  # (B, 1, P)
+            logits = torch.matmul(projected, flat) * scale  # (B, N, P)
             logits = logits.permute(1, 0, 2).reshape(n, b * p)  # (N, M)
         else:
-            picked = flat[keep // p, :, keep % p]  # (M', D)
-            logits = anchors @ picked.t() / self.temperature  # (N, M')
+            picked = flat[keep // p, :, keep % p]  # (M', K)
+            scale = inverse_norm.reshape(-1)[keep] / self.temperature  # (M',)
+            logits = projected @ picked.t() * scale  # (N, M')
             labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
         mask = None
         if self.bane_ratio > 0 and self.hard_negatives == "only":

@@ -47,3 +47,30 @@ class ProjectionHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features: (B, C, H, W) -> (B, d, H, W), L2-normalised over d."""
         return F.normalize(self.net(features), dim=1)
+
+    def factored(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unnormalised embeddings as ``lift @ coords``, without forming them if narrower.
+
+        The last layer is linear, so each pixel's embedding is ``v = W h + b`` with h the
+        hidden activation. When the hidden width K − 1 is below d, the loss can compute every
+        dot product, norm and class mean of the v's in the K = hidden + 1 coordinates
+        ``[h; 1]`` and never form the d-dim maps (the costliest tensors of the loss at the
+        high-resolution layers): same values, far fewer bytes and FLOPs.
+
+        Args:
+            features: (B, C, H, W).
+
+        Returns:
+            coords: (B, K, H, W); lift: (d, K) ``[W | b]`` with gradient, or ``None`` when
+            forming the embeddings is as cheap (then coords are the (B, d, H, W) raw
+            embeddings). ``forward`` equals ``normalize(lift @ coords)`` per pixel.
+        """
+        last = self.net[-1]
+        hidden = last.in_channels
+        if hidden + 1 >= last.out_channels:
+            return self.net(features), None
+        h = self.net[:-1](features)  # (B, hidden, H, W)
+        ones = h.new_ones(h.shape[0], 1, *h.shape[2:])
+        coords = torch.cat([h, ones], dim=1)  # (B, K, H, W)
+        lift = torch.cat([last.weight.flatten(1), last.bias.unsqueeze(1)], dim=1)  # (d, K)
+        return coords, lift

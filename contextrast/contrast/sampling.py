@@ -41,13 +41,16 @@ class BaneSampler:
         self.ignore_index = ignore_index
 
     @torch.no_grad()
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, num_classes: int, validate: bool = True
+    ) -> torch.Tensor:
         """Select hard negatives.
 
         Args:
             pred: (B, H, W) predicted class ids at the layer's resolution.
             target: (B, H, W) ground truth at the same resolution.
             num_classes: N.
+            validate: check the label ranges (``False`` when the caller already did).
 
         Returns:
             (B, H, W) bool: the selected error pixels. Each is a hard negative for the anchor
@@ -55,7 +58,7 @@ class BaneSampler:
         """
         if self.ratio == 0:
             return torch.zeros_like(target, dtype=torch.bool)
-        errors = CF.class_error_maps(pred, target, num_classes, self.ignore_index)
+        errors = CF.class_error_maps(pred, target, num_classes, self.ignore_index, validate)
         distance = CF.distance_transform(errors)
         # Each pixel has one GT class, so at most one of the N maps selects it.
         return CF.bane_select(distance, errors, self.ratio).any(dim=1)
@@ -99,10 +102,12 @@ class SemiHardSampler(BaneSampler):
     BANE, chosen uniformly at random instead of nearest to the edge."""
 
     @torch.no_grad()
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, num_classes: int, validate: bool = True
+    ) -> torch.Tensor:
         if self.ratio == 0:
             return torch.zeros_like(target, dtype=torch.bool)
-        errors = CF.class_error_maps(pred, target, num_classes, self.ignore_index)
+        errors = CF.class_error_maps(pred, target, num_classes, self.ignore_index, validate)
         return CF.semi_hard_select(errors, self.ratio).any(dim=1)
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from contextrast import ContextrastLoss
+from contextrast.contrast import ProjectionHead
 from contextrast.contrast.losses import resize_labels
 from tests import reference as ref
 
@@ -79,9 +80,12 @@ def reference_bane(module, features, logits, target):
     return out
 
 
-def test_plain_ccl_matches_reference():
+@pytest.mark.parametrize("embed_dim", [5, 16])  # 16: both heads take the factored path
+def test_plain_ccl_matches_reference(embed_dim):
     features, logits, target = make_inputs()
-    module = ContextrastLoss(N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), bane_ratio=0.0)
+    module = ContextrastLoss(
+        N, [4, 6], embed_dim=embed_dim, layer_weights=(0.4, 1.0), bane_ratio=0.0
+    )
     module.double()
     terms = module.terms(features, logits, target)
     want, want_layers = reference_loss(module, features, logits, target)
@@ -156,6 +160,33 @@ def test_w_high_zero_is_independent_layers_and_one_uses_last_anchors():
     a1, _ = ref.anchors(e1.numpy(), resize_labels(target, (4, 5)).numpy(), N)
     top = ref.pixel_anchor_loss(a1, flat, lab0.reshape(-1).numpy(), 0.1)
     assert module(features, logits, target).item() == pytest.approx(0.1 * top, rel=1e-9)
+
+
+@pytest.mark.parametrize("max_pixels", [None, 50])
+def test_factored_embeddings_give_the_materialised_loss_and_gradients(monkeypatch, max_pixels):
+    # embed_dim 16 > hidden + 1: every head takes the factored path; the same module with
+    # the d-dim embeddings formed explicitly must give the same loss and gradients.
+    features, logits, target = make_inputs(channels=(3, 4, 5, 6), sizes=((8, 10),) * 4)
+    module = ContextrastLoss(N, [3, 4, 5, 6], embed_dim=16, max_pixels=max_pixels).double()
+    assert all(head.factored(f)[1] is not None for head, f in zip(module.heads, features))
+
+    def run():
+        torch.manual_seed(0)  # the same pixel subsample in both runs
+        module.zero_grad()
+        for f in features:
+            f.grad = None
+        loss = module(features, logits, target)
+        loss.backward()
+        grads = [p.grad.clone() for p in module.parameters()] + [f.grad for f in features]
+        return loss.detach(), grads
+
+    fast, fast_grads = run()
+    monkeypatch.setattr(ProjectionHead, "factored", lambda head, x: (head.net(x), None))
+    slow, slow_grads = run()
+    assert fast.item() > 0
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-10)
+    for a, b in zip(fast_grads, slow_grads):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
 def test_gradients_reach_every_projection_head_and_feature():

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from contextrast.contrast import BaneSampler, PixelSubsampler, ProjectionHead
 
@@ -46,3 +47,19 @@ def test_projection_head_normalises():
     assert torch.allclose(out.norm(dim=1), torch.ones(2, 4, 4), atol=1e-6)
     with pytest.raises(ValueError, match="embed_dim must be a positive int"):
         ProjectionHead(5, embed_dim=0)
+
+
+@pytest.mark.parametrize("order", ["bn_relu", "relu_bn"])
+def test_projection_head_factored_form_is_its_output(order):
+    head = ProjectionHead(3, embed_dim=8, order=order).double().train()
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    coords, lift = head.factored(x)
+    assert coords.shape == (2, 4, 4, 5) and lift.shape == (8, 4)  # K = hidden 3 + 1
+    assert torch.equal(coords[:, 3], torch.ones(2, 4, 5, dtype=torch.float64))
+    raw = torch.einsum("dk,bkhw->bdhw", lift, coords)
+    assert torch.allclose(F.normalize(raw, dim=1), head(x), atol=1e-12)
+    # As wide a hidden layer as the output: nothing to gain, the raw embeddings come back.
+    wide = ProjectionHead(8, embed_dim=8).double()
+    y = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    coords, lift = wide.factored(y)
+    assert lift is None and torch.allclose(F.normalize(coords, dim=1), wide(y), atol=1e-12)
