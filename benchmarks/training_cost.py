@@ -5,7 +5,9 @@
 Every method trains the same model (same initial weights) on the same batch: CE only,
 Contextrast, its semi-hard ablation, and each peer loss. Step times (forward, backward, SGD
 step) are measured interleaved — one step of each method per round — so that drift of the
-machine affects all methods alike; the median over rounds is reported with its ratio to CE.
+machine affects all methods alike; the median over rounds is reported with its ratio to CE,
+and the median of the per-round ratios to CE's step of the same round ("paired"), which is
+the steadier of the two on a machine whose speed drifts between steps.
 Peak memory: on CUDA the rise of ``max_memory_allocated`` over what is allocated before a
 step of the method; on the CPU (Linux) each method runs
 in a fresh subprocess: after one step, the peak-RSS mark is reset and the rise of the peak over
@@ -110,7 +112,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, nargs=2, default=[256, 512])
     parser.add_argument("--classes", type=int, default=19)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
@@ -153,10 +155,16 @@ def main() -> None:
     rows = []
     for method in args.methods:
         seconds = statistics.median(times[method])
+        paired = (
+            statistics.median(t / c for t, c in zip(times[method], times["ce"]))
+            if "ce" in times
+            else None
+        )
         rows.append({
             "method": method,
             "seconds_per_step": seconds,
             "time_ratio_to_ce": seconds / base_time if base_time else None,
+            "paired_time_ratio_to_ce": paired,
             "peak_memory_mib": memory[method],
             "memory_ratio_to_ce": memory[method] / memory["ce"] if "ce" in memory else None,
         })  # fmt: skip
@@ -165,10 +173,11 @@ def main() -> None:
         f"{args.model}, batch {args.batch}, {args.size[0]}x{args.size[1]}, {args.classes} classes"
     )
     print(f"training step cost: {title}, {device}{' bf16' if args.amp else ''}")
-    print(f"{'method':<24}{'s/step':>8}{'x CE':>7}{what:>26}{'x CE':>7}")
+    print(f"{'method':<24}{'s/step':>8}{'x CE':>7}{'paired':>8}{what:>26}{'x CE':>7}")
     for r in rows:
         print(
             f"{r['method']:<24}{r['seconds_per_step']:>8.3f}{r['time_ratio_to_ce']:>7.2f}"
+            f"{r['paired_time_ratio_to_ce']:>8.2f}"
             f"{r['peak_memory_mib']:>26.0f}{r['memory_ratio_to_ce']:>7.2f}"
         )
     result = {
@@ -180,6 +189,7 @@ def main() -> None:
         "setting": title,
         "rounds": args.rounds,
         "rows": rows,
+        "seconds_per_round": times,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
