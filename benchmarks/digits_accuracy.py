@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from contextrast.config import load_config
+from contextrast.config import ConfigError, load_config
 from contextrast.demo import prepare_weights
 from contextrast.engine.trainer import Trainer
 
@@ -41,9 +41,7 @@ PEER_SETTINGS = {
 }
 
 
-def run(
-    method: str, seed: int, extra: list[str], tag: str, iters: int | None, train: bool = True
-) -> dict | None:
+def config_for(method: str, seed: int, extra: list[str], tag: str, iters: int | None):
     loss = "contextrast" if method.startswith("contextrast") else method
     overrides = [
         f"loss.name={loss}",
@@ -55,7 +53,13 @@ def run(
     ]
     if iters:
         overrides.append(f"optim.iters={iters}")
-    config = load_config(CONFIG, overrides)
+    return load_config(CONFIG, overrides)
+
+
+def run(
+    method: str, seed: int, extra: list[str], tag: str, iters: int | None, train: bool = True
+) -> dict | None:
+    config = config_for(method, seed, extra, tag, iters)
     state = config.run_dir / "last.pt"
     if state.is_file() and (config.run_dir / "metrics.jsonl").is_file():
         last = json.loads((config.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
@@ -132,6 +136,11 @@ def main() -> None:
         for seed in args.seeds
         for name, (method, extra) in variants.items()
     ]  # fmt: skip
+    for name, seed, method, extra, tag, iters, *_ in jobs[: len(variants)]:
+        try:  # a bad override stops here in one line, not in a worker's traceback
+            config_for(method, seed, extra, tag, iters)
+        except ConfigError as error:
+            raise SystemExit(f"{name}: {error}") from None
     results: dict[str, dict[int, dict]] = {name: {} for name in variants}
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:

@@ -164,8 +164,14 @@ def lifted_norm(
     Returns:
         (B, P).
     """
+    _check_rank(coords, 3, "coords", "(B, K, P)")
     if lift is None:
         return torch.linalg.vector_norm(coords, dim=1).clamp_min(eps)
+    _check_rank(lift, 2, "lift", "(D, K)")
+    if lift.shape[1] != coords.shape[1]:
+        raise ValueError(
+            f"lift has {lift.shape[1]} columns but coords have K={coords.shape[1]} channels"
+        )
     gram = lift.t() @ lift  # (K, K)
     # cᵀ G c; rounding can make it slightly negative for a near-zero embedding.
     squared = (coords * torch.matmul(gram, coords)).sum(1)  # (B, P)

@@ -321,3 +321,17 @@ def test_distance_transform_cutoff_is_exact_below_and_inf_above(cutoff):
     near = full <= cutoff
     assert torch.equal(cut[near], full[near])
     assert torch.isinf(cut[~near]).all()
+
+
+def test_lifted_norm_hand_case_and_bad_shapes():
+    # v = L c with L = [[3, 0], [0, 4]]: c = (1, 1) gives v = (3, 4), norm 5.
+    coords = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # (B=1, K=2, P=2)
+    lift = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    norms = CF.lifted_norm(coords, lift)
+    assert norms[0, 0].item() == pytest.approx(5.0)
+    assert norms[0, 1].item() == pytest.approx(1e-12)  # v = 0: F.normalize's eps
+    assert CF.lifted_norm(coords, None)[0, 0].item() == pytest.approx(2**0.5)
+    with pytest.raises(ValueError, match="lift has 3 columns but coords have K=2"):
+        CF.lifted_norm(coords, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"coords must have shape \(B, K, P\)"):
+        CF.lifted_norm(torch.ones(2, 2), lift)
