@@ -43,10 +43,10 @@ def _models(_: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from contextrast.data import check_dataset
+    from contextrast.data import DATASETS, check_dataset
 
     kwargs = {"split": args.split}
-    if args.dataset != "digits":
+    if not DATASETS[args.dataset].builtin:
         if not args.root:
             raise ValueError(f"--root is required for dataset {args.dataset!r}")
         kwargs["root"] = args.root
@@ -65,6 +65,19 @@ def _check_data(args: argparse.Namespace) -> int:
         f"{len(report.problems)} problems: {summary}"
     )
     return 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from contextrast.data.inia19 import prepare_inia19
+
+    try:
+        splits = prepare_inia19(args.out, args.source, args.orientations)
+    except RuntimeError as error:  # nibabel missing
+        print(f"contextrast prepare: error: {error}", file=sys.stderr)
+        return 2
+    for s in splits:
+        print(f"{Path(args.out) / s.orientation}: {s.train} train, {s.val} val slices")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -334,10 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     from contextrast.data import DATASETS
 
     check.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    check.add_argument("--root", help="dataset root folder (not for digits)")
+    check.add_argument("--root", help="dataset root folder (not for the built-in digits, inia19)")
     check.add_argument("--split", default="train")
     check.add_argument("--num-classes", type=int, help="folder / pascal_context class count")
     check.set_defaults(handler=_check_data)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="build a benchmark dataset from files on this machine",
+        description="Build the INIA19 slice benchmark (folder layout, one folder per "
+        "orientation) from Debian's mricron-data volumes; needs nibabel.",
+    )
+    from contextrast.data.inia19 import DEFAULT_SOURCE, ORIENTATIONS
+
+    prepare.add_argument("dataset", choices=["inia19"])
+    prepare.add_argument("--out", default="data/inia19", help="output folder")
+    prepare.add_argument(
+        "--source", default=str(DEFAULT_SOURCE), help="folder with the INIA19 .nii.gz files"
+    )
+    prepare.add_argument(
+        "--orientations", nargs="+", default=list(ORIENTATIONS), choices=list(ORIENTATIONS)
+    )
+    prepare.set_defaults(handler=_prepare)
 
     overrides = {
         "action": "append",

@@ -75,7 +75,9 @@ class ContrastConfig:
     bane_ratio: float = 0.5
     loss_weight: float = 0.1
     max_pixels: int | None = None
-    hard_negatives: Literal["only", "include"] = "only"
+    max_positives: int | None = None
+    max_negatives: int | None = None
+    hard_negatives: Literal["only", "include", "add"] = "only"
     #: "bane", or "semi_hard" (random error pixels: the Table 6 ablation)
     negatives: Literal["bane", "semi_hard"] = "bane"
     detach_anchors: bool = False

@@ -25,6 +25,7 @@ __all__ = [
     "pixel_anchor_loss",
     "pixel_anchor_loss_from_logits",
     "representative_anchors",
+    "sample_per_row",
     "semi_hard_select",
     "supervised_contrastive_loss",
 ]
@@ -179,7 +180,10 @@ def lifted_norm(
 
 
 def info_nce_from_logits(
-    logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    extra_negative: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Masked InfoNCE, the common core of every contrastive loss here.
 
@@ -192,13 +196,19 @@ def info_nce_from_logits(
         logits: (A, C) similarities already divided by the temperature.
         positive: (A, C) bool.
         negative: (A, C) bool (disjoint from ``positive``).
+        extra_negative: optional (A, C) bool (disjoint from ``positive``): negatives added to
+            the denominator on top of ``negative``; a column in both counts twice.
     """
+    masked = logits.masked_fill(~negative, float("-inf"))
     has_negative = negative.any(dim=1)  # (A,)
+    if extra_negative is not None:
+        extra = logits.masked_fill(~extra_negative, float("-inf"))
+        masked = torch.cat([masked, extra], dim=1)  # (A, 2C)
+        has_negative = has_negative | extra_negative.any(dim=1)
     num_positive = positive.sum(dim=1)  # (A,)
     used = has_negative & (num_positive > 0)  # (A,)
     # Rows without any negative would give logsumexp(-inf…) = -inf and a NaN gradient even
     # when masked out later, so they are neutralised before the reduction.
-    masked = logits.masked_fill(~negative, float("-inf"))
     masked = masked.masked_fill(~has_negative.unsqueeze(1), 0.0)
     negative_lse = torch.logsumexp(masked, dim=1, keepdim=True)  # (A, 1)
     per_pair = F.softplus(negative_lse - logits)  # (A, C)
@@ -214,6 +224,8 @@ def pixel_anchor_loss_from_logits(
     labels: torch.Tensor,
     negative_mask: torch.Tensor | None = None,
     ignore_index: int = 255,
+    positive_mask: torch.Tensor | None = None,
+    extra_negative: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel-anchor InfoNCE (eq. 3–4) from precomputed anchor-pixel logits.
 
@@ -223,6 +235,10 @@ def pixel_anchor_loss_from_logits(
         negative_mask: optional (N, M) bool; anchor n's negatives are the valid pixels of
             another class AND this mask.
         ignore_index: label value that is neither positive nor negative.
+        positive_mask: optional (N, M) bool; anchor n's positives are its class's pixels AND
+            this mask (e.g. a random subset per anchor).
+        extra_negative: optional (N, M) bool; these pixels of another class are added to
+            anchor n's negatives, counted once more when they are negatives already.
 
     Returns:
         Scalar: mean over the anchors that have at least one positive and one negative of
@@ -232,11 +248,32 @@ def pixel_anchor_loss_from_logits(
     n = logits.shape[0]
     valid = labels != ignore_index  # (M,)
     classes = torch.arange(n, device=labels.device).unsqueeze(1)  # (N, 1)
-    positive = labels.unsqueeze(0) == classes  # (N, M)
-    negative = valid.unsqueeze(0) & ~positive  # (N, M)
+    same = labels.unsqueeze(0) == classes  # (N, M)
+    negative = valid.unsqueeze(0) & ~same  # (N, M)
     if negative_mask is not None:
         negative = negative & negative_mask
-    return info_nce_from_logits(logits, positive, negative)
+    positive = same if positive_mask is None else same & positive_mask
+    if extra_negative is not None:
+        extra_negative = extra_negative & valid.unsqueeze(0) & ~same
+    return info_nce_from_logits(logits, positive, negative, extra_negative)
+
+
+@torch.no_grad()
+def sample_per_row(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """At most ``count`` True entries per row of ``mask``, chosen uniformly at random.
+
+    mask: (R, M) bool. Returns (R, M) bool, a subset of ``mask``; rows with at most ``count``
+    True entries are kept whole. Uses the global RNG of ``mask``'s device; no host sync.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count!r}")
+    if mask.shape[1] <= count:
+        return mask.clone()
+    score = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
+    top = torch.topk(score, count, dim=1, sorted=False)  # (R, count)
+    picked = torch.zeros_like(mask)
+    picked.scatter_(1, top.indices, top.values >= 0)
+    return picked
 
 
 def supervised_contrastive_loss(

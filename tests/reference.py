@@ -34,11 +34,27 @@ def anchors(embeddings: np.ndarray, labels: np.ndarray, n: int, ignore: int = 25
     return out, present
 
 
-def pixel_anchor_loss(anchors, embeddings, labels, tau, negative_mask=None, ignore=255):
-    """Eq. 3–4 with a loop over anchors and positives; mean over anchors that qualify."""
+def pixel_anchor_loss(
+    anchors,
+    embeddings,
+    labels,
+    tau,
+    negative_mask=None,
+    ignore=255,
+    positive_mask=None,
+    extra_mask=None,
+):
+    """Eq. 3–4 with a loop over anchors and positives; mean over anchors that qualify.
+
+    positive_mask (N, M) restricts each anchor's positives; extra_mask (N, M) lists pixels
+    of other classes added to its negatives once more (the ``add`` reading)."""
     per_anchor = []
     for a in range(anchors.shape[0]):
-        positives = [m for m in range(len(labels)) if labels[m] == a]
+        positives = [
+            m
+            for m in range(len(labels))
+            if labels[m] == a and (positive_mask is None or positive_mask[a, m])
+        ]
         negatives = [
             m
             for m in range(len(labels))
@@ -46,6 +62,12 @@ def pixel_anchor_loss(anchors, embeddings, labels, tau, negative_mask=None, igno
             and labels[m] != ignore
             and (negative_mask is None or negative_mask[a, m])
         ]
+        if extra_mask is not None:
+            negatives += [
+                m
+                for m in range(len(labels))
+                if labels[m] != a and labels[m] != ignore and extra_mask[a, m]
+            ]
         if not positives or not negatives:
             continue
         neg_terms = [math.exp(anchors[a] @ embeddings[m] / tau) for m in negatives]

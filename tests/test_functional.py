@@ -97,6 +97,41 @@ def test_pixel_anchor_loss_matches_loop(tau, with_mask):
     assert loss.item() == pytest.approx(want, rel=1e-9)
 
 
+def test_extra_negatives_count_once_more_hand_case():
+    # Anchor 0 (one positive at s = 1, one negative at s = 0); the negative is also an
+    # extra (hard) negative: −log(e / (e + 1 + 1)). The logits already include 1/τ.
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    extra = torch.tensor([[False, True], [False, False]])
+    loss = CF.pixel_anchor_loss_from_logits(logits, labels, extra_negative=extra)
+    a0 = -math.log(math.e / (math.e + 2))
+    a1 = -math.log(math.e / (math.e + 1))
+    assert loss.item() == pytest.approx((a0 + a1) / 2, rel=1e-6)
+    # An extra negative on the anchor's own class is never a negative.
+    own = torch.tensor([[True, False], [False, False]])
+    plain = CF.pixel_anchor_loss_from_logits(logits, labels)
+    assert CF.pixel_anchor_loss_from_logits(logits, labels, extra_negative=own) == plain
+
+
+@pytest.mark.parametrize("tau", [0.01, 1.0])
+def test_positive_and_extra_masks_match_loop(tau):
+    g = torch.Generator().manual_seed(2)
+    anchors = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64))
+    emb = torch.nn.functional.normalize(torch.randn(40, 8, generator=g, dtype=torch.float64))
+    labels = torch.randint(0, 4, (40,), generator=g)
+    labels[::7] = 255
+    negative = torch.rand(4, 40, generator=g) > 0.3
+    positive = torch.rand(4, 40, generator=g) > 0.5
+    extra = torch.rand(4, 40, generator=g) > 0.7
+    logits = anchors @ emb.t() / tau
+    loss = CF.pixel_anchor_loss_from_logits(logits, labels, negative, 255, positive, extra)
+    want = ref.pixel_anchor_loss(
+        anchors.numpy(), emb.numpy(), labels.numpy(), tau, negative.numpy(), 255,
+        positive.numpy(), extra.numpy(),
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(want, rel=1e-9)
+
+
 def test_pixel_anchor_loss_is_stable_at_low_temperature():
     g = torch.Generator().manual_seed(2)
     anchors = torch.nn.functional.normalize(torch.randn(3, 16, generator=g)).requires_grad_()

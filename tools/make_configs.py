@@ -82,6 +82,15 @@ DIGITS_HEADER = """\
 # Train: contextrast train {path}
 """
 
+INIA19_HEADER = """\
+# {title}
+# The real-image CPU benchmark: 2-D slices of the INIA19 macaque T1 MRI with 10 classes of its
+# NeuroMaps atlas (build with `contextrast prepare inia19`; coronal slices here, set
+# data.root=data/inia19/sagittal or .../axial for the others), an ImageNet-pretrained
+# EfficientNet-Lite0 encoder with an HRNetV2-style head, fine-tuned 400 iterations.
+# Benchmark: python benchmarks/accuracy.py --config {path}
+"""
+
 
 #: extra loss settings per variant (file suffix → (loss.name, loss section settings, title))
 VARIANTS = {
@@ -178,6 +187,20 @@ def digits_config(loss: str) -> dict:
     }
 
 
+def inia19_config(loss: str) -> dict:
+    config = digits_config(loss)
+    config["run"].update(name=f"inia19_{loss}", output_dir="runs/inia19")
+    config["data"].update(
+        dataset="folder",
+        root="data/inia19/coronal",
+        crop_size=[128, 160],
+        hflip=0.5,  # the hemispheres are folded into one class each: a mirror keeps the labels
+    )
+    config["optim"].update(lr=0.01, weight_decay=0.0005)
+    config["eval"].update(crop_size=[128, 160], stride=[86, 106])
+    return config
+
+
 class _Dumper(yaml.SafeDumper):
     """Mappings as blocks, lists of numbers inline."""
 
@@ -218,6 +241,10 @@ def files() -> dict[Path, str]:
         title = f"digits demo: {'CE baseline' if loss == 'ce' else 'Contextrast'}"
         header = DIGITS_HEADER.format(title=title, path=path.relative_to(ROOT.parent))
         out[path] = render(digits_config(loss), header)
+        path = ROOT / "inia19" / f"{loss}.yaml"
+        title = f"INIA19 slices: {'CE baseline' if loss == 'ce' else 'Contextrast'}"
+        header = INIA19_HEADER.format(title=title, path=path.relative_to(ROOT.parent))
+        out[path] = render(inia19_config(loss), header)
     return out
 
 

@@ -13,6 +13,7 @@ from contextrast.contrast.sampling import (
     BalancedRandomSampler,
     BaneSampler,
     HardAnchorSampler,
+    PerAnchorSampler,
     PixelSubsampler,
     SemiHardSampler,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "ContextrastTerms",
     "HardAnchorSampler",
     "MultiScaleCrossScaleLoss",
+    "PerAnchorSampler",
     "PixelContrastLoss",
     "PixelContrastMemory",
     "PixelSubsampler",

@@ -11,11 +11,16 @@ from torch import nn
 
 from contextrast import functional as CF
 from contextrast.contrast.projection import ProjectionHead
-from contextrast.contrast.sampling import BaneSampler, PixelSubsampler, SemiHardSampler
+from contextrast.contrast.sampling import (
+    BaneSampler,
+    PerAnchorSampler,
+    PixelSubsampler,
+    SemiHardSampler,
+)
 
 __all__ = ["ContextrastLoss", "ContextrastTerms", "resize_labels"]
 
-HARD_NEGATIVE_MODES = ("only", "include")
+HARD_NEGATIVE_MODES = ("only", "include", "add")
 NEGATIVE_SAMPLERS = {"bane": BaneSampler, "semi_hard": SemiHardSampler}
 
 
@@ -73,9 +78,14 @@ class ContextrastLoss(nn.Module):
         max_pixels: bound on the pixels per layer entering the similarity matrix (hard
             negatives first, then uniform); ``None`` uses every pixel.
         hard_negatives: ``"only"`` (an anchor that has BANE negatives contrasts against those
-            alone; an anchor without any keeps its ordinary negatives) or ``"include"`` (all
+            alone; an anchor without any keeps its ordinary negatives), ``"include"`` (all
             ordinary negatives stay; BANE pixels are only guaranteed a place under
-            ``max_pixels``).
+            ``max_pixels``) or ``"add"`` (all ordinary negatives stay and the BANE pixels are
+            added to them once more: a hard negative counts twice in the denominator).
+        max_positives: per anchor and layer, at most this many positives, drawn at random
+            (``None``: all).
+        max_negatives: per anchor and layer, at most this many ordinary negatives, and at most
+            this many BANE negatives, drawn at random (``None``: all).
         negatives: "bane" (nearest the error edge) or "semi_hard" (the same share of error
             pixels, at random: the Table 6 ablation).
         detach_anchors: stop the gradient through the anchors (default: anchors carry it).
@@ -96,6 +106,8 @@ class ContextrastLoss(nn.Module):
         *,
         hidden_channels: int | None = None,
         max_pixels: int | None = None,
+        max_positives: int | None = None,
+        max_negatives: int | None = None,
         hard_negatives: str = "only",
         negatives: str = "bane",
         detach_anchors: bool = False,
@@ -146,6 +158,7 @@ class ContextrastLoss(nn.Module):
         self.negatives = negatives
         self.sampler = NEGATIVE_SAMPLERS[negatives](self.bane_ratio, ignore_index)
         self.subsampler = PixelSubsampler(max_pixels, ignore_index)
+        self.pair_sampler = PerAnchorSampler(max_positives, max_negatives)
 
     def extra_repr(self) -> str:
         return (
@@ -153,7 +166,10 @@ class ContextrastLoss(nn.Module):
             f"layer_weights={self.layer_weights}, w_high={self.w_high}, "
             f"bane_ratio={self.bane_ratio}, loss_weight={self.loss_weight}, "
             f"negatives={self.negatives!r}, hard_negatives={self.hard_negatives!r}, "
-            f"max_pixels={self.subsampler.max_pixels}"
+            f"max_pixels={self.subsampler.max_pixels}, "
+            f"max_positives={self.pair_sampler.max_positives}, "
+            f"max_negatives={self.pair_sampler.max_negatives}, "
+            f"normalize_anchors={self.normalize_anchors}"
         )
 
     def forward(
@@ -294,8 +310,19 @@ class ContextrastLoss(nn.Module):
             scale = inverse_norm.reshape(-1)[keep] / self.temperature  # (M',)
             logits = projected @ picked.t() * scale  # (N, M')
             labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
-        mask = None
+        mask = extra = positive = None
         if self.bane_ratio > 0 and self.hard_negatives == "only":
             mask = CF.hard_negative_mask(hard, layer_pred, n)
-        loss = CF.pixel_anchor_loss_from_logits(logits, labels, mask, self.ignore_index)
+        elif self.bane_ratio > 0 and self.hard_negatives == "add":
+            extra = CF.hard_negative_mask(hard, layer_pred, n, fallback=False)
+        if self.pair_sampler.active:
+            classes = torch.arange(n, device=labels.device).unsqueeze(1)  # (N, 1)
+            positive = labels.unsqueeze(0) == classes  # (N, M)
+            negative = (labels != self.ignore_index).unsqueeze(0) & ~positive  # (N, M)
+            if mask is not None:
+                negative = negative & mask
+            positive, mask, extra = self.pair_sampler(positive, negative, extra)
+        loss = CF.pixel_anchor_loss_from_logits(
+            logits, labels, mask, self.ignore_index, positive_mask=positive, extra_negative=extra
+        )
         return loss, hard.sum()

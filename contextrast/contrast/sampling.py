@@ -16,6 +16,7 @@ __all__ = [
     "BalancedRandomSampler",
     "BaneSampler",
     "HardAnchorSampler",
+    "PerAnchorSampler",
     "PixelSamples",
     "PixelSubsampler",
     "SemiHardSampler",
@@ -95,6 +96,46 @@ class PixelSubsampler:
             score = score + priority.to(score.dtype)
         score = score.masked_fill(~valid, -1.0)
         return torch.topk(score, self.max_pixels, sorted=False).indices
+
+
+class PerAnchorSampler:
+    """Bound each anchor's positives and negatives by uniform random sampling.
+
+    Per anchor (row), at most ``max_positives`` of its positive pixels and at most
+    ``max_negatives`` of its negatives are kept, and, separately, at most ``max_negatives`` of
+    its extra (hard) negatives. It evens out the weight of large and small classes in the
+    loss (a class with 10⁴ pixels and one with 10 then face denominators of similar size).
+
+    Args:
+        max_positives, max_negatives: the bounds; ``None`` keeps every pixel of that kind.
+    """
+
+    def __init__(self, max_positives: int | None = None, max_negatives: int | None = None):
+        for name, value in (("max_positives", max_positives), ("max_negatives", max_negatives)):
+            if value is not None and not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        self.max_positives = max_positives
+        self.max_negatives = max_negatives
+
+    @property
+    def active(self) -> bool:
+        return self.max_positives is not None or self.max_negatives is not None
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        extra_negative: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """positive, negative, extra_negative: (N, M) bool candidate masks; returns subsets."""
+        if self.max_positives is not None:
+            positive = CF.sample_per_row(positive, self.max_positives)
+        if self.max_negatives is not None:
+            negative = CF.sample_per_row(negative, self.max_negatives)
+            if extra_negative is not None:
+                extra_negative = CF.sample_per_row(extra_negative, self.max_negatives)
+        return positive, negative, extra_negative
 
 
 class SemiHardSampler(BaneSampler):

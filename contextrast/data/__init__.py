@@ -21,6 +21,7 @@ from contextrast.data.datasets import (
     SegmentationDataset,
 )
 from contextrast.data.digits import Digits
+from contextrast.data.inia19 import Inia19
 from contextrast.data.transforms import EvalTransform, TrainTransform
 
 __all__ = [
@@ -43,6 +44,7 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "coco_stuff": CocoStuff,
     "digits": Digits,
     "folder": Folder,
+    "inia19": Inia19,
     "pascal_context": PascalContext,
 }
 

@@ -119,6 +119,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ignore_index = meta.IGNORE_INDEX
     #: whether a horizontal flip keeps every label valid (not so for digits)
     flip_invariant = True
+    #: ships with the package: no ``root`` argument
+    builtin = False
     lut: np.ndarray
 
     def __init__(

@@ -80,6 +80,7 @@ class Digits(SegmentationDataset):
     name = "digits"
     classes = meta.DIGITS_CLASSES
     flip_invariant = False
+    builtin = True
 
     def __init__(
         self,

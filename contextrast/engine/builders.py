@@ -60,7 +60,7 @@ def build_dataset(config: Config, split: str, train: bool) -> SegmentationDatase
     else:
         transform = EvalTransform(mean=config.model.mean, std=config.model.std)
     kwargs = dict(data.options)
-    if data.dataset != "digits":
+    if not cls.builtin:
         if not data.root:
             raise ConfigError(f"data.root: required for dataset {data.dataset!r}")
         kwargs["root"] = data.root
@@ -114,6 +114,8 @@ def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.
             bane_ratio=c.bane_ratio,
             loss_weight=c.loss_weight,
             max_pixels=c.max_pixels,
+            max_positives=c.max_positives,
+            max_negatives=c.max_negatives,
             hard_negatives=c.hard_negatives,
             negatives=c.negatives,
             detach_anchors=c.detach_anchors,

@@ -25,8 +25,11 @@ def make_inputs(channels=(4, 6), sizes=((8, 10), (4, 5)), batch=2, seed=0, dtype
     return features, logits, target
 
 
-def reference_loss(module, features, logits, target, hard=None):
-    """Whole CCL + BANE loss from the paper's equations with NumPy loops."""
+def reference_loss(module, features, logits, target, hard=None, sampled=None):
+    """Whole CCL + BANE loss from the paper's equations with NumPy loops.
+
+    hard: per layer, the (M,) selected pixels; sampled: per layer, the (positive, negative,
+    extra) (N, M) masks a per-anchor sampler kept (None: all)."""
     with torch.no_grad():
         embeddings = [head(f).numpy() for head, f in zip(module.heads, features)]
     pred = logits.argmax(1).numpy()
@@ -43,18 +46,29 @@ def reference_loss(module, features, logits, target, hard=None):
             for c in range(N):
                 if present[-1][c]:
                     fused[c] = (1 - module.w_high) * anchors[i][c] + module.w_high * anchors[-1][c]
+        if module.normalize_anchors:
+            fused = fused / np.maximum(np.linalg.norm(fused, axis=1, keepdims=True), 1e-12)
         labels = ref.nearest(tgt, h, w).reshape(-1)
         layer_pred = ref.nearest(pred, h, w).reshape(-1)
-        mask = None
-        if module.bane_ratio > 0:
-            selected = hard[i] if hard is not None else np.zeros_like(labels, dtype=bool)
+        mask = extra = positive = None
+        selected = hard[i] if hard is not None else np.zeros_like(labels, dtype=bool)
+        if module.bane_ratio > 0 and module.hard_negatives == "only":
             mask = np.ones((N, labels.size), dtype=bool)
             for c in range(N):
                 row = selected & (layer_pred == c)
                 if row.any():
                     mask[c] = row
+        if module.bane_ratio > 0 and module.hard_negatives == "add":
+            extra = np.stack([selected & (layer_pred == c) for c in range(N)])
+        if sampled is not None:
+            positive, negative, extra = sampled[i]
+            mask = negative if mask is None else mask & negative
         flat = e.transpose(0, 2, 3, 1).reshape(-1, e.shape[1])
-        per_layer.append(ref.pixel_anchor_loss(fused, flat, labels, module.temperature, mask))
+        per_layer.append(
+            ref.pixel_anchor_loss(
+                fused, flat, labels, module.temperature, mask, 255, positive, extra
+            )
+        )
     total = sum(lam * x for lam, x in zip(module.layer_weights, per_layer))
     return module.loss_weight * total, per_layer
 
@@ -119,6 +133,88 @@ def test_bane_loss_matches_reference(ratio):
     assert terms.loss.item() == pytest.approx(want, rel=1e-9)
     assert terms.hard_negatives.tolist() == [int(h.sum()) for h in hard]
     assert terms.hard_negatives.min() > 0
+
+
+def module_hard_negatives(module, features, logits, target):
+    """The module's own BANE selection per layer, (M,) bool each."""
+    pred = logits.argmax(1)
+    hard = []
+    for f in features:
+        size = tuple(f.shape[-2:])
+        layer_pred = resize_labels(pred, size)
+        hard.append(module.sampler(layer_pred, resize_labels(target, size), N).reshape(-1))
+    return [h.numpy() for h in hard]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("embed_dim", [5, 16])
+def test_added_hard_negatives_match_reference(normalize, embed_dim):
+    features, logits, target = make_inputs(seed=4)
+    module = ContextrastLoss(
+        N,
+        [4, 6],
+        embed_dim=embed_dim,
+        layer_weights=(0.4, 1.0),
+        hard_negatives="add",
+        normalize_anchors=normalize,
+    )
+    module.double()
+    hard = module_hard_negatives(module, features, logits, target)
+    terms = module.terms(features, logits, target)
+    want, want_layers = reference_loss(module, features, logits, target, hard)
+    assert terms.loss.item() == pytest.approx(want, rel=1e-9)
+    np.testing.assert_allclose(terms.layer_losses.numpy(), want_layers, rtol=1e-9)
+    # A hard negative counts twice: the loss is above the include reading's.
+    include = ContextrastLoss(
+        N, [4, 6], embed_dim=embed_dim, layer_weights=(0.4, 1.0), hard_negatives="include",
+        normalize_anchors=normalize,
+    )  # fmt: skip
+    include.load_state_dict(module.state_dict())
+    include.double()
+    assert terms.loss.item() > include(features, logits, target).item()
+
+
+@pytest.mark.parametrize("mode", ["add", "only"])
+def test_per_anchor_sampling_scores_the_sampled_pairs(monkeypatch, mode):
+    features, logits, target = make_inputs(seed=6)
+    module = ContextrastLoss(
+        N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), hard_negatives=mode,
+        normalize_anchors=True, max_positives=7, max_negatives=9,
+    )  # fmt: skip
+    module.double()
+    hard = module_hard_negatives(module, features, logits, target)
+    sampler = module.pair_sampler
+    kept = []
+
+    def recording(positive, negative, extra=None):
+        out = sampler(positive, negative, extra)
+        assert out[0].sum(1).max() <= 7 and out[1].sum(1).max() <= 9
+        assert not (out[0] & ~positive).any() and not (out[1] & ~negative).any()
+        kept.append(tuple(None if m is None else m.numpy() for m in out))
+        return out
+
+    monkeypatch.setattr(module, "pair_sampler", recording)
+    monkeypatch.setattr(recording, "active", True, raising=False)
+    terms = module.terms(features, logits, target)
+    assert len(kept) == 2
+    assert (kept[0][0].sum(1) == 7).all()  # every class has more than 7 pixels on layer 0
+    want, _ = reference_loss(module, features, logits, target, hard, kept)
+    assert terms.loss.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_bounds_above_the_pixel_count_are_no_sampling():
+    features, logits, target = make_inputs(seed=7)
+    torch.manual_seed(0)
+    plain = ContextrastLoss(N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), hard_negatives="add")
+    bounded = ContextrastLoss(
+        N, [4, 6], embed_dim=5, layer_weights=(0.4, 1.0), hard_negatives="add",
+        max_positives=1000, max_negatives=1000,
+    )  # fmt: skip
+    bounded.load_state_dict(plain.state_dict())
+    plain.double(), bounded.double()
+    assert bounded(features, logits, target).item() == pytest.approx(
+        plain(features, logits, target).item(), rel=1e-12
+    )
 
 
 def test_bane_changes_the_loss_and_ratio_zero_is_plain_ccl():

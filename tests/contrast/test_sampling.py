@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contextrast.contrast import BaneSampler, PixelSubsampler, ProjectionHead
+from contextrast import functional as CF
+from contextrast.contrast import BaneSampler, PerAnchorSampler, PixelSubsampler, ProjectionHead
 
 
 def test_bane_sampler_picks_error_pixels_nearest_the_edge():
@@ -63,3 +64,37 @@ def test_projection_head_factored_form_is_its_output(order):
     y = torch.randn(2, 8, 4, 5, dtype=torch.float64)
     coords, lift = wide.factored(y)
     assert lift is None and torch.allclose(F.normalize(coords, dim=1), wide(y), atol=1e-12)
+
+
+def test_sample_per_row_keeps_at_most_count_of_each_row_uniformly():
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[0, :30] = True  # more than the bound: 10 of these 30
+    mask[1, 5:9] = True  # fewer: kept whole
+    torch.manual_seed(0)
+    hits = torch.zeros(40)
+    for _ in range(300):
+        picked = CF.sample_per_row(mask, 10)
+        assert picked.sum(1).tolist() == [10, 4, 0]
+        assert not (picked & ~mask).any()
+        hits += picked[0].float()
+    # each of the 30 candidates is kept 1/3 of the time: 100 of 300 draws (binomial sd 8.2)
+    assert hits[:30].min() > 60 and hits[:30].max() < 140
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        CF.sample_per_row(mask, 0)
+
+
+def test_per_anchor_sampler_bounds_each_kind_separately():
+    positive = torch.zeros(2, 50, dtype=torch.bool)
+    positive[0, :20] = True
+    negative = ~positive
+    extra = negative & (torch.arange(50) % 2 == 0)
+    sampler = PerAnchorSampler(max_positives=5, max_negatives=8)
+    p, n, e = sampler(positive, negative, extra)
+    assert p.sum(1).tolist() == [5, 0]
+    assert n.sum(1).tolist() == [8, 8] and e.sum(1).tolist() == [8, 8]
+    assert not (e & ~extra).any()
+    p, n, e = PerAnchorSampler(max_positives=5)(positive, negative, None)
+    assert torch.equal(n, negative) and e is None
+    assert not PerAnchorSampler().active
+    with pytest.raises(ValueError, match="max_negatives must be a positive int"):
+        PerAnchorSampler(max_negatives=0)

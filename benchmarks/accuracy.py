@@ -1,16 +1,18 @@
-"""Accuracy on the digits set: CE, Contextrast and each peer loss, paired seeds.
+"""Accuracy of CE, Contextrast and each peer loss on one config, paired seeds.
 
-    python benchmarks/digits_accuracy.py [--seeds 0 1 2] [--methods ce contextrast ...]
-    python benchmarks/digits_accuracy.py --k-sweep 0 0.1 0.3 0.5 0.7 1 --seeds 0
-    python benchmarks/digits_accuracy.py --methods ce contextrast \
+    python benchmarks/accuracy.py --config configs/inia19/contextrast.yaml --seeds 0 1 2
+    python benchmarks/accuracy.py [--seeds 0 1 2] [--methods ce contextrast ...]   # digits
+    python benchmarks/accuracy.py --k-sweep 0 0.1 0.3 0.5 0.7 1 --seeds 0
+    python benchmarks/accuracy.py --methods ce contextrast \
         --variant "detach:loss.contrast.detach_anchors=true" --set run.device=cuda --jobs 8
 
-Every run uses configs/digits/contextrast.yaml (the demo's setting: ImageNet-pretrained
-EfficientNet-Lite0 + HRNetV2-style head, 400 iterations, batch 8) with only ``loss.name`` (and
-the seed) changed, so that for a given seed every method starts from the same weights and sees
-the same batches. Runs are seed-major and each finished run is reused, so an interrupted
-benchmark continues where it stopped. Prints mean ± sd of mIoU and boundary mIoU (5 px) and
-the paired difference to CE; writes JSON (``benchmarks/results/digits_accuracy.json``).
+Every run uses one config (default configs/digits/contextrast.yaml, the demo's setting:
+ImageNet-pretrained EfficientNet-Lite0 + HRNetV2-style head, batch 8; the real-image benchmark
+is configs/inia19/contextrast.yaml) with only ``loss.name`` (and the seed) changed, so that for
+a given seed every method starts from the same weights and sees the same batches. Runs are
+seed-major and each finished run is reused, so an interrupted benchmark continues where it
+stopped. Prints mean ± sd of mIoU and boundary mIoU (5 px) and
+the paired difference to CE; writes JSON (``--out``).
 ``--variant NAME:KEY=VALUE,...`` adds a Contextrast run with config overrides; ``--set`` applies
 overrides to every run (and names the run folders apart); ``--jobs`` trains runs in parallel
 processes (for a GPU, where one small run leaves the device mostly idle).
@@ -33,7 +35,7 @@ from contextrast.config import ConfigError, load_config
 from contextrast.demo import prepare_weights
 from contextrast.engine.trainer import Trainer
 
-CONFIG = Path("configs/digits/contextrast.yaml")
+DIGITS = Path("configs/digits/contextrast.yaml")
 PEER_SETTINGS = {
     "pixel_contrast": ["loss.pixel_contrast.embed_dim=128"],
     "ms_cs": ["loss.ms_cs.embed_dim=128"],
@@ -41,25 +43,31 @@ PEER_SETTINGS = {
 }
 
 
-def config_for(method: str, seed: int, extra: list[str], tag: str, iters: int | None):
+def config_for(config: Path, method: str, seed: int, extra: list[str], tag: str, iters: int | None):
     loss = "contextrast" if method.startswith("contextrast") else method
     overrides = [
         f"loss.name={loss}",
         f"run.seed={seed}",
         f"run.name={tag}_s{seed}",
-        "run.output_dir=runs/bench_digits",
+        f"run.output_dir=runs/bench_{config.parent.name}",
         *PEER_SETTINGS.get(method, []),
         *extra,
     ]
     if iters:
         overrides.append(f"optim.iters={iters}")
-    return load_config(CONFIG, overrides)
+    return load_config(config, overrides)
 
 
 def run(
-    method: str, seed: int, extra: list[str], tag: str, iters: int | None, train: bool = True
+    config_path: Path,
+    method: str,
+    seed: int,
+    extra: list[str],
+    tag: str,
+    iters: int | None,
+    train: bool = True,
 ) -> dict | None:
-    config = config_for(method, seed, extra, tag, iters)
+    config = config_for(config_path, method, seed, extra, tag, iters)
     state = config.run_dir / "last.pt"
     if state.is_file() and (config.run_dir / "metrics.jsonl").is_file():
         last = json.loads((config.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
@@ -88,14 +96,15 @@ def parse_variant(text: str) -> tuple[str, tuple[str, list[str]]]:
 
 
 def train_one(job: tuple) -> tuple[str, int, dict | None]:
-    name, seed, method, extra, tag, iters, train, threads = job
+    config, name, seed, method, extra, tag, iters, train, threads = job
     if threads:
         torch.set_num_threads(threads)
-    return name, seed, run(method, seed, extra, tag, iters, train)
+    return name, seed, run(config, method, seed, extra, tag, iters, train)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=DIGITS, help="the Contextrast config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--methods",
@@ -115,6 +124,9 @@ def main() -> None:
     )
     parser.add_argument("--iters", type=int, help="override the config's iterations")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per run (default: 2 with --jobs)"
+    )
     parser.add_argument("--out", default="benchmarks/results/digits_accuracy.json")
     parser.add_argument(
         "--report-only", action="store_true", help="tabulate finished runs, train nothing"
@@ -131,14 +143,14 @@ def main() -> None:
     # Runs under different shared overrides must not reuse each other's folders.
     suffix = "_" + hashlib.sha1("|".join(args.set).encode()).hexdigest()[:6] if args.set else ""
     jobs = [
-        (name, seed, method, [*args.set, *extra], tag_of(name) + suffix, args.iters,
-         not args.report_only, 2 if args.jobs > 1 else 0)
+        (args.config, name, seed, method, [*args.set, *extra], tag_of(name) + suffix,
+         args.iters, not args.report_only, args.threads or (2 if args.jobs > 1 else 0))
         for seed in args.seeds
         for name, (method, extra) in variants.items()
     ]  # fmt: skip
-    for name, seed, method, extra, tag, iters, *_ in jobs[: len(variants)]:
+    for config, name, seed, method, extra, tag, iters, *_ in jobs[: len(variants)]:
         try:  # a bad override stops here in one line, not in a worker's traceback
-            config_for(method, seed, extra, tag, iters)
+            config_for(config, method, seed, extra, tag, iters)
         except ConfigError as error:
             raise SystemExit(f"{name}: {error}") from None
     results: dict[str, dict[int, dict]] = {name: {} for name in variants}
@@ -156,7 +168,10 @@ def main() -> None:
             "seconds_per_iter": metrics["seconds_per_iter"],
         }
     reference = "ce" if "ce" in results else next(iter(results))
-    print(f"digits, seeds {args.seeds}: mean ± sd over seeds; Δ = paired difference to {reference}")
+    print(
+        f"{args.config}, seeds {args.seeds}: mean ± sd over seeds; "
+        f"Δ = paired difference to {reference}"
+    )
     print(
         f"{'method':<18}{'mIoU':>16}{'B-mIoU 5 px':>16}{'Δ mIoU':>16}{'Δ B-mIoU':>16}{'s/iter':>8}"
     )
@@ -179,9 +194,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "benchmark": "digits_accuracy",
+        "benchmark": "accuracy",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": str(CONFIG), "overrides": args.set, "iters": args.iters,
+        "config": str(args.config), "overrides": args.set, "iters": args.iters,
         "variants": {name: extra for name, (_, extra) in variants.items()},
         "seeds": args.seeds, "rows": rows,
     }, indent=2) + "\n")  # fmt: skip
