@@ -19,14 +19,16 @@ def test_configs_are_up_to_date_and_cover_table_2():
     for path, text in GENERATED.items():
         assert path.read_text() == text, f"{path} is stale: run make configs"
     # 3 models x 5 datasets x {CE, Contextrast, multi-/cross-scale}, pixel and region contrast
-    # on Cityscapes, 2 Table 6 ablations on Cityscapes and CamVid, the 2 digits configs.
-    assert len(GENERATED) == 45 + 2 + 4 + 2
+    # on Cityscapes, 2 Table 6 ablations on Cityscapes and CamVid, the 2 digits configs and
+    # the 2 INIA19 benchmark configs.
+    assert len(GENERATED) == 45 + 2 + 4 + 2 + 2
     names = {f"{p.parent.name}/{p.stem}" for p in GENERATED}
     assert {
         "cityscapes/hrnetv2_w48_pixel_contrast",
         "camvid/hrnetv2_w48_contextrast_ccl_semi_hard",
         "ade20k/deeplabv3_r101_ms_cs",
         "coco_stuff/ocrnet_hrnetv2_w48_ce",
+        "inia19/contextrast",
     } <= names
 
 
