@@ -72,7 +72,8 @@ def test_unknown_dataset_lists_choices():
     with pytest.raises(ValueError, match=r"unknown dataset 'voc'; choose from \['ade20k'"):
         build_dataset("voc", root=".")
     assert sorted(DATASETS) == [
-        "ade20k", "camvid", "cityscapes", "coco_stuff", "digits", "folder", "pascal_context",
+        "ade20k", "camvid", "cityscapes", "coco_stuff", "digits", "folder", "inia19",
+        "pascal_context",
     ]  # fmt: skip
 
 
