@@ -29,7 +29,7 @@ $(DEMO_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench,demo]'
 	touch $(DEMO_STAMP)
 
-# CE vs Contextrast on the built-in digits set, CPU only; results in runs/demo/.
+# CE vs Contextrast on the built-in real MRI slices (inia19), CPU only; results in runs/demo/.
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m contextrast.demo
 

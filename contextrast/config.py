@@ -68,20 +68,20 @@ class DataConfig:
 
 @dataclass
 class ContrastConfig:
-    embed_dim: int = 256
+    embed_dim: int = 128
     temperature: float = 0.1
     layer_weights: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.7, 1.0])
     w_high: float = 0.7
     bane_ratio: float = 0.5
     loss_weight: float = 0.1
     max_pixels: int | None = None
-    max_positives: int | None = None
-    max_negatives: int | None = None
-    hard_negatives: Literal["only", "include", "add"] = "only"
+    max_positives: int | None = 1024
+    max_negatives: int | None = 1024
+    hard_negatives: Literal["only", "include", "add"] = "add"
     #: "bane", or "semi_hard" (random error pixels: the Table 6 ablation)
     negatives: Literal["bane", "semi_hard"] = "bane"
     detach_anchors: bool = False
-    normalize_anchors: bool = False
+    normalize_anchors: bool = True
 
 
 @dataclass

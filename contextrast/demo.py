@@ -130,7 +130,7 @@ def evidence_lines(path: Path = EVIDENCE) -> list[str]:
     for metric, title in (("miou", "mIoU"), ("boundary_miou_5", "B-mIoU 5 px")):
         ce, cx = rows["ce"][metric], rows["contextrast"][metric]
         deltas = [(b - a) * 100 for a, b in zip(ce, cx)]
-        mean = statistics.mean(deltas)
+        mean = round(statistics.mean(deltas), 2) + 0.0  # no "-0.00"
         sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
         per_seed = ", ".join(f"{d:+.2f}" for d in deltas)
         lines.append(

@@ -16,6 +16,22 @@ def test_defaults_are_the_papers_contrastive_settings():
     assert (c.loss.contrast.loss_weight, c.optim.momentum, c.optim.power) == (0.1, 0.9, 0.9)
 
 
+def test_contrast_section_defaults_are_the_loss_constructor_defaults():
+    # The constructor holds the defaults chosen on the real benchmark; a config must not drift.
+    import dataclasses
+    import inspect
+
+    from contextrast import ContextrastLoss
+    from contextrast.config import ContrastConfig
+
+    signature = inspect.signature(ContextrastLoss).parameters
+    for f in dataclasses.fields(ContrastConfig):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        want = signature[f.name].default
+        assert default == (list(want) if isinstance(want, tuple) else want), f.name
+    assert ContrastConfig().normalize_anchors and ContrastConfig().hard_negatives == "add"
+
+
 def test_load_and_override(tmp_path):
     path = write(tmp_path, "optim: {lr: 0.02, iters: 100}\ndata: {crop_size: [64, 64]}\n")
     c = load_config(path, ["optim.lr=0.05", "data.options.length=10", "model.pretrained=/w.pth"])

@@ -180,7 +180,7 @@ def digits_config(loss: str) -> dict:
             "batch_size": 8,
             "num_workers": 0,
         },
-        "loss": {"name": loss, "contrast": {"embed_dim": 128}},
+        "loss": {"name": loss},
         "optim": {"lr": 0.03, "weight_decay": 0.0001, "iters": 400},
         "train": {"log_interval": 50, "eval_interval": 400, "checkpoint_interval": 200},
         "eval": {"mode": "whole", "crop_size": [96, 128], "stride": [64, 86]},

@@ -240,7 +240,9 @@ def test_bane_changes_the_loss_and_ratio_zero_is_plain_ccl():
 
 def test_w_high_zero_is_independent_layers_and_one_uses_last_anchors():
     features, logits, target = make_inputs(seed=6)
-    module = ContextrastLoss(N, [4, 6], embed_dim=5, layer_weights=(1.0, 0.0), bane_ratio=0.0)
+    module = ContextrastLoss(
+        N, [4, 6], embed_dim=5, layer_weights=(1.0, 0.0), bane_ratio=0.0, normalize_anchors=False
+    )
     module.double()
     with torch.no_grad():
         e0 = module.heads[0](features[0])
@@ -401,4 +403,7 @@ def test_default_layer_weights_are_the_papers():
     assert module.layer_weights == [0.1, 0.4, 0.7, 1.0]
     assert (module.w_high, module.bane_ratio, module.loss_weight) == (0.7, 0.5, 0.1)
     assert module.temperature == 0.1 and math.isclose(1 - module.w_high, 0.3)
-    assert [h.net[-1].out_channels for h in module.heads] == [256] * 4
+    # The readings chosen on the real benchmark (docs/benchmarks.md), d = 128.
+    assert [h.net[-1].out_channels for h in module.heads] == [128] * 4
+    assert (module.hard_negatives, module.normalize_anchors) == ("add", True)
+    assert (module.pair_sampler.max_positives, module.pair_sampler.max_negatives) == (1024, 1024)
