@@ -66,7 +66,7 @@ def write_volumes(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_prepare_writes_folder_layout_with_labels_and_orientation(tmp_path):
-    t1, _ = write_volumes(tmp_path / "src")
+    write_volumes(tmp_path / "src")
     out = tmp_path / "out"
     splits = prepare_inia19(
         out, tmp_path / "src", num_regions=2, min_brain=0.2, slab=3, val_every=2, gap=1
