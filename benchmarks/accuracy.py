@@ -127,7 +127,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="torch threads per run (default: 2 with --jobs)"
     )
-    parser.add_argument("--out", default="benchmarks/results/digits_accuracy.json")
+    parser.add_argument(
+        "--out", help="JSON file (default: benchmarks/results/<config folder>_accuracy.json)"
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="tabulate finished runs, train nothing"
     )
@@ -191,7 +193,7 @@ def main() -> None:
             f"{name:<18}{summary(miou):>16}{summary(band):>16}{summary(d_miou):>16}{summary(d_band):>16}{seconds:>8.3f}"
         )
         rows.append({"method": name, "per_seed": by_seed, "miou": miou, "boundary_miou_5": band})
-    out = Path(args.out)
+    out = Path(args.out or f"benchmarks/results/{args.config.parent.name}_accuracy.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "benchmark": "accuracy",
