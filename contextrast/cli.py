@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import platform
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,14 +82,31 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminated(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _train(args: argparse.Namespace) -> int:
     from contextrast.config import load_config
     from contextrast.engine.distributed import cleanup
     from contextrast.engine.trainer import Trainer
 
     config = load_config(args.config, args.set)
+    # Schedulers (SLURM, Kubernetes) pre-empt with SIGTERM: stop like Ctrl-C, so that the
+    # stop is logged; the last checkpoint is the state to --resume from.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
-        metrics = Trainer(config, resume=args.resume).fit()
+        try:
+            trainer = Trainer(config, resume=args.resume)
+        except Exception as error:
+            # A run directory that already has a log (--resume) keeps the reason it did
+            # not start; a new run stopped by its config leaves nothing behind.
+            log = config.run_dir / "train.log"
+            if log.is_file():
+                with open(log, "a") as handle:
+                    handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} not started: {error}\n")
+            raise
+        metrics = trainer.fit()
     finally:
         cleanup()
     if metrics:
@@ -104,13 +123,13 @@ def _checkpoint_config(path: str, overrides: list[str]):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
 
     from contextrast.config import load_config
-    from contextrast.engine.builders import build_dataset, build_evaluator, build_model
+    from contextrast.engine.builders import build_dataset, build_evaluator, model_from_checkpoint
     from contextrast.engine.checkpoint import load_checkpoint
     from contextrast.engine.distributed import cleanup, init_distributed
     from contextrast.engine.trainer import evaluate
+    from contextrast.evaluation.metrics import metrics_json
     from contextrast.evaluation.report import format_metrics
 
     config = load_config(args.config, args.set)
@@ -118,8 +137,7 @@ def _eval(args: argparse.Namespace) -> int:
     dist = init_distributed(config.run.device)
     try:
         dataset = build_dataset(config, args.split or config.data.val_split, train=False)
-        model = build_model(config, dataset.num_classes, pretrained=False)
-        model.load_state_dict(state["model"])
+        model = model_from_checkpoint(state, args.checkpoint, config, dataset.num_classes)
         model.to(dist.device)
         metrics = evaluate(
             model, dataset, build_evaluator(config, dataset), config, dist.device, dist
@@ -133,19 +151,18 @@ def _eval(args: argparse.Namespace) -> int:
             if args.out
             else Path(args.checkpoint).with_name(f"eval_{args.split or config.data.val_split}.json")
         )
-        out.write_text(json.dumps(metrics, indent=2) + "\n")
+        out.write_text(metrics_json(metrics, indent=2) + "\n")
         print(format_metrics(metrics))
         print(f"wrote {out}")
     return 0
 
 
 def _model_from_checkpoint(args: argparse.Namespace):
-    from contextrast.engine.builders import build_model
+    from contextrast.engine.builders import model_from_checkpoint
 
     state, config = _checkpoint_config(args.checkpoint, args.set)
-    model = build_model(config, len(state["classes"]), pretrained=False)
-    model.load_state_dict(state["model"])
-    return state, config, model.eval()
+    model = model_from_checkpoint(state, args.checkpoint, config, len(state["classes"]))
+    return state, config, model
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -184,7 +201,7 @@ def _losses(_: argparse.Namespace) -> int:
 def _analysis_model(args: argparse.Namespace):
     """Config (from --config or the checkpoint), dataset split and loaded model."""
     from contextrast.config import load_config
-    from contextrast.engine.builders import build_dataset, build_model
+    from contextrast.engine.builders import build_dataset, model_from_checkpoint
     from contextrast.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
@@ -193,16 +210,13 @@ def _analysis_model(args: argparse.Namespace):
     else:
         config = _checkpoint_config(args.checkpoint, args.set)[1]
     dataset = build_dataset(config, args.split or config.data.val_split, train=False)
-    model = build_model(config, dataset.num_classes, pretrained=False)
-    model.load_state_dict(state["model"])
-    return state, config, dataset, model.eval()
+    model = model_from_checkpoint(state, args.checkpoint, config, dataset.num_classes)
+    return state, config, dataset, model
 
 
 def _analyze_features(args: argparse.Namespace) -> int:
-    import json
-
     from contextrast.evaluation.analysis import collect_head_inputs
-    from contextrast.evaluation.metrics import feature_metrics
+    from contextrast.evaluation.metrics import feature_metrics, metrics_json
 
     _, _, dataset, model = _analysis_model(args)
     embeddings, labels = collect_head_inputs(
@@ -214,7 +228,7 @@ def _analyze_features(args: argparse.Namespace) -> int:
         " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     )
     if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
+        Path(args.out).write_text(metrics_json(metrics, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
 
@@ -223,6 +237,7 @@ def _analyze_boundary(args: argparse.Namespace) -> int:
     import csv
 
     from contextrast.engine.builders import build_contrast
+    from contextrast.engine.checkpoint import load_weights
     from contextrast.evaluation.analysis import boundary_similarity, plot_curves
 
     state, config, dataset, model = _analysis_model(args)
@@ -232,7 +247,7 @@ def _analyze_boundary(args: argparse.Namespace) -> int:
             f"projection heads; this run used loss.name={config.loss.name!r}"
         )
     contrast = build_contrast(config, dataset.num_classes, model.feature_channels)
-    contrast.load_state_dict(state["contrast"])
+    load_weights(contrast, state["contrast"], args.checkpoint, "contextrast loss")
     curves = boundary_similarity(model, contrast, dataset, args.max_distance, args.max_images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +269,7 @@ def _analyze_grid(args: argparse.Namespace) -> int:
     import torch
 
     from contextrast.config import config_from_dict
-    from contextrast.engine.builders import build_dataset, build_model
+    from contextrast.engine.builders import build_dataset, model_from_checkpoint
     from contextrast.engine.checkpoint import load_checkpoint
     from contextrast.evaluation.inference import predict_probabilities
     from contextrast.evaluation.report import colorize, save_grid
@@ -263,9 +278,8 @@ def _analyze_grid(args: argparse.Namespace) -> int:
     for path in args.checkpoints:
         state = load_checkpoint(path)
         config = config_from_dict(state["config"])
-        model = build_model(config, len(state["classes"]), pretrained=False)
-        model.load_state_dict(state["model"])
-        models.append((model.eval(), state["palette"], config))
+        model = model_from_checkpoint(state, path, config, len(state["classes"]))
+        models.append((model, state["palette"], config))
     config = models[0][2]
     dataset = build_dataset(config, args.split or config.data.val_split, train=False)
     rows = []
@@ -479,6 +493,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"contextrast {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        print(
+            f"contextrast {args.command}: interrupted ({error or 'SIGINT'})"
+            + ("; continue with --resume" if args.command == "train" else ""),
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

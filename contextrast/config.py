@@ -7,6 +7,7 @@ value is a one-line ``ConfigError`` naming it and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -64,6 +65,8 @@ class DataConfig:
     #: global batch size, split evenly over the processes
     batch_size: int = 8
     num_workers: int = 4
+    #: read every label file of both splits before training (bad values, no labelled pixel)
+    check_labels: bool = True
 
 
 @dataclass
@@ -279,6 +282,23 @@ def _check(config: Config) -> Config:
         ("train.eval_interval", config.train.eval_interval >= 1, "must be >= 1"),
         ("train.checkpoint_interval", config.train.checkpoint_interval >= 1, "must be >= 1"),
         ("data.hflip", 0 <= config.data.hflip <= 1, "must be in [0, 1]"),
+        ("data.num_workers", config.data.num_workers >= 0, "must be >= 0"),
+        ("model.mean", len(config.model.mean) == 3, "must be 3 values (R, G, B)"),
+        (
+            "model.std",
+            len(config.model.std) == 3 and all(v > 0 for v in config.model.std),
+            "must be 3 values (R, G, B), each > 0",
+        ),
+        (
+            "model.head_width",
+            config.model.head_width is None or config.model.head_width >= 1,
+            "must be >= 1 or null",
+        ),
+        (
+            "optim.grad_clip",
+            config.optim.grad_clip is None or config.optim.grad_clip > 0,
+            "must be > 0 or null",
+        ),
         ("loss.contrast.bane_ratio", 0 <= config.loss.contrast.bane_ratio <= 1, "in [0, 1]"),
         ("loss.contrast.w_high", 0 <= config.loss.contrast.w_high <= 1, "must be in [0, 1]"),
     ]
@@ -312,7 +332,9 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings; values are parsed as YAML (``0.02``, ``[512, 512]``)."""
+    """A copy of ``data`` with ``key.sub=value`` strings applied; values are parsed as YAML
+    (``0.02``, ``[512, 512]``)."""
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.02")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from contextrast.config import load_config
-from contextrast.engine.builders import build_dataset, build_model
+from contextrast.engine.builders import build_dataset, model_from_checkpoint
 from contextrast.engine.checkpoint import load_checkpoint
 from contextrast.engine.trainer import Trainer
 from contextrast.evaluation.inference import predict_probabilities
@@ -98,10 +98,10 @@ def comparison(dataset: str, extra: list[str], count: int = 6) -> Path:
     configs, _ = SETS[dataset]
     for loss in ("ce", "contextrast"):
         config = load_config(configs / f"{loss}.yaml", demo_overrides(dataset, loss, extra))
-        state = load_checkpoint(config.run_dir / "best.pt")
-        model = build_model(config, len(state["classes"]), pretrained=False)
-        model.load_state_dict(state["model"])
-        models[loss] = (model.eval(), state["palette"])
+        path = config.run_dir / "best.pt"
+        state = load_checkpoint(path)
+        model = model_from_checkpoint(state, path, config, len(state["classes"]))
+        models[loss] = (model, state["palette"])
     data = build_dataset(config, config.data.val_split, train=False)
     # Evenly spread over the split, so that the picture is not six neighbouring slices.
     for index in torch.linspace(0, len(data) - 1, count).round().long().tolist():

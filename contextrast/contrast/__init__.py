@@ -8,7 +8,7 @@ from contextrast.contrast.peers import (
     PixelContrastMemory,
     RegionContrastLoss,
 )
-from contextrast.contrast.projection import ProjectionHead
+from contextrast.contrast.projection import NonFiniteError, ProjectionHead, prepare_features
 from contextrast.contrast.sampling import (
     BalancedRandomSampler,
     BaneSampler,
@@ -26,6 +26,7 @@ __all__ = [
     "ContextrastTerms",
     "HardAnchorSampler",
     "MultiScaleCrossScaleLoss",
+    "NonFiniteError",
     "PerAnchorSampler",
     "PixelContrastLoss",
     "PixelContrastMemory",
@@ -33,4 +34,5 @@ __all__ = [
     "ProjectionHead",
     "RegionContrastLoss",
     "SemiHardSampler",
+    "prepare_features",
 ]

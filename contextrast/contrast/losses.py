@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contextrast import functional as CF
-from contextrast.contrast.projection import ProjectionHead
+from contextrast.contrast.projection import ProjectionHead, prepare_features
 from contextrast.contrast.sampling import (
     BaneSampler,
     PerAnchorSampler,
@@ -187,39 +187,26 @@ class ContextrastLoss(nn.Module):
 
     def _validate(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
-    ) -> None:
-        if not isinstance(features, (list, tuple)) or len(features) != len(self.in_channels):
-            got = len(features) if isinstance(features, (list, tuple)) else type(features)
-            raise ValueError(
-                f"features must be a list of {len(self.in_channels)} maps (one per "
-                f"in_channels entry), got {got}"
-            )
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
-            raise ValueError(
-                f"logits must have shape (B, N, h, w), got {getattr(logits, 'shape', logits)}"
-            )
+    ) -> list[torch.Tensor]:
+        """Checks every input once; returns the features in the heads' dtype."""
         if not isinstance(target, torch.Tensor) or target.dim() != 3:
             raise ValueError(
                 f"target must have shape (B, H, W), got {getattr(target, 'shape', target)}"
             )
         batch = target.shape[0]
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+            raise ValueError(
+                f"logits must have shape (B, N, h, w), got {getattr(logits, 'shape', logits)}"
+            )
         if logits.shape[:2] != (batch, self.num_classes):
             raise ValueError(
                 f"logits must have shape (B, N, h, w) with B={batch}, N={self.num_classes}, "
                 f"got {tuple(logits.shape)}"
             )
-        for i, (feature, channels) in enumerate(zip(features, self.in_channels)):
-            if not isinstance(feature, torch.Tensor) or feature.dim() != 4:
-                raise ValueError(
-                    f"features[{i}] must have shape (B, C, h, w), got "
-                    f"{getattr(feature, 'shape', feature)}"
-                )
-            if feature.shape[:2] != (batch, channels):
-                raise ValueError(
-                    f"features[{i}] must have shape (B, C, h, w) with B={batch}, C={channels}, "
-                    f"got {tuple(feature.shape)}"
-                )
+        dtype = next(self.heads.parameters()).dtype
+        features = prepare_features(features, self.in_channels, batch, dtype, self.training)
         CF.check_labels(target, self.num_classes, self.ignore_index, "target")
+        return features
 
     def terms(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
@@ -231,7 +218,7 @@ class ContextrastLoss(nn.Module):
             logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
             target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
         """
-        self._validate(features, logits, target)
+        features = self._validate(features, logits, target)
         n = self.num_classes
         with torch.no_grad():
             pred = logits.argmax(dim=1)  # (B, h, w)

@@ -16,7 +16,7 @@ from torch import nn
 from contextrast import functional as CF
 from contextrast.contrast.losses import resize_labels
 from contextrast.contrast.memory import ClassQueue
-from contextrast.contrast.projection import ProjectionHead
+from contextrast.contrast.projection import ProjectionHead, prepare_features
 from contextrast.contrast.sampling import BalancedRandomSampler, HardAnchorSampler
 from contextrast.models.heads import concat_upsampled
 
@@ -28,12 +28,18 @@ __all__ = [
 ]
 
 
-def _check_features(features: Sequence[torch.Tensor], channels: Sequence[int], name: str) -> None:
-    if not isinstance(features, (list, tuple)) or len(features) != len(channels):
-        raise ValueError(f"{name}: features must be a list of {len(channels)} maps")
-    for i, (f, c) in enumerate(zip(features, channels)):
-        if f.dim() != 4 or f.shape[1] != c:
-            raise ValueError(f"{name}: features[{i}] must be (B, {c}, h, w), got {tuple(f.shape)}")
+def _prepare(
+    module: nn.Module,
+    features: Sequence[torch.Tensor],
+    in_channels: Sequence[int],
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int,
+) -> list[torch.Tensor]:
+    """Checked target, and the features checked and cast to ``module``'s dtype."""
+    CF.check_labels(target, num_classes, ignore_index, "target")
+    dtype = next(module.parameters()).dtype
+    return prepare_features(features, in_channels, target.shape[0], dtype, module.training)
 
 
 class _SingleMapProjection(nn.Module):
@@ -58,8 +64,9 @@ class _SingleMapProjection(nn.Module):
 
     def project(self, features: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Validated inputs -> embeddings (B, D, h, w) of the chosen map."""
-        _check_features(features, self.in_channels, type(self).__name__)
-        CF.check_labels(target, self.num_classes, self.ignore_index, "target")
+        features = _prepare(
+            self, features, self.in_channels, target, self.num_classes, self.ignore_index
+        )
         x = concat_upsampled(features) if self.feature == "concat" else features[-1]
         return self.head(x)
 
@@ -246,8 +253,9 @@ class MultiScaleCrossScaleLoss(nn.Module):
     def forward(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
-        _check_features(features, self.in_channels, type(self).__name__)
-        CF.check_labels(target, self.num_classes, self.ignore_index, "target")
+        features = _prepare(
+            self, features, self.in_channels, target, self.num_classes, self.ignore_index
+        )
         samples = []
         total = None
         for head, index, weight in zip(self.heads, self.feature_indices, self.scale_weights):

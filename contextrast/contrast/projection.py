@@ -2,11 +2,74 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ProjectionHead"]
+__all__ = ["NonFiniteError", "ProjectionHead", "prepare_features"]
+
+
+class NonFiniteError(ValueError):
+    """An input of a loss holds NaN or inf."""
+
+
+def prepare_features(
+    features: Sequence[torch.Tensor],
+    in_channels: Sequence[int],
+    batch: int,
+    dtype: torch.dtype,
+    training: bool,
+) -> list[torch.Tensor]:
+    """Check a loss's feature maps once and cast them to its projection heads' ``dtype``.
+
+    Args:
+        features: I maps (B, C_i, h_i, w_i).
+        in_channels: the C_i the loss was built for.
+        batch: B of the target.
+        dtype: the heads' parameter dtype: half-precision features of a model run without
+            autocast are cast up (the loss's arithmetic stays in the heads' precision).
+        training: in training mode a map with one value per channel (B = 1, 1×1) cannot
+            pass the heads' BatchNorm.
+
+    Raises ``ValueError`` naming the map for a wrong type, shape or size, and
+    :class:`NonFiniteError` when a map holds NaN or inf (one host sync for all maps).
+    """
+    if not isinstance(features, (list, tuple)) or len(features) != len(in_channels):
+        got = len(features) if isinstance(features, (list, tuple)) else type(features).__name__
+        raise ValueError(
+            f"features must be a list of {len(in_channels)} maps (one per in_channels entry), "
+            f"got {got}"
+        )
+    prepared = []
+    for i, (feature, channels) in enumerate(zip(features, in_channels)):
+        if not isinstance(feature, torch.Tensor) or feature.dim() != 4:
+            raise ValueError(
+                f"features[{i}] must have shape (B, C, h, w), got "
+                f"{getattr(feature, 'shape', type(feature).__name__)}"
+            )
+        if feature.shape[:2] != (batch, channels):
+            raise ValueError(
+                f"features[{i}] must have shape (B, C, h, w) with B={batch}, C={channels}, "
+                f"got {tuple(feature.shape)}"
+            )
+        if not feature.is_floating_point():
+            raise ValueError(f"features[{i}] must be floating point, got {feature.dtype}")
+        if training and feature.shape[0] * feature.shape[2] * feature.shape[3] == 1:
+            raise ValueError(
+                f"features[{i}] has one value per channel (batch 1, 1×1 map): the projection "
+                "head's BatchNorm cannot train on it; use a batch of at least 2 or a larger "
+                "input"
+            )
+        # Under autocast the heads' convolutions pick their own precision: no cast needed.
+        autocast = torch.is_autocast_enabled(feature.device.type)
+        prepared.append(feature if autocast or feature.dtype == dtype else feature.to(dtype))
+    finite = torch.stack([torch.isfinite(f).all() for f in prepared])  # (I,)
+    if not bool(finite.all()):
+        bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+        raise NonFiniteError(f"features{bad} hold NaN or inf values")
+    return prepared
 
 
 class ProjectionHead(nn.Module):

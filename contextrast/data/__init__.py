@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "TrainTransform",
     "build_dataset",
     "check_dataset",
+    "labelled_pixels",
     "seed_worker",
 ]
 
@@ -85,6 +87,8 @@ def _kind(message: str) -> str:
         ("expected the same size", "size mismatch"),
         ("are not", "label values outside classes"),
         ("instance map", "instance map problem"),
+        ("no image/label pairs", "empty split"),
+        ("(ignore): nothing", "no labelled pixel"),
     ):
         if needle in message:
             return kind
@@ -97,11 +101,32 @@ def check_dataset(name: str, **kwargs) -> CheckReport:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     dataset = DATASETS[name](strict=False, **kwargs)
     problems = list(dataset.problems)
+    labelled = 0
     for index in range(len(dataset)):
         try:
-            dataset.read(index)
+            labelled += int((dataset.read(index)[1] != dataset.ignore_index).sum())
             dataset.read_instances(index)
         except DatasetError as error:
             problems.append(str(error))
+    if len(dataset) and not labelled and not problems:
+        problems.append(
+            f"{name}: every label pixel of split {kwargs.get('split', 'train')!r} is "
+            f"{dataset.ignore_index} (ignore): nothing to train on or evaluate"
+        )
     counts = Counter(_kind(p) for p in problems)
     return CheckReport(len(dataset), problems, dict(counts))
+
+
+def labelled_pixels(dataset: SegmentationDataset, workers: int = 4) -> int:
+    """Read every label file of ``dataset`` (not the images) and count its labelled pixels.
+
+    Raises :class:`DatasetError` naming the first file whose values name no class, so that
+    a bad label stops a run before its first iteration instead of at its first evaluation.
+    """
+
+    def count(index: int) -> int:
+        return int((dataset.read_label_ids(index) != dataset.ignore_index).sum())
+
+    # Decoding PNGs releases the GIL: threads overlap the reads.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return sum(pool.map(count, range(len(dataset))))

@@ -159,14 +159,23 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{item.label}: label is {raw.shape[1]}x{raw.shape[0]} but image {item.image} "
                 f"is {image.shape[2]}x{image.shape[1]} (width x height); expected the same size"
             )
+        return image, torch.from_numpy(self._map_label(raw, item.label))
+
+    def read_label_ids(self, index: int) -> np.ndarray:
+        """(H, W) int64 class ids of sample ``index``, validated; reads the label file only
+        (a fast scan of a whole split before training)."""
+        path = self.items[index].label
+        return self._map_label(read_label(path), path)
+
+    def _map_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         mapped = self.lut[raw]
         if (mapped < 0).any():
             bad = np.unique(raw[mapped < 0])[:8].tolist()
             raise DatasetError(
-                f"{item.label}: label values {bad} are not {self.name} labels (expected "
+                f"{path}: label values {bad} are not {self.name} labels (expected "
                 f"{self.label_help()})"
             )
-        return image, torch.from_numpy(mapped)
+        return mapped
 
     def label_help(self) -> str:
         defined = np.nonzero(self.lut >= 0)[0]
@@ -213,7 +222,11 @@ def _pair(
     strict: bool,
     problems: list[str],
     instances_for: Callable[[Path], Path] | None = None,
+    *,
+    where: str,
 ) -> list[Item]:
+    """Items of the images that have a label; ``where`` names the split's folder(s) for the
+    empty-split message."""
     items = []
     for image in sorted(images):
         label = label_for(image)
@@ -224,8 +237,11 @@ def _pair(
             problems.append(message)
             continue
         items.append(Item(image, label, instances_for(image) if instances_for else None))
-    if not items and strict:
-        raise DatasetError(f"{dataset}: no image/label pairs found")
+    if not items:
+        message = f"{dataset}: no image/label pairs found in {where}"
+        if strict:
+            raise DatasetError(message)
+        problems.append(message)
     return items
 
 
@@ -280,6 +296,7 @@ class Cityscapes(SegmentationDataset):
             strict,
             problems,
             (lambda image: companion(image, "instanceIds")) if return_instances else None,
+            where=f"split {split!r} ({images_dir})",
         )
         self.return_instances = return_instances
         super().__init__(items, transform, seed, problems)
@@ -326,6 +343,7 @@ class CamVid(SegmentationDataset):
             self.name,
             strict,
             problems,
+            where=f"split {split!r} ({images_dir})",
         )
         super().__init__(items, transform, seed, problems)
 
@@ -378,7 +396,12 @@ class PascalContext(SegmentationDataset):
             else:
                 problems.append(f"pascal_context: {listing} lists {stem} but {image} is missing")
         items = _pair(
-            images, lambda image: labels_dir / f"{image.stem}.png", self.name, strict, problems
+            images,
+            lambda image: labels_dir / f"{image.stem}.png",
+            self.name,
+            strict,
+            problems,
+            where=f"split {split!r} ({listing})",
         )
         super().__init__(items, transform, seed, problems)
 
@@ -424,6 +447,7 @@ class CocoStuff(SegmentationDataset):
             self.name,
             strict,
             problems,
+            where=f"split {split!r} ({images_dir})",
         )
         super().__init__(items, transform, seed, problems)
 
@@ -461,6 +485,7 @@ class ADE20K(SegmentationDataset):
             self.name,
             strict,
             problems,
+            where=f"split {split!r} ({images_dir})",
         )
         super().__init__(items, transform, seed, problems)
 
@@ -512,6 +537,7 @@ class Folder(SegmentationDataset):
             self.name,
             strict,
             problems,
+            where=f"split {split!r} ({images_dir})",
         )
         super().__init__(items, transform, seed, problems)
 

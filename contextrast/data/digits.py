@@ -157,6 +157,9 @@ class Digits(SegmentationDataset):
         image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         return image, label
 
+    def read_label_ids(self, index: int) -> np.ndarray:
+        return self.read(index)[1].numpy()
+
     def __getitem__(self, index: int) -> Sample:
         index, epoch = self.resolve(index)
         image, label = self.read(index)

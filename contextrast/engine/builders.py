@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch import nn
@@ -15,8 +16,9 @@ from contextrast.contrast.peers import (
     RegionContrastLoss,
 )
 from contextrast.data import DATASETS, EvalTransform, SegmentationDataset, TrainTransform
+from contextrast.engine.checkpoint import check_compatible, load_weights
 from contextrast.evaluation.evaluator import Evaluator
-from contextrast.models import Segmentor, create_model
+from contextrast.models import GENERIC_PREFIX, MODELS, Segmentor, create_model
 
 __all__ = [
     "LOSS_DESCRIPTIONS",
@@ -24,6 +26,7 @@ __all__ = [
     "build_dataset",
     "build_evaluator",
     "build_model",
+    "model_from_checkpoint",
 ]
 
 #: ``loss.name`` → (what it is, the paper's reference).
@@ -75,17 +78,37 @@ def build_dataset(config: Config, split: str, train: bool) -> SegmentationDatase
 def build_model(config: Config, num_classes: int, pretrained: bool = True) -> Segmentor:
     """``pretrained=False`` skips loading weights (e.g. when a checkpoint follows)."""
     m = config.model
+    generic = m.name.startswith(GENERIC_PREFIX)
+    if not generic and m.name not in MODELS:
+        raise ConfigError(
+            f"model.name: unknown model {m.name!r}; choose from {sorted(MODELS)} or "
+            f"'{GENERIC_PREFIX}<timm backbone>'"
+        )
     kwargs: dict[str, Any] = {}
     if m.aux:
         kwargs["aux"] = True
-    if m.name.startswith("tu-"):
+    if generic:
         if m.head is not None:
             kwargs["head"] = m.head
         if m.head_width is not None:
             kwargs["head_width"] = m.head_width
     elif m.head is not None or m.head_width is not None:
-        raise ConfigError("model.head / model.head_width: only for 'tu-<timm name>' models")
+        raise ConfigError(
+            f"model.head / model.head_width: only for '{GENERIC_PREFIX}<timm name>' models; "
+            f"the preset {m.name!r} fixes its head (set both to null)"
+        )
     return create_model(m.name, num_classes, m.pretrained if pretrained else False, **kwargs)
+
+
+def model_from_checkpoint(
+    state: dict[str, Any], path: str | os.PathLike, config: Config, num_classes: int
+) -> Segmentor:
+    """The model ``config`` builds, with the checkpoint's weights, in eval mode; a one-line
+    ``ValueError`` naming both sides when they do not match."""
+    check_compatible(state, path, config, num_classes)
+    model = build_model(config, num_classes, pretrained=False)
+    load_weights(model, state["model"], path, "model")
+    return model.eval()
 
 
 def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.Module | None:

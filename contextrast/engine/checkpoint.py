@@ -9,8 +9,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+TEMPORARY_SUFFIX = ".tmp"
+
+__all__ = [
+    "capture_rng",
+    "check_compatible",
+    "load_checkpoint",
+    "load_weights",
+    "remove_stale_temporaries",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+#: The model keys that decide a checkpoint's state-dict layout.
+MODEL_KEYS = ("name", "head", "head_width", "aux")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -18,7 +32,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     any moment leaves either the previous checkpoint or the new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         with open(temporary, "wb") as handle:
             torch.save(state, handle)
@@ -29,6 +43,28 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         if temporary.exists():
             temporary.unlink()
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writes (``kill -9``, pre-emption) left in
+    ``folder``: ``.NAME.PID.tmp`` whose process is gone. Returns the removed paths."""
+    removed = []
+    for path in Path(folder).glob(f".*.pt.*{TEMPORARY_SUFFIX}"):
+        pid = path.name[: -len(TEMPORARY_SUFFIX)].rpartition(".")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -47,6 +83,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"checkpoint {path}: missing 'model' or 'config'; not a contextrast run")
     return state
+
+
+def _describe(model: dict[str, Any], classes: int | None) -> str:
+    parts = [str(model.get("name"))]
+    parts += [f"{k} {model[k]}" for k in MODEL_KEYS[1:] if model.get(k) not in (None, False)]
+    count = classes if classes is not None else "an unknown number of"
+    return f"{count} classes ({', '.join(parts)})"
+
+
+def check_compatible(
+    state: dict[str, Any], path: str | os.PathLike, config: Any, num_classes: int
+) -> None:
+    """Raise a one-line ``ValueError`` naming both sides when the checkpoint's model (class
+    count, model name, head, head width, auxiliary head) is not the one ``config`` builds."""
+    saved = state["config"].get("model", {})
+    before = {key: saved.get(key) for key in MODEL_KEYS}
+    now = {key: getattr(config.model, key) for key in MODEL_KEYS}
+    classes = len(state["classes"]) if "classes" in state else None
+    if before != now or classes not in (None, num_classes):
+        raise ValueError(
+            f"checkpoint {path} has {_describe(before, classes)}, the config and dataset have "
+            f"{_describe(now, num_classes)}"
+        )
+
+
+def load_weights(module: nn.Module, weights: dict[str, Any], path: str | os.PathLike, what: str):
+    """``module.load_state_dict(weights)`` with a one-line ``ValueError`` naming the first
+    difference instead of PyTorch's multi-line report."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or shapes:
+        if shapes:
+            k = shapes[0]
+            detail = f"{k} is {tuple(weights[k].shape)} there, {tuple(own[k].shape)} here"
+        elif missing:
+            detail = f"{len(missing)} weights missing there, first {missing[0]}"
+        else:
+            detail = f"{len(unexpected)} weights unknown here, first {unexpected[0]}"
+        raise ValueError(
+            f"checkpoint {path}: its {what} weights do not fit the {what} this config builds "
+            f"({detail})"
+        )
+    module.load_state_dict(weights)
 
 
 def capture_rng(device: torch.device) -> dict[str, Any]:

@@ -20,13 +20,23 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 import contextrast
 from contextrast.config import Config, ConfigError
-from contextrast.data import SegmentationDataset, seed_worker
+from contextrast.contrast import NonFiniteError
+from contextrast.data import DatasetError, SegmentationDataset, labelled_pixels, seed_worker
 from contextrast.data.datasets import sample_seed
 from contextrast.engine.builders import build_contrast, build_dataset, build_evaluator, build_model
-from contextrast.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from contextrast.engine.checkpoint import (
+    capture_rng,
+    check_compatible,
+    load_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+)
 from contextrast.engine.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from contextrast.evaluation.evaluator import Evaluator
 from contextrast.evaluation.inference import predict_probabilities
+from contextrast.evaluation.metrics import metrics_json
 from contextrast.models import Segmentor, convert_sync_batchnorm
 
 __all__ = ["IterationBatchSampler", "LossTerms", "PolyLR", "Trainer", "TrainingModule", "evaluate"]
@@ -100,12 +110,14 @@ class IterationBatchSampler(Sampler[list[int]]):
 
 
 class LossTerms(NamedTuple):
-    """total: the optimised scalar; ce, aux, contrast: its (unweighted-by-switch) parts."""
+    """total: the optimised scalar; ce, aux, contrast: its (unweighted-by-switch) parts;
+    unlabelled: 1.0 when the batch (this rank's share) has no labelled pixel, else 0.0."""
 
     total: torch.Tensor
     ce: torch.Tensor
     aux: torch.Tensor
     contrast: torch.Tensor
+    unlabelled: torch.Tensor
 
 
 class TrainingModule(nn.Module):
@@ -131,9 +143,17 @@ class TrainingModule(nn.Module):
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
 
-    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor):
+        """Mean CE over the labelled pixels; exactly 0 (with a graph) when there are none.
+
+        logits: (B, N, h, w); target: (B, H, W); labelled: () their count.
+        """
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+        # "mean" would divide by zero on a crop without labels (sky-only, ignore borders).
+        total = F.cross_entropy(
+            logits.float(), target, ignore_index=self.ignore_index, reduction="sum"
+        )
+        return total / labelled.clamp(min=1)
 
     def forward(
         self, images: torch.Tensor, target: torch.Tensor, contrast_scale: float = 1.0
@@ -141,12 +161,14 @@ class TrainingModule(nn.Module):
         """images: (B, 3, H, W); target: (B, H, W). ``contrast_scale`` 0 keeps the term in the
         graph with zero weight (warm-up), identically on one process and on many."""
         out = self.model(images)
-        ce = self._ce(out.logits, target)
+        labelled = (target != self.ignore_index).sum()
+        ce = self._ce(out.logits, target, labelled)
         zero = ce.new_zeros(())
-        aux = self._ce(out.aux_logits, target) if out.aux_logits is not None else zero
+        aux = self._ce(out.aux_logits, target, labelled) if out.aux_logits is not None else zero
         contrast = self.contrast(out.features, out.logits, target) if self.contrast else zero
         total = ce + self.aux_weight * aux + contrast_scale * contrast
-        return LossTerms(total, ce.detach(), aux.detach(), contrast.detach())
+        unlabelled = (labelled == 0).to(ce.dtype)
+        return LossTerms(total, ce.detach(), aux.detach(), contrast.detach(), unlabelled)
 
 
 def evaluate(
@@ -189,6 +211,11 @@ def evaluate(
             evaluator.update(probabilities.argmax(1), sample.label, instances)
     evaluator.reduce()
     model.train(was_training)
+    if not bool(evaluator.confusion.sum() > 0):
+        raise DatasetError(
+            f"{dataset.name}: the {count} evaluated images have no labelled pixel (every label "
+            f"pixel is {dataset.ignore_index}, ignore): no score is defined"
+        )
     return evaluator.compute()
 
 
@@ -240,6 +267,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         self.train_set = build_dataset(c, c.data.train_split, train=True)
         self.val_set = build_dataset(c, c.data.val_split, train=False)
+        if c.data.check_labels:
+            self._check_labels()
         num_classes = self.train_set.num_classes
         model = build_model(c, num_classes, pretrained=not resume)
         stride = max(model.feature_strides)
@@ -269,6 +298,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.optim.amp == "fp16")
         self.start_iter = 0
         self.best_miou = -math.inf
+        self.unlabelled_batches = 0
         self.history: list[dict[str, Any]] = []
         if resume:
             self._load(last)
@@ -276,10 +306,26 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_dir()
 
+    def _check_labels(self) -> None:
+        """Every label file of both splits read before the first iteration: a bad value or
+        a split without a labelled pixel stops the run now, not hours later."""
+        c = self.config
+        where = c.data.root or c.data.dataset
+        for key, split, dataset, purpose in (
+            ("train_split", c.data.train_split, self.train_set, "train on"),
+            ("val_split", c.data.val_split, self.val_set, "evaluate"),
+        ):
+            if not labelled_pixels(dataset, c.data.num_workers):
+                raise DatasetError(
+                    f"data.{key}: every label pixel of split {split!r} in {where} is "
+                    f"{dataset.ignore_index} (ignore): nothing to {purpose}"
+                )
+
     # ------------------------------------------------------------------ run directory
 
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(self.run_dir)
         (self.run_dir / "metrics").mkdir(exist_ok=True)
         (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
         handler = logging.FileHandler(self.run_dir / "train.log")
@@ -287,6 +333,8 @@ class Trainer:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         self._log_handler = handler
+        for path in removed:
+            log.info(f"removed {path.name}, left by a write that was killed")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -317,6 +365,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng(self.device),
             "best_miou": self.best_miou,
+            "unlabelled_batches": self.unlabelled_batches,
             "classes": list(self.train_set.classes),
             "palette": self.train_set.palette.tolist(),
         }
@@ -324,15 +373,16 @@ class Trainer:
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
         saved = state["config"]
-        for section, key in (("model", "name"), ("loss", "name"), ("data", "dataset")):
+        for section, key in (("loss", "name"), ("data", "dataset")):
             before, now = saved[section][key], getattr(getattr(self.config, section), key)
             if before != now:
                 raise ConfigError(
                     f"{section}.{key}: {now!r} differs from {before!r} in the checkpoint {path}"
                 )
-        self.model.load_state_dict(state["model"])
+        check_compatible(state, path, self.config, self.train_set.num_classes)
+        load_weights(self.model, state["model"], path, "model")
         if self.contrast is not None:
-            self.contrast.load_state_dict(state["contrast"])
+            load_weights(self.contrast, state["contrast"], path, f"{self.config.loss.name} loss")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -343,6 +393,7 @@ class Trainer:
             _seed_everything(self.config.run.seed + self.dist.rank + state["iteration"])
         self.start_iter = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
+        self.unlabelled_batches = int(state.get("unlabelled_batches", 0))
         self._say(f"resumed from {path} at iteration {self.start_iter}")
 
     def _checkpoint(self, iteration: int, best: bool) -> None:
@@ -383,9 +434,9 @@ class Trainer:
         metrics.update({"iteration": iteration, "seconds_per_iter": seconds_per_iter})
         if self.dist.is_main:
             path = self.run_dir / "metrics" / f"iter_{iteration:07d}.json"
-            path.write_text(json.dumps(metrics, indent=2) + "\n")
+            path.write_text(metrics_json(metrics, indent=2) + "\n")
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(metrics) + "\n")
+                handle.write(metrics_json(metrics) + "\n")
             if self.writer is not None:
                 self.writer.add_scalar("val/miou", metrics["miou"], iteration)
                 self.writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], iteration)
@@ -399,9 +450,57 @@ class Trainer:
         return metrics
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``optim.iters``; returns the last evaluation's metrics."""
+        """Train to ``optim.iters``; returns the last evaluation's metrics.
+
+        An error or interrupt that stops the run is written to ``train.log`` too, then
+        raised; the last checkpoint stays the state to ``--resume`` from.
+        """
+        total = self.config.optim.iters
+        self.iteration = self.start_iter
+        try:
+            if self.start_iter >= total:
+                self._say(
+                    f"{self.run_dir} already finished at iteration {self.start_iter} of {total}: "
+                    "nothing to train (raise optim.iters to continue it)"
+                )
+                return self._last_metrics()
+            return self._loop(total)
+        except BaseException as error:
+            if self.dist.is_main:
+                what = "interrupted" if isinstance(error, KeyboardInterrupt) else "stopped"
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                log.error(
+                    f"{what} at iteration {self.iteration}: {type(error).__name__}"
+                    + (f": {reason}" if reason else "")
+                )
+            raise
+        finally:
+            self._close()
+
+    def _last_metrics(self) -> dict[str, Any]:
+        lines = (
+            (self.run_dir / "metrics.jsonl").read_text().splitlines()
+            if (self.run_dir / "metrics.jsonl").is_file()
+            else []
+        )
+        return json.loads(lines[-1]) if lines else {}
+
+    def _close(self) -> None:
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.close()
+            self._progress = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            self._log_handler = None
+
+    def _loop(self, total: int) -> dict[str, Any]:
         c = self.config
-        total = c.optim.iters
         self.net.train()
         progress = None
         if self.dist.is_main and sys.stderr.isatty():
@@ -409,7 +508,7 @@ class Trainer:
 
             progress = tqdm(total=total, initial=self.start_iter, dynamic_ncols=True)
         self._progress = progress
-        sums = torch.zeros(4, dtype=torch.float64)
+        sums = torch.zeros(len(LossTerms._fields), dtype=torch.float64, device=self.device)
         window_start, window_iters = time.perf_counter(), 0
         train_seconds, train_iters = 0.0, 0
         metrics: dict[str, Any] = {}
@@ -426,13 +525,14 @@ class Trainer:
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
             ):
-                terms = self.net(images, target, scale)
+                try:
+                    terms = self.net(images, target, scale)
+                except NonFiniteError as error:  # raised by the contrastive loss's checks
+                    raise FloatingPointError(
+                        self._nonfinite(None, images, batch.index, iteration, str(error))
+                    ) from None
             if not torch.isfinite(terms.total):
-                raise FloatingPointError(
-                    f"loss is {terms.total.item()} at iteration {iteration} (ce "
-                    f"{terms.ce.item():.4f}, contrast {terms.contrast.item():.4f}); lower optim.lr "
-                    "or use optim.amp=bf16"
-                )
+                raise FloatingPointError(self._nonfinite(terms, images, batch.index, iteration))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms.total).backward()
             if c.optim.grad_clip is not None:
@@ -443,10 +543,11 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             iteration += 1
+            self.iteration = iteration
             elapsed = time.perf_counter() - step_start
             train_seconds += elapsed
             train_iters += 1
-            sums += torch.tensor([float(t.detach()) for t in terms], dtype=torch.float64)
+            sums += torch.stack([t.detach() for t in terms]).double()  # no host sync
             window_iters += 1
             if progress is not None:
                 progress.update(1)
@@ -465,23 +566,17 @@ class Trainer:
                 barrier()
             if self.on_iteration is not None:
                 self.on_iteration(iteration)
-        if progress is not None:
-            progress.close()
-            self._progress = None
-        if self.writer is not None:
-            self.writer.close()
-        if self.dist.is_main:
-            log.removeHandler(self._log_handler)
-            self._log_handler.close()
         return metrics
 
     def _log_window(
         self, iteration: int, total: int, sums: torch.Tensor, count: int, start: float, lr: float
     ) -> None:
-        means = all_reduce_sum(sums.clone()) / (count * self.dist.world_size)
+        totals = all_reduce_sum(sums.clone()).tolist()
+        loss, ce, aux, contrast = (value / (count * self.dist.world_size) for value in totals[:4])
+        unlabelled = round(totals[4])
+        self.unlabelled_batches += unlabelled
         seconds = (time.perf_counter() - start) / max(1, count)
         eta = seconds * (total - iteration)
-        loss, ce, aux, contrast = means.tolist()
         if self.writer is not None:
             for name, value in (("loss", loss), ("ce", ce), ("aux", aux), ("contrast", contrast)):
                 self.writer.add_scalar(f"train/{name}", value, iteration)
@@ -491,4 +586,55 @@ class Trainer:
             f"it {iteration}/{total} | loss {loss:.4f} (ce {ce:.4f}, aux {aux:.4f}, "
             f"contrast {contrast:.4f}) | lr {lr:.2e} | {seconds:.3f} s/it | "
             f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}"
+            + (f" | {unlabelled} batch(es) without labelled pixels (CE 0)" if unlabelled else "")
+        )
+        if self.writer is not None:
+            self.writer.add_scalar("train/unlabelled_batches", self.unlabelled_batches, iteration)
+
+    def _nonfinite(
+        self,
+        terms: LossTerms | None,
+        images: torch.Tensor,
+        indices: torch.Tensor,
+        iteration: int,
+        found: str = "",
+    ) -> str:
+        """A one-line account of a non-finite loss that names its cause (called once, on the
+        failing step, so its host syncs cost nothing in a healthy run).
+
+        terms: the step's loss terms, or None when the contrastive loss refused its
+        non-finite features (``found`` says which).
+        """
+        if terms is None:
+            head, shown = f"non-finite model features at iteration {iteration} ({found})", found
+        else:
+            parts = {name: getattr(terms, name).item() for name in ("ce", "aux", "contrast")}
+            head = f"loss is {terms.total.item()} at iteration {iteration}"
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
+        finite_images = torch.isfinite(images).flatten(1).all(1)  # (B,)
+        if not bool(finite_images.all()):
+            bad = indices[~finite_images.cpu()].tolist()
+            return (
+                f"{head}: the input batch holds NaN/inf pixel values (sample indices {bad} of "
+                f"split {self.config.data.train_split!r}); check those images and "
+                "model.mean/model.std"
+            )
+        broken = [
+            name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())
+        ]
+        hint = (
+            "fp16 overflowed: use optim.amp=bf16"
+            if self.config.optim.amp == "fp16"
+            else "lower optim.lr or set optim.grad_clip"
+        )
+        if broken:
+            return (
+                f"{head}: the model's weights are no longer finite (first: {broken[0]}); "
+                f"training diverged: {hint}"
+            )
+        if terms is None or not (math.isfinite(parts["ce"]) and math.isfinite(parts["aux"])):
+            return f"{head}: the model's outputs are not finite; {hint}"
+        return (
+            f"{head} ({shown}): the {self.config.loss.name!r} loss is not finite while CE is; "
+            "lower its loss_weight or raise its temperature, or report it with this config"
         )

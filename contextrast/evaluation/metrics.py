@@ -6,8 +6,10 @@ processes with ``torch.distributed.all_reduce``.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +24,26 @@ __all__ = [
     "confusion_matrix",
     "feature_metrics",
     "mean_iou",
+    "metrics_json",
     "pixel_accuracy",
 ]
+
+
+def metrics_json(metrics: Any, indent: int | None = None) -> str:
+    """Strict JSON of a metrics dict: an undefined score (NaN, e.g. the IoU of a class in
+    neither the ground truth nor the prediction) is written as ``null``, never as ``NaN``,
+    which JSON does not have and most readers reject."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(metrics), indent=indent, allow_nan=False)
 
 
 class IoU(NamedTuple):

@@ -23,7 +23,7 @@ def _head(
     kind: str, channels: Sequence[int], num_classes: int, width: int | None
 ) -> OCRHead | HRNetV2Head | ASPPHead:
     if kind == "hrnetv2":
-        return HRNetV2Head(channels, num_classes)
+        return HRNetV2Head(channels, num_classes, channels=width)
     if kind == "ocr":
         mid = 512 if width is None else width
         return OCRHead(channels, num_classes, mid_channels=mid, key_channels=mid // 2)
@@ -48,6 +48,8 @@ def _build(
 ) -> Segmentor:
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose from {sorted(HEADS)}")
+    if head_width is not None and not (isinstance(head_width, int) and head_width > 0):
+        raise ValueError(f"head_width must be a positive int, got {head_width!r}")
     encoder = TimmEncoder(
         backbone, pretrained, out_indices=out_indices, output_stride=output_stride
     )

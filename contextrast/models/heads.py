@@ -105,16 +105,24 @@ class HRNetV2Head(nn.Module):
     Args:
         in_channels: channels of every feature map (their sum is the concatenation's width).
         num_classes: N.
+        channels: width of the fused map (default: the concatenation's width, as HRNetV2).
     """
 
     output_level = 0
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        dropout: float = 0.0,
+        channels: int | None = None,
+    ):
         super().__init__()
         width = sum(in_channels)
-        self.fuse = conv_bn_relu(width, width)
+        fused = width if channels is None else channels
+        self.fuse = conv_bn_relu(width, fused)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.classifier = nn.Conv2d(fused, num_classes, 1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, None]:
         x = self.fuse(concat_upsampled(features))  # (B, ΣC, H/4, W/4)

@@ -15,51 +15,7 @@ from contextrast.engine import checkpoint as ckpt
 from contextrast.engine.builders import build_model
 from contextrast.engine.trainer import IterationBatchSampler, PolyLR, Trainer, TrainingModule
 from contextrast.models import create_model
-
-
-def learnable_folder(root: Path, count: int = 8, size: int = 32) -> Path:
-    """Images whose label is decided by the red channel: easy to learn in a few steps."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for k in range(count):
-            red = (rng.random((size // 8, size // 8)) > 0.5).repeat(8, 0).repeat(8, 1)
-            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            image[..., 0] = np.where(red, 220, 20)
-            (root / "images" / split).mkdir(parents=True, exist_ok=True)
-            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(root / "images" / split / f"{k}.png")
-            Image.fromarray(red.astype(np.uint8), mode="L").save(
-                root / "labels" / split / f"{k}.png"
-            )
-    (root / "classes.txt").write_text("dark\nred\n")
-    return root
-
-
-def config(tmp_path: Path, name: str = "run", **sections) -> dict:
-    data = {
-        "run": {
-            "name": name,
-            "output_dir": str(tmp_path / "runs"),
-            "seed": 3,
-            "deterministic": True,
-        },
-        "model": {"name": "hrnetv2_w18_small"},
-        "data": {
-            "dataset": "folder",
-            "root": str(tmp_path / "data"),
-            "crop_size": [32, 32],
-            "scale_range": [0.75, 1.25],
-            "batch_size": 4,
-            "num_workers": 0,
-        },
-        "loss": {"name": "contextrast", "contrast": {"embed_dim": 16, "max_pixels": 200}},
-        "optim": {"lr": 0.05, "iters": 6, "weight_decay": 0.0001},
-        "train": {"log_interval": 1, "eval_interval": 100, "checkpoint_interval": 2},
-        "eval": {"boundary_widths": [2]},
-    }
-    for section, values in sections.items():
-        data[section].update(values)
-    return data
+from tests.engine.runs import config, learnable_folder
 
 
 @pytest.fixture()
@@ -213,6 +169,18 @@ def test_hflip_on_digits_is_rejected(tmp_path):
 def test_two_process_gloo_run(workspace):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
+    # Two images without a labelled pixel: a rank whose share is only those still takes its
+    # step (zero CE) and joins the gradient all-reduce.
+    blank = {1, 7}
+    for k in blank:
+        path = workspace / "data" / "labels" / "train" / f"{k}.png"
+        Image.fromarray(np.full((32, 32), 255, dtype=np.uint8), mode="L").save(path)
+    empty_shares = sum(
+        set(i % 8 for i in share) <= blank
+        for rank in (0, 1)
+        for share in IterationBatchSampler(8, 2, rank, 2, 3, 0, 4)
+    )
+    assert empty_shares == 1
     (workspace / "cfg.yaml").write_text(json.dumps(config(workspace, "ddp", optim={"iters": 4})))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -229,6 +197,7 @@ def test_two_process_gloo_run(workspace):
         float(x.split("contrast ")[1].split(")")[0]) for x in log.splitlines() if "it " in x
     ]
     assert contrast_terms and all(t > 0 for t in contrast_terms)  # active on many processes too
+    assert log.count("1 batch(es) without labelled pixels (CE 0)") == empty_shares
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
