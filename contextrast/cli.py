@@ -282,9 +282,16 @@ def _analyze_grid(args: argparse.Namespace) -> int:
         models.append((model, state["palette"], config))
     config = models[0][2]
     dataset = build_dataset(config, args.split or config.data.val_split, train=False)
+    indices = args.indices or range(min(args.count, len(dataset)))
+    outside = [i for i in indices if not 0 <= i < len(dataset)]
+    if outside or not indices:
+        raise ValueError(
+            f"--indices/--count: need image indices in [0, {len(dataset)}), got "
+            f"{outside or list(indices)}"
+        )
     rows = []
     with torch.no_grad():
-        for index in args.indices or range(args.count):
+        for index in indices:
             sample = dataset[index]
             image, _ = dataset.read(index)
             palette = models[0][1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,12 +302,52 @@ def test_an_unknown_model_is_named_before_its_head(tmp_path, data, capsys):
         match="model.head / model.head_width: only for 'tu-<timm name>' models; the preset "
         "'hrnetv2_w18_small' fixes its head",
     )
-    for key, value, message in (
-        ("model.head_width", 0, "model.head_width: must be >= 1 or null"),
-        ("model.std", "[0.2,0,0.2]", "model.std: must be 3 values (R, G, B), each > 0"),
-        ("data.num_workers", -1, "data.num_workers: must be >= 0"),
-    ):
-        fails(capsys, "train", path, "--set", f"{key}={value}", match=message)
+    fails(capsys, "train", path, "--set", "model.std=[0.2,0,0.2]", match="model.std: must be")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model.head_width", 0, "must be >= 1 or null"),
+        ("model.std", [0.2, 0, 0.2], "must be 3 values (R, G, B), each > 0"),
+        ("model.mean", [0.5, 0.5], "must be 3 values (R, G, B)"),
+        ("model.aux_weight", -1.0, "must be >= 0"),
+        ("data.num_workers", -1, "must be >= 0"),
+        ("run.seed", -1, "must be in [0, 2**32)"),
+        ("optim.power", -1.0, "must be >= 0"),
+        ("optim.warmup_iters", -1, "must be >= 0"),
+        ("optim.warmup_ratio", 2.0, "must be in [0, 1]"),
+        ("optim.grad_clip", 0.0, "must be > 0 or null"),
+        ("loss.contrast_warmup_iters", -5, "must be >= 0"),
+        ("eval.scales", [1.0, 0.0], "must all be > 0"),
+        ("eval.boundary_widths", [0], "must be >= 1"),
+        ("eval.max_images", 0, "must be >= 1 or null"),
+    ],
+)
+def test_values_that_would_train_wrongly_are_config_errors(key, value, message):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: {message}")):
+        config_from_dict({section: {name: value}})
+
+
+def test_an_unwritable_output_dir_names_the_key(tmp_path, data, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    path = write_config(tmp_path / "c.yaml", config(tmp_path))
+    fails(
+        capsys,
+        "train",
+        path,
+        "--set",
+        f"run.output_dir={blocker}",
+        match=f"run.output_dir: cannot create {blocker}/run (Not a directory)",
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, data, capsys):
+    path = write_config(tmp_path / "c.yaml", config(tmp_path))
+    fails(capsys, "train", path, "--set", "run.device=cuda", match="run.device: 'cuda' (GPU 0)")
 
 
 def test_head_width_sets_the_hrnetv2_heads_fused_width():
@@ -475,11 +516,6 @@ def test_resume_of_a_finished_run_says_so(trained, capsys):
     assert "final mIoU" in out and checkpoint.read_bytes() == before
 
 
-def test_trainer_errors_are_config_errors_with_keys():
-    with pytest.raises(ConfigError, match=r"optim.grad_clip: must be > 0 or null"):
-        config_from_dict({"optim": {"grad_clip": 0.0}})
-
-
 def test_sigterm_stops_training_with_a_logged_line_and_a_resumable_run(tmp_path, data):
     path = write_config(tmp_path / "c.yaml", config(tmp_path, "preempted", optim={"iters": 10000}))
     log = tmp_path / "runs" / "preempted" / "train.log"
@@ -499,3 +535,18 @@ def test_sigterm_stops_training_with_a_logged_line_and_a_resumable_run(tmp_path,
     last = log.read_text().splitlines()[-1]
     assert "interrupted at iteration" in last and last.endswith("KeyboardInterrupt: SIGTERM")
     assert ckpt.load_checkpoint(log.parent / "last.pt")["iteration"] >= 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["grid", "--indices", "99"], "--indices/--count: need image indices in [0, 4), got [99]"),
+        (["grid", "--count", "0"], "--indices/--count: need image indices in [0, 4), got []"),
+        (["boundary-similarity", "--max-distance", "0"], "max_distance must be an int >= 1, got 0"),
+    ],
+)
+def test_analysis_arguments_out_of_range(trained, tmp_path, capsys, argv, message):
+    _, _, checkpoint = trained
+    flag = "--checkpoints" if argv[0] == "grid" else "--checkpoint"
+    out = tmp_path / ("g.png" if argv[0] == "grid" else "bs")
+    fails(capsys, "analyze", argv[0], flag, checkpoint, "--out", out, *argv[1:], match=message)

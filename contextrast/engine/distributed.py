@@ -33,7 +33,13 @@ def init_distributed(device: str) -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch_device = torch.device("cuda", local) if device == "cuda" else torch.device("cpu")
     if device == "cuda":
-        torch.cuda.set_device(torch_device)
+        try:
+            torch.cuda.set_device(torch_device)
+        except (RuntimeError, AssertionError) as error:  # no driver, no such GPU
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise ValueError(
+                f"run.device: 'cuda' (GPU {local}) is not usable here: {first}"
+            ) from None
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
     return DistInfo(rank, world, local, torch_device)

@@ -324,7 +324,12 @@ class Trainer:
     # ------------------------------------------------------------------ run directory
 
     def _prepare_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"run.output_dir: cannot create {self.run_dir} ({error.strerror})"
+            ) from None
         removed = remove_stale_temporaries(self.run_dir)
         (self.run_dir / "metrics").mkdir(exist_ok=True)
         (self.run_dir / "config.yaml").write_text(self.config.to_yaml())

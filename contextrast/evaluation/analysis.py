@@ -145,6 +145,8 @@ def boundary_similarity(
 
     Returns one dict per layer: {"distance": [1 … K], "similarity": [...], "pixels": [...]}.
     """
+    if not (isinstance(max_distance, int) and max_distance >= 1):
+        raise ValueError(f"max_distance must be an int >= 1, got {max_distance!r}")
     device = next(model.parameters()).device
     model.eval()
     contrast.eval()
