@@ -33,7 +33,7 @@ import torch
 
 from contextrast.config import ConfigError, load_config
 from contextrast.demo import prepare_weights
-from contextrast.engine.trainer import Trainer
+from contextrast.engine import Trainer, finished_metrics
 
 DIGITS = Path("configs/digits/contextrast.yaml")
 PEER_SETTINGS = {
@@ -68,14 +68,10 @@ def run(
     train: bool = True,
 ) -> dict | None:
     config = config_for(config_path, method, seed, extra, tag, iters)
-    state = config.run_dir / "last.pt"
-    if state.is_file() and (config.run_dir / "metrics.jsonl").is_file():
-        last = json.loads((config.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-        if last["iteration"] >= config.optim.iters:
-            return last
-    if not train:
-        return None
-    return Trainer(config, resume=state.is_file()).fit()
+    finished = finished_metrics(config)
+    if finished is not None or not train:
+        return finished
+    return Trainer(config, resume=(config.run_dir / "last.pt").is_file()).fit()
 
 
 def tag_of(name: str) -> str:

@@ -23,8 +23,8 @@ import torch
 
 from contextrast.config import config_from_dict
 from contextrast.engine.builders import build_model
-from contextrast.engine.checkpoint import load_checkpoint
 from contextrast.models import export_inference
+from contextrast.utils.checkpoint import load_checkpoint
 
 
 def main() -> None:

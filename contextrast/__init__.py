@@ -1,6 +1,6 @@
 """contextrast: contextual contrastive learning (Contextrast) for semantic segmentation."""
 
-from contextrast import functional, metrics
+from contextrast import functional
 from contextrast.contrast import (
     BaneSampler,
     ContextrastLoss,
@@ -12,6 +12,7 @@ from contextrast.contrast import (
     ProjectionHead,
     RegionContrastLoss,
 )
+from contextrast.evaluation import metrics
 from contextrast.models import SegmentationOutput, create_model, list_models
 
 __version__ = "0.1.0"

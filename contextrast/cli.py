@@ -7,6 +7,7 @@ on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import signal
 import sys
@@ -14,13 +15,34 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import timm
+import torch
+
 import contextrast
+from contextrast import engine
+from contextrast.config import load_config
+from contextrast.data import DATASETS, check_dataset
+from contextrast.data.inia19 import DEFAULT_SOURCE, ORIENTATIONS, prepare_inia19
+from contextrast.evaluation.analysis import (
+    boundary_similarity,
+    collect_head_inputs,
+    plot_curves,
+    write_curves,
+)
+from contextrast.evaluation.evaluator import evaluate
+from contextrast.evaluation.metrics import feature_metrics, metrics_json
+from contextrast.evaluation.report import (
+    comparison_rows,
+    format_metrics,
+    predict_files,
+    save_grid,
+)
+from contextrast.models import GENERIC_PREFIX, MODELS, export_inference
+from contextrast.utils.checkpoint import load_weights
+from contextrast.utils.distributed import cleanup, init_distributed
 
 
 def _info(_: argparse.Namespace) -> int:
-    import timm
-    import torch
-
     rows = [
         ("contextrast", contextrast.__version__),
         ("python", platform.python_version()),
@@ -34,8 +56,6 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _models(_: argparse.Namespace) -> int:
-    from contextrast.models import GENERIC_PREFIX, MODELS
-
     print(f"{'name':<26}{'backbone (timm)':<22}head")
     for name in sorted(MODELS):
         builder = MODELS[name]
@@ -45,8 +65,6 @@ def _models(_: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from contextrast.data import DATASETS, check_dataset
-
     kwargs = {"split": args.split}
     if not DATASETS[args.dataset].builtin:
         if not args.root:
@@ -70,8 +88,6 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from contextrast.data.inia19 import prepare_inia19
-
     try:
         splits = prepare_inia19(args.out, args.source, args.orientations)
     except RuntimeError as error:  # nibabel missing
@@ -82,22 +98,22 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminated(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def _train(args: argparse.Namespace) -> int:
-    from contextrast.config import load_config
-    from contextrast.engine.distributed import cleanup
-    from contextrast.engine.trainer import Trainer
-
     config = load_config(args.config, args.set)
-    # Schedulers (SLURM, Kubernetes) pre-empt with SIGTERM: stop like Ctrl-C, so that the
-    # stop is logged; the last checkpoint is the state to --resume from.
-    signal.signal(signal.SIGTERM, _terminated)
+    trainer = None
+
+    def terminated(signum: int, _frame) -> None:
+        # Schedulers (SLURM, Kubernetes) pre-empt with SIGTERM: a started run finishes its
+        # step and writes last.pt first; before that, stop at once. Both are logged.
+        name = signal.Signals(signum).name
+        if trainer is None:
+            raise KeyboardInterrupt(name)
+        trainer.request_stop(name)
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         try:
-            trainer = Trainer(config, resume=args.resume)
+            trainer = engine.Trainer(config, resume=args.resume)
         except Exception as error:
             # A run directory that already has a log (--resume) keeps the reason it did
             # not start; a new run stopped by its config leaves nothing behind.
@@ -114,83 +130,60 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_config(path: str, overrides: list[str]):
-    from contextrast.config import apply_overrides, config_from_dict
-    from contextrast.engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    return state, config_from_dict(apply_overrides(state["config"], overrides))
-
-
 def _eval(args: argparse.Namespace) -> int:
-
-    from contextrast.config import load_config
-    from contextrast.engine.builders import build_dataset, build_evaluator, model_from_checkpoint
-    from contextrast.engine.checkpoint import load_checkpoint
-    from contextrast.engine.distributed import cleanup, init_distributed
-    from contextrast.engine.trainer import evaluate
-    from contextrast.evaluation.metrics import metrics_json
-    from contextrast.evaluation.report import format_metrics
-
     config = load_config(args.config, args.set)
-    state = load_checkpoint(args.checkpoint)
     dist = init_distributed(config.run.device)
     try:
-        dataset = build_dataset(config, args.split or config.data.val_split, train=False)
-        model = model_from_checkpoint(state, args.checkpoint, config, dataset.num_classes)
-        model.to(dist.device)
+        dataset = engine.build_dataset(config, args.split or config.data.val_split, train=False)
+        run = engine.load_run(args.checkpoint, config, num_classes=dataset.num_classes)
         metrics = evaluate(
-            model, dataset, build_evaluator(config, dataset), config, dist.device, dist
+            run.model.to(dist.device),
+            dataset,
+            engine.build_evaluator(config, dataset),
+            dist.device,
+            **engine.eval_options(config),
+            rank=dist.rank,
+            world=dist.world_size,
         )
     finally:
         cleanup()
     if dist.is_main:
         metrics["checkpoint"] = str(args.checkpoint)
-        out = (
-            Path(args.out)
-            if args.out
-            else Path(args.checkpoint).with_name(f"eval_{args.split or config.data.val_split}.json")
-        )
+        split = args.split or config.data.val_split
+        out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{split}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(metrics_json(metrics, indent=2) + "\n")
         print(format_metrics(metrics))
         print(f"wrote {out}")
     return 0
 
 
-def _model_from_checkpoint(args: argparse.Namespace):
-    from contextrast.engine.builders import model_from_checkpoint
-
-    state, config = _checkpoint_config(args.checkpoint, args.set)
-    model = model_from_checkpoint(state, args.checkpoint, config, len(state["classes"]))
-    return state, config, model
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from contextrast.evaluation.report import predict_files
-
-    state, config, model = _model_from_checkpoint(args)
-    written = predict_files(model, config, state["palette"], args.inputs, Path(args.out))
+    run = engine.load_run(args.checkpoint, overrides=args.set)
+    c = run.config
+    written = predict_files(
+        run.model,
+        run.palette,
+        args.inputs,
+        Path(args.out),
+        c.model.mean,
+        c.model.std,
+        **engine.predict_options(c),
+    )
     print(f"wrote {len(written)} masks and overlays to {args.out}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    import torch
-
-    from contextrast.models import export_inference
-
-    _, config, model = _model_from_checkpoint(args)
-    height, width = args.size if args.size else config.data.crop_size
-    example = torch.zeros(1, 3, height, width)
-    path = export_inference(model, args.out, example)
+    run = engine.load_run(args.checkpoint, overrides=args.set)
+    height, width = args.size if args.size else run.config.data.crop_size
+    path = export_inference(run.model, args.out, torch.zeros(1, 3, height, width))
     print(f"wrote {path} (inference model only; load with torch.export.load(path).module())")
     return 0
 
 
 def _losses(_: argparse.Namespace) -> int:
-    from contextrast.engine.builders import LOSS_DESCRIPTIONS
-
-    for name, text in LOSS_DESCRIPTIONS.items():
+    for name, text in engine.LOSS_DESCRIPTIONS.items():
         print(f"{name:<17}{text}")
     print(
         "\nchoose one with --set loss.name=NAME; its options are under loss.<section> in a config"
@@ -198,29 +191,20 @@ def _losses(_: argparse.Namespace) -> int:
     return 0
 
 
-def _analysis_model(args: argparse.Namespace):
-    """Config (from --config or the checkpoint), dataset split and loaded model."""
-    from contextrast.config import load_config
-    from contextrast.engine.builders import build_dataset, model_from_checkpoint
-    from contextrast.engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(args.checkpoint)
-    if args.config:
-        config = load_config(args.config, args.set)
-    else:
-        config = _checkpoint_config(args.checkpoint, args.set)[1]
-    dataset = build_dataset(config, args.split or config.data.val_split, train=False)
-    model = model_from_checkpoint(state, args.checkpoint, config, dataset.num_classes)
-    return state, config, dataset, model
+def _analysis_run(args: argparse.Namespace):
+    """The run (config from --config or the checkpoint) and the dataset split to analyse."""
+    config = load_config(args.config, args.set) if args.config else None
+    run = engine.load_run(args.checkpoint, config, overrides=args.set)
+    dataset = engine.build_dataset(run.config, args.split or run.config.data.val_split, train=False)
+    if dataset.num_classes != len(run.classes):
+        engine.check_compatible(run.state, args.checkpoint, run.config, dataset.num_classes)
+    return run, dataset
 
 
 def _analyze_features(args: argparse.Namespace) -> int:
-    from contextrast.evaluation.analysis import collect_head_inputs
-    from contextrast.evaluation.metrics import feature_metrics, metrics_json
-
-    _, _, dataset, model = _analysis_model(args)
+    run, dataset = _analysis_run(args)
     embeddings, labels = collect_head_inputs(
-        model, dataset, per_class=args.per_class, max_images=args.max_images, seed=args.seed
+        run.model, dataset, per_class=args.per_class, max_images=args.max_images, seed=args.seed
     )
     metrics = feature_metrics(embeddings, labels)
     metrics.update({"pixels": int(labels.numel()), "classes": int(labels.unique().numel())})
@@ -234,54 +218,29 @@ def _analyze_features(args: argparse.Namespace) -> int:
 
 
 def _analyze_boundary(args: argparse.Namespace) -> int:
-    import csv
-
-    from contextrast.engine.builders import build_contrast
-    from contextrast.engine.checkpoint import load_weights
-    from contextrast.evaluation.analysis import boundary_similarity, plot_curves
-
-    state, config, dataset, model = _analysis_model(args)
-    if config.loss.name != "contextrast" or not state["contrast"]:
+    run, dataset = _analysis_run(args)
+    if run.config.loss.name != "contextrast" or not run.state["contrast"]:
         raise ValueError(
             f"checkpoint {args.checkpoint}: the Fig. 5 analysis needs a Contextrast run's "
-            f"projection heads; this run used loss.name={config.loss.name!r}"
+            f"projection heads; this run used loss.name={run.config.loss.name!r}"
         )
-    contrast = build_contrast(config, dataset.num_classes, model.feature_channels)
-    load_weights(contrast, state["contrast"], args.checkpoint, "contextrast loss")
-    curves = boundary_similarity(model, contrast, dataset, args.max_distance, args.max_images)
+    contrast = engine.build_contrast(run.config, dataset.num_classes, run.model.feature_channels)
+    load_weights(contrast, run.state["contrast"], args.checkpoint, "contextrast loss")
+    curves = boundary_similarity(run.model, contrast, dataset, args.max_distance, args.max_images)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "boundary_similarity.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["layer", "distance", "similarity", "pixels"])
-        for layer, curve in enumerate(curves, start=1):
-            for d, sim, n in zip(curve["distance"], curve["similarity"], curve["pixels"]):
-                writer.writerow([layer, d, f"{sim:.6f}", n])
-    plot_curves(curves, out / "boundary_similarity.png", f"{config.run.name}")
+    csv_path = write_curves(curves, out / "boundary_similarity.csv")
+    plot_curves(curves, out / "boundary_similarity.png", f"{run.config.run.name}")
     for layer, curve in enumerate(curves, start=1):
         shown = " ".join(f"{v:.3f}" for v in curve["similarity"])
         print(f"layer {layer}: {shown}")
-    print(f"wrote {out / 'boundary_similarity.csv'} and .png")
+    print(f"wrote {csv_path} and .png")
     return 0
 
 
 def _analyze_grid(args: argparse.Namespace) -> int:
-    import torch
-
-    from contextrast.config import config_from_dict
-    from contextrast.engine.builders import build_dataset, model_from_checkpoint
-    from contextrast.engine.checkpoint import load_checkpoint
-    from contextrast.evaluation.inference import predict_probabilities
-    from contextrast.evaluation.report import colorize, save_grid
-
-    models = []
-    for path in args.checkpoints:
-        state = load_checkpoint(path)
-        config = config_from_dict(state["config"])
-        model = model_from_checkpoint(state, path, config, len(state["classes"]))
-        models.append((model, state["palette"], config))
-    config = models[0][2]
-    dataset = build_dataset(config, args.split or config.data.val_split, train=False)
+    runs = [engine.load_run(path) for path in args.checkpoints]
+    config = runs[0].config
+    dataset = engine.build_dataset(config, args.split or config.data.val_split, train=False)
     indices = args.indices or range(min(args.count, len(dataset)))
     outside = [i for i in indices if not 0 <= i < len(dataset)]
     if outside or not indices:
@@ -289,48 +248,15 @@ def _analyze_grid(args: argparse.Namespace) -> int:
             f"--indices/--count: need image indices in [0, {len(dataset)}), got "
             f"{outside or list(indices)}"
         )
-    rows = []
-    with torch.no_grad():
-        for index in indices:
-            sample = dataset[index]
-            image, _ = dataset.read(index)
-            palette = models[0][1]
-            row = [image.permute(1, 2, 0).numpy(), colorize(sample.label.numpy(), palette)]
-            for model, palette, c in models:
-                e = c.eval
-                probabilities = predict_probabilities(
-                    model.inference(), sample.image[None], e.mode, e.crop_size, e.stride
-                )
-                row.append(colorize(probabilities.argmax(1)[0].numpy(), palette))
-            rows.append(row)
-    path = save_grid(rows, Path(args.out), scale=args.scale)
+    models = [(r.model, r.palette, engine.predict_options(r.config)) for r in runs]
+    path = save_grid(comparison_rows(models, dataset, indices), Path(args.out), scale=args.scale)
     print(f"wrote {path} (image | ground truth | " + " | ".join(map(str, args.checkpoints)) + ")")
     return 0
 
 
 def _analyze_sweep(args: argparse.Namespace) -> int:
-    import json
-
-    import yaml
-
-    from contextrast.config import load_config
-    from contextrast.engine.trainer import Trainer
-
     base = load_config(args.config, args.set)
-    rows = []
-    for raw in args.values:
-        value = yaml.safe_load(raw)
-        name = f"{base.run.name}_{args.param.split('.')[-1]}_{raw}"
-        config = load_config(args.config, [*args.set, f"{args.param}={raw}", f"run.name={name}"])
-        if (config.run_dir / "last.pt").is_file():
-            lines = (config.run_dir / "metrics.jsonl").read_text().splitlines()
-            metrics = json.loads(lines[-1])
-            print(f"{config.run_dir}: already trained, reusing it")
-        else:
-            metrics = Trainer(config).fit()
-        rows.append({"value": value, "run": str(config.run_dir), **{
-            k: metrics[k] for k in ("miou", "pixel_accuracy")
-        }, "boundary_miou": metrics["boundary_miou"]})  # fmt: skip
+    rows = engine.sweep(args.config, args.param, args.values, args.set)
     print(
         f"\n| {args.param} | mIoU | "
         + " | ".join(f"B-mIoU {w} px" for w in base.eval.boundary_widths)
@@ -365,8 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="scan a dataset and report every problem at once, with counts",
         description="Scan a dataset and report every problem at once (exit 1 if any).",
     )
-    from contextrast.data import DATASETS
-
     check.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     check.add_argument("--root", help="dataset root folder (not for the built-in digits, inia19)")
     check.add_argument("--split", default="train")
@@ -379,8 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build the INIA19 slice benchmark (folder layout, one folder per "
         "orientation) from Debian's mricron-data volumes; needs nibabel.",
     )
-    from contextrast.data.inia19 import DEFAULT_SOURCE, ORIENTATIONS
-
     prepare.add_argument("dataset", choices=["inia19"])
     prepare.add_argument("--out", default="data/inia19", help="output folder")
     prepare.add_argument(

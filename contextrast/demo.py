@@ -26,11 +26,8 @@ from pathlib import Path
 import torch
 
 from contextrast.config import load_config
-from contextrast.engine.builders import build_dataset, model_from_checkpoint
-from contextrast.engine.checkpoint import load_checkpoint
-from contextrast.engine.trainer import Trainer
-from contextrast.evaluation.inference import predict_probabilities
-from contextrast.evaluation.report import colorize, save_grid
+from contextrast.engine import Trainer, build_dataset, finished_metrics, load_run
+from contextrast.evaluation.report import comparison_rows, save_grid
 
 WEIGHTS = Path(".cache/efficientnet_lite0_timm.pth")
 OUT = Path("runs/demo")
@@ -81,38 +78,24 @@ def demo_overrides(dataset: str, loss: str, extra: list[str]) -> list[str]:
 def train(dataset: str, loss: str, extra: list[str]) -> dict:
     configs, _ = SETS[dataset]
     config = load_config(configs / f"{loss}.yaml", demo_overrides(dataset, loss, extra))
-    last = config.run_dir / "last.pt"
-    if last.is_file():
-        state = load_checkpoint(last)
-        if state["iteration"] >= config.optim.iters:
-            print(f"{config.run_dir}: already trained, reusing it")
-            lines = (config.run_dir / "metrics.jsonl").read_text().splitlines()
-            return json.loads(lines[-1])
-    return Trainer(config, resume=last.is_file()).fit()
+    metrics = finished_metrics(config)
+    if metrics is not None:
+        print(f"{config.run_dir}: already trained, reusing it")
+        return metrics
+    return Trainer(config, resume=(config.run_dir / "last.pt").is_file()).fit()
 
 
-@torch.no_grad()
 def comparison(dataset: str, extra: list[str], count: int = 6) -> Path:
-    rows = []
-    models = {}
     configs, _ = SETS[dataset]
+    models = []
     for loss in ("ce", "contextrast"):
         config = load_config(configs / f"{loss}.yaml", demo_overrides(dataset, loss, extra))
-        path = config.run_dir / "best.pt"
-        state = load_checkpoint(path)
-        model = model_from_checkpoint(state, path, config, len(state["classes"]))
-        models[loss] = (model, state["palette"])
+        run = load_run(config.run_dir / "best.pt", config)
+        models.append((run.model, run.palette, {}))
     data = build_dataset(config, config.data.val_split, train=False)
     # Evenly spread over the split, so that the picture is not six neighbouring slices.
-    for index in torch.linspace(0, len(data) - 1, count).round().long().tolist():
-        sample = data[index]
-        image, _ = data.read(index)
-        row = [image.permute(1, 2, 0).numpy(), colorize(sample.label.numpy(), models["ce"][1])]
-        for model, palette in models.values():
-            pred = predict_probabilities(model.inference(), sample.image[None]).argmax(1)[0]
-            row.append(colorize(pred.numpy(), palette))
-        rows.append(row)
-    return save_grid(rows, OUT / "comparison.png")
+    indices = torch.linspace(0, len(data) - 1, count).round().long().tolist()
+    return save_grid(comparison_rows(models, data, indices), OUT / "comparison.png")
 
 
 def evidence_lines(path: Path = EVIDENCE) -> list[str]:

@@ -36,10 +36,10 @@ from contextrast.contrast import (
     RegionContrastLoss,
 )
 from contextrast.data import Folder, check_dataset
-from contextrast.engine import checkpoint as ckpt
 from contextrast.engine.trainer import IterationBatchSampler, Trainer, TrainingModule
 from contextrast.evaluation.metrics import metrics_json
 from contextrast.models import create_model
+from contextrast.utils import checkpoint as ckpt
 from tests.engine.runs import config, learnable_folder
 
 
@@ -530,11 +530,13 @@ def test_sigterm_stops_training_with_a_logged_line_and_a_resumable_run(tmp_path,
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, err[-3000:]
     assert err.strip().endswith("contextrast train: interrupted (SIGTERM); continue with --resume")
-    last = log.read_text().splitlines()[-1]
-    assert "interrupted at iteration" in last and last.endswith("KeyboardInterrupt: SIGTERM")
-    assert ckpt.load_checkpoint(log.parent / "last.pt")["iteration"] >= 2
+    lines = log.read_text().splitlines()
+    stopped = int(lines[-1].split("interrupted at iteration ")[1].split(":")[0])
+    assert stopped >= 3 and lines[-1].endswith("KeyboardInterrupt: SIGTERM")
+    assert lines[-2].endswith(f"stop requested (SIGTERM): last.pt holds iteration {stopped}")
+    assert ckpt.load_checkpoint(log.parent / "last.pt")["iteration"] == stopped  # nothing lost
 
 
 @pytest.mark.parametrize(

@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-__all__ = ["ClassQueue", "all_gather_variable"]
+from contextrast.utils.distributed import all_gather_variable
 
-
-def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a (K, ...) tensor over ranks, K may differ per rank; a copy on one process.
-
-    Sizes are gathered first, every rank pads to the largest, and the padding is cut again,
-    so it works with gloo and nccl alike.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor.clone()
-    world = dist.get_world_size()
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    largest = int(max(int(s) for s in sizes))
-    padded = tensor.new_zeros((largest, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    gathered = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(s)] for g, s in zip(gathered, sizes)])
+__all__ = ["ClassQueue"]
 
 
 class ClassQueue(nn.Module):

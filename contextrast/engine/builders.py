@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from torch import nn
@@ -16,7 +15,6 @@ from contextrast.contrast.peers import (
     RegionContrastLoss,
 )
 from contextrast.data import DATASETS, EvalTransform, SegmentationDataset, TrainTransform
-from contextrast.engine.checkpoint import check_compatible, load_weights
 from contextrast.evaluation.evaluator import Evaluator
 from contextrast.models import GENERIC_PREFIX, MODELS, Segmentor, create_model
 
@@ -26,7 +24,8 @@ __all__ = [
     "build_dataset",
     "build_evaluator",
     "build_model",
-    "model_from_checkpoint",
+    "eval_options",
+    "predict_options",
 ]
 
 #: ``loss.name`` → (what it is, the paper's reference).
@@ -98,17 +97,6 @@ def build_model(config: Config, num_classes: int, pretrained: bool = True) -> Se
             f"the preset {m.name!r} fixes its head (set both to null)"
         )
     return create_model(m.name, num_classes, m.pretrained if pretrained else False, **kwargs)
-
-
-def model_from_checkpoint(
-    state: dict[str, Any], path: str | os.PathLike, config: Config, num_classes: int
-) -> Segmentor:
-    """The model ``config`` builds, with the checkpoint's weights, in eval mode; a one-line
-    ``ValueError`` naming both sides when they do not match."""
-    check_compatible(state, path, config, num_classes)
-    model = build_model(config, num_classes, pretrained=False)
-    load_weights(model, state["model"], path, "model")
-    return model.eval()
 
 
 def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.Module | None:
@@ -205,3 +193,27 @@ def build_evaluator(config: Config, dataset: SegmentationDataset) -> Evaluator:
         train_to_label=getattr(dataset, "train_to_label", ()),
         categories=getattr(dataset, "categories", ()),
     )
+
+
+def predict_options(config: Config) -> dict[str, Any]:
+    """The keyword arguments of
+    :func:`~contextrast.evaluation.inference.predict_probabilities` that ``config.eval`` sets
+    (the test protocol: mode, crop, stride, scales, flip)."""
+    e = config.eval
+    return {
+        "mode": e.mode,
+        "crop": e.crop_size,
+        "stride": e.stride,
+        "scales": e.scales,
+        "flip": e.flip,
+    }
+
+
+def eval_options(config: Config) -> dict[str, Any]:
+    """The keyword arguments of :func:`~contextrast.evaluation.evaluator.evaluate` that the
+    config sets: the test protocol, ``eval.max_images`` and the loader's workers."""
+    return {
+        **predict_options(config),
+        "max_images": config.eval.max_images,
+        "num_workers": min(2, config.data.num_workers),
+    }

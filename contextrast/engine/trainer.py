@@ -1,4 +1,4 @@
-"""Iteration-based trainer: SGD + poly LR, CE + α·L_PA, AMP, DDP, atomic checkpoints, resume."""
+"""The trainer: SGD + poly LR, CE + α·L_PA, AMP, DDP, atomic checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -10,213 +10,46 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader
 
 import contextrast
 from contextrast.config import Config, ConfigError
 from contextrast.contrast import NonFiniteError
-from contextrast.data import DatasetError, SegmentationDataset, labelled_pixels, seed_worker
+from contextrast.data import DatasetError, labelled_pixels, seed_worker
 from contextrast.data.datasets import sample_seed
-from contextrast.engine.builders import build_contrast, build_dataset, build_evaluator, build_model
-from contextrast.engine.checkpoint import (
+from contextrast.engine.builders import (
+    build_contrast,
+    build_dataset,
+    build_evaluator,
+    build_model,
+    eval_options,
+)
+from contextrast.engine.runs import check_compatible
+from contextrast.engine.sampler import IterationBatchSampler
+from contextrast.engine.schedule import PolyLR
+from contextrast.engine.step import LossTerms, TrainingModule
+from contextrast.evaluation.evaluator import evaluate
+from contextrast.evaluation.metrics import metrics_json
+from contextrast.models import convert_sync_batchnorm
+from contextrast.utils.checkpoint import (
     capture_rng,
-    check_compatible,
     load_checkpoint,
     load_weights,
     remove_stale_temporaries,
     restore_rng,
     save_checkpoint,
 )
-from contextrast.engine.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from contextrast.evaluation.evaluator import Evaluator
-from contextrast.evaluation.inference import predict_probabilities
-from contextrast.evaluation.metrics import metrics_json
-from contextrast.models import Segmentor, convert_sync_batchnorm
+from contextrast.utils.distributed import all_reduce_sum, barrier, init_distributed
 
-__all__ = ["IterationBatchSampler", "LossTerms", "PolyLR", "Trainer", "TrainingModule", "evaluate"]
+__all__ = ["Trainer"]
 
 log = logging.getLogger("contextrast")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class PolyLR(torch.optim.lr_scheduler.LRScheduler):
-    """``lr = base · (1 − it/total)^power``, times a linear warm-up factor from
-    ``warmup_ratio`` to 1 over the first ``warmup_iters`` iterations."""
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        total_iters: int,
-        power: float = 0.9,
-        warmup_iters: int = 0,
-        warmup_ratio: float = 0.1,
-    ):
-        self.total_iters = total_iters
-        self.power = power
-        self.warmup_iters = warmup_iters
-        self.warmup_ratio = warmup_ratio
-        super().__init__(optimizer)
-
-    def factor(self, iteration: int) -> float:
-        poly = max(0.0, 1.0 - iteration / self.total_iters) ** self.power
-        if iteration < self.warmup_iters:
-            poly *= self.warmup_ratio + (1 - self.warmup_ratio) * iteration / self.warmup_iters
-        return poly
-
-    def get_lr(self) -> list[float]:
-        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
-
-
-class IterationBatchSampler(Sampler[list[int]]):
-    """Per-rank batches for iterations [start, total) of an endless shuffled stream.
-
-    Epoch e is a permutation drawn from (seed, e); its k-th global batch is split evenly over
-    the ranks. Indices carry the epoch (``e · len + i``) so that each sample's augmentation
-    draw depends on (seed, epoch, index) even inside DataLoader workers, and a resumed run
-    sees exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(
-        self, length: int, batch_size: int, rank: int, world: int, seed: int, start: int, total: int
-    ):
-        self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world
-        self.seed, self.start, self.total = seed, start, total
-        self.steps_per_epoch = length // (batch_size * world)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"data.batch_size: the training set has {length} samples, fewer than the "
-                f"global batch of {batch_size * world}"
-            )
-
-    def __len__(self) -> int:
-        return max(0, self.total - self.start)
-
-    def __iter__(self):
-        global_batch = self.batch_size * self.world
-        epoch, order = -1, None
-        for iteration in range(self.start, self.total):
-            e, k = divmod(iteration, self.steps_per_epoch)
-            if e != epoch:
-                g = torch.Generator().manual_seed(sample_seed(self.seed, e, 0, stream=3))
-                epoch, order = e, torch.randperm(self.length, generator=g)
-            first = k * global_batch + self.rank * self.batch_size
-            yield [e * self.length + int(i) for i in order[first : first + self.batch_size]]
-
-
-class LossTerms(NamedTuple):
-    """total: the optimised scalar; ce, aux, contrast: its (unweighted-by-switch) parts;
-    unlabelled: 1.0 when the batch (this rank's share) has no labelled pixel, else 0.0."""
-
-    total: torch.Tensor
-    ce: torch.Tensor
-    aux: torch.Tensor
-    contrast: torch.Tensor
-    unlabelled: torch.Tensor
-
-
-class TrainingModule(nn.Module):
-    """Model and contrastive loss in one module, so that DDP averages the gradients of the
-    projection heads as well as the model's.
-
-    Args:
-        model: the segmentor.
-        contrast: a contrastive loss module or None (CE baseline).
-        aux_weight: weight of the auxiliary CE.
-    """
-
-    def __init__(
-        self,
-        model: Segmentor,
-        contrast: nn.Module | None,
-        aux_weight: float = 0.4,
-        ignore_index: int = 255,
-    ):
-        super().__init__()
-        self.model = model
-        self.contrast = contrast
-        self.aux_weight = aux_weight
-        self.ignore_index = ignore_index
-
-    def _ce(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor):
-        """Mean CE over the labelled pixels; exactly 0 (with a graph) when there are none.
-
-        logits: (B, N, h, w); target: (B, H, W); labelled: () their count.
-        """
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        # "mean" would divide by zero on a crop without labels (sky-only, ignore borders).
-        total = F.cross_entropy(
-            logits.float(), target, ignore_index=self.ignore_index, reduction="sum"
-        )
-        return total / labelled.clamp(min=1)
-
-    def forward(
-        self, images: torch.Tensor, target: torch.Tensor, contrast_scale: float = 1.0
-    ) -> LossTerms:
-        """images: (B, 3, H, W); target: (B, H, W). ``contrast_scale`` 0 keeps the term in the
-        graph with zero weight (warm-up), identically on one process and on many."""
-        out = self.model(images)
-        labelled = (target != self.ignore_index).sum()
-        ce = self._ce(out.logits, target, labelled)
-        zero = ce.new_zeros(())
-        aux = self._ce(out.aux_logits, target, labelled) if out.aux_logits is not None else zero
-        contrast = self.contrast(out.features, out.logits, target) if self.contrast else zero
-        total = ce + self.aux_weight * aux + contrast_scale * contrast
-        unlabelled = (labelled == 0).to(ce.dtype)
-        return LossTerms(total, ce.detach(), aux.detach(), contrast.detach(), unlabelled)
-
-
-def evaluate(
-    model: Segmentor,
-    dataset: SegmentationDataset,
-    evaluator: Evaluator,
-    config: Config,
-    device: torch.device,
-    dist: DistInfo | None = None,
-) -> dict[str, Any]:
-    """Evaluate on ``dataset`` with the protocol of ``config.eval``; ranks split the images
-    and their statistics are summed."""
-    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    count = len(dataset)
-    if config.eval.max_images is not None:
-        count = min(count, config.eval.max_images)
-    shard = Subset(dataset, list(range(rank, count, world)))
-    loader = DataLoader(
-        shard,
-        batch_size=1,
-        num_workers=min(2, config.data.num_workers),
-        generator=torch.Generator().manual_seed(config.run.seed),
-    )
-    was_training = model.training
-    model.eval()
-    forward = model.inference()
-    e = config.eval
-    with torch.no_grad():
-        for sample in loader:
-            probabilities = predict_probabilities(
-                forward,
-                sample.image.to(device),
-                mode=e.mode,
-                crop=e.crop_size,
-                stride=e.stride,
-                scales=e.scales,
-                flip=e.flip,
-            )
-            instances = sample.instances if sample.instances.numel() else None
-            evaluator.update(probabilities.argmax(1), sample.label, instances)
-    evaluator.reduce()
-    model.train(was_training)
-    if not bool(evaluator.confusion.sum() > 0):
-        raise DatasetError(
-            f"{dataset.name}: the {count} evaluated images have no labelled pixel (every label "
-            f"pixel is {dataset.ignore_index}, ignore): no score is defined"
-        )
-    return evaluator.compute()
 
 
 def _seed_everything(seed: int) -> None:
@@ -299,6 +132,7 @@ class Trainer:
         self.start_iter = 0
         self.best_miou = -math.inf
         self.unlabelled_batches = 0
+        self._stop: str | None = None
         self.history: list[dict[str, Any]] = []
         if resume:
             self._load(last)
@@ -435,7 +269,15 @@ class Trainer:
 
     def _evaluate(self, iteration: int, seconds_per_iter: float) -> dict[str, Any]:
         evaluator = build_evaluator(self.config, self.val_set)
-        metrics = evaluate(self.model, self.val_set, evaluator, self.config, self.device, self.dist)
+        metrics = evaluate(
+            self.model,
+            self.val_set,
+            evaluator,
+            self.device,
+            **eval_options(self.config),
+            rank=self.dist.rank,
+            world=self.dist.world_size,
+        )
         metrics.update({"iteration": iteration, "seconds_per_iter": seconds_per_iter})
         if self.dist.is_main:
             path = self.run_dir / "metrics" / f"iter_{iteration:07d}.json"
@@ -566,12 +408,25 @@ class Trainer:
                 metrics = self._evaluate(iteration, train_seconds / max(1, train_iters))
                 if metrics["miou"] > self.best_miou:
                     self.best_miou, best = metrics["miou"], True
-            if iteration % c.train.checkpoint_interval == 0 or iteration == total or best:
+            saved = iteration % c.train.checkpoint_interval == 0 or iteration == total or best
+            if saved:
                 self._checkpoint(iteration, best)
                 barrier()
             if self.on_iteration is not None:
                 self.on_iteration(iteration)
+            if self._stop is not None:
+                # No barrier: under DDP the ranks may stop at different steps.
+                if not saved:
+                    self._checkpoint(iteration, best=False)
+                self._say(f"stop requested ({self._stop}): last.pt holds iteration {iteration}")
+                raise KeyboardInterrupt(self._stop)
         return metrics
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step (a signal handler calls this on pre-emption): the
+        loop writes ``last.pt`` at that iteration, then raises ``KeyboardInterrupt(reason)``,
+        so a resumed run loses nothing."""
+        self._stop = reason
 
     def _log_window(
         self, iteration: int, total: int, sums: torch.Tensor, count: int, start: float, lr: float

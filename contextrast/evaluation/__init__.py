@@ -1,1 +1,2 @@
-"""Evaluation: metrics (and, later, the evaluator)."""
+"""Evaluation: metrics, the evaluator and its loop over a dataset, inference protocols,
+reports and the paper's analyses."""

@@ -3,8 +3,10 @@ similarity curve (Fig. 5). The CLI (``contextrast analyze``) wires them to check
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,9 @@ __all__ = [
     "boundary_similarity",
     "collect_head_inputs",
     "head_input",
+    "plot_curves",
     "similarity_by_distance",
+    "write_curves",
 ]
 
 
@@ -208,3 +212,15 @@ def plot_curves(curves: Sequence[dict[str, list[float]]], path, title: str) -> N
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def write_curves(curves: list[dict[str, list[float]]], path: Path) -> Path:
+    """The curves of :func:`boundary_similarity` as CSV: layer, distance, similarity, pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["layer", "distance", "similarity", "pixels"])
+        for layer, curve in enumerate(curves, start=1):
+            for d, sim, n in zip(curve["distance"], curve["similarity"], curve["pixels"]):
+                writer.writerow([layer, d, f"{sim:.6f}", n])
+    return path

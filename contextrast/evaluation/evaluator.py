@@ -10,16 +10,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from contextrast.engine.distributed import all_reduce_sum
+from contextrast.data import DatasetError
+from contextrast.evaluation.inference import predict_probabilities
 from contextrast.evaluation.metrics import (
     boundary_distance,
     confusion_matrix,
     mean_iou,
     pixel_accuracy,
 )
+from contextrast.models import Segmentor
+from contextrast.utils.distributed import all_reduce_sum
 
-__all__ = ["CITYSCAPES_AVG_CLASS_SIZE", "Evaluator"]
+__all__ = ["CITYSCAPES_AVG_CLASS_SIZE", "Evaluator", "evaluate"]
 
 #: cityscapesScripts' average instance size per class (pixels), the iIoU weights.
 CITYSCAPES_AVG_CLASS_SIZE = {
@@ -184,3 +188,51 @@ class Evaluator:
                 denominator = wtp + fp + wfn
                 category_iiou.append(wtp / denominator if denominator > 0 else float("nan"))
         return {"category_miou": _nanmean(category_iou), "category_iiou": _nanmean(category_iiou)}
+
+
+def evaluate(
+    model: Segmentor,
+    dataset: Dataset,
+    evaluator: Evaluator,
+    device: torch.device,
+    *,
+    max_images: int | None = None,
+    num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    **protocol: Any,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``dataset`` with one test protocol (``protocol``: the keyword
+    arguments of :func:`~contextrast.evaluation.inference.predict_probabilities`); ranks split
+    the images and their statistics are summed.
+
+    Raises :class:`~contextrast.data.DatasetError` when the evaluated images have no labelled
+    pixel (no score is defined), instead of returning NaN.
+    """
+    count = len(dataset) if max_images is None else min(len(dataset), max_images)
+    shard = Subset(dataset, list(range(rank, count, world)))
+    loader = DataLoader(
+        shard,
+        batch_size=1,
+        num_workers=num_workers,
+        # Its own generator: worker seeds drawn from the global RNG would shift training's.
+        generator=torch.Generator().manual_seed(0),
+    )
+    was_training = model.training
+    model.eval()
+    forward = model.inference()
+    with torch.no_grad():
+        for sample in loader:
+            probabilities = predict_probabilities(forward, sample.image.to(device), **protocol)
+            instances = sample.instances if sample.instances.numel() else None
+            evaluator.update(probabilities.argmax(1), sample.label, instances)
+    evaluator.reduce()
+    model.train(was_training)
+    if not bool(evaluator.confusion.sum() > 0):
+        name = getattr(dataset, "name", type(dataset).__name__)
+        ignore = getattr(dataset, "ignore_index", 255)
+        raise DatasetError(
+            f"{name}: the {count} evaluated images have no labelled pixel (every label "
+            f"pixel is {ignore}, ignore): no score is defined"
+        )
+    return evaluator.compute()

@@ -10,13 +10,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from contextrast.config import Config
-from contextrast.data.datasets import IMAGE_SUFFIXES, read_image
+from contextrast.data.datasets import IMAGE_SUFFIXES, SegmentationDataset, read_image
 from contextrast.data.transforms import normalize
 from contextrast.evaluation.inference import predict_probabilities
 from contextrast.models import Segmentor
 
-__all__ = ["colorize", "format_metrics", "overlay", "predict_files", "save_grid"]
+__all__ = [
+    "colorize",
+    "comparison_rows",
+    "format_metrics",
+    "overlay",
+    "predict_files",
+    "save_grid",
+]
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -76,24 +82,29 @@ def _inputs(paths: Sequence[str]) -> list[Path]:
 @torch.no_grad()
 def predict_files(
     model: Segmentor,
-    config: Config,
     palette: Sequence[Sequence[int]],
     inputs: Sequence[str],
     out_dir: Path,
+    mean: Sequence[float],
+    std: Sequence[float],
+    **protocol: Any,
 ) -> list[Path]:
-    """Segment each image with the config's eval protocol; write NAME_mask.png (palette
-    colours) and NAME_overlay.png. Returns the mask paths."""
+    """Segment each image; write NAME_mask.png (palette colours) and NAME_overlay.png.
+
+    Args:
+        mean, std: the model's input normalisation.
+        **protocol: keyword arguments of ``predict_probabilities`` (mode, crop, stride,
+            scales, flip).
+
+    Returns the mask paths.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     forward = model.inference()
-    e = config.eval
     written = []
     for path in _inputs(inputs):
         image = read_image(path)  # (3, H, W) uint8
-        batch = normalize(image, config.model.mean, config.model.std)[None]
-        probabilities = predict_probabilities(
-            forward, batch, e.mode, e.crop_size, e.stride, e.scales, e.flip
-        )
-        pred = probabilities.argmax(1)[0].numpy()
+        batch = normalize(image, mean, std)[None]
+        pred = predict_probabilities(forward, batch, **protocol).argmax(1)[0].numpy()
         mask = colorize(pred, palette)
         mask_path = out_dir / f"{path.stem}_mask.png"
         Image.fromarray(mask).save(mask_path)
@@ -123,3 +134,30 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, scale: int = 2) 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+@torch.no_grad()
+def comparison_rows(
+    models: Sequence[tuple[Segmentor, Sequence[Sequence[int]], dict[str, Any]]],
+    dataset: SegmentationDataset,
+    indices: Sequence[int],
+) -> list[list[np.ndarray]]:
+    """Panels for :func:`save_grid`: per image, the image, its ground truth and each model's
+    prediction (Fig. 4).
+
+    Args:
+        models: (model, palette, keyword arguments of ``predict_probabilities`` such as
+            ``mode``, ``crop``, ``stride``) per column.
+        dataset: the split (its transform normalises; ``read`` gives the raw image).
+        indices: the images, one row each.
+    """
+    rows = []
+    for index in indices:
+        sample = dataset[index]
+        image, _ = dataset.read(index)
+        row = [image.permute(1, 2, 0).numpy(), colorize(sample.label.numpy(), models[0][1])]
+        for model, palette, options in models:
+            probabilities = predict_probabilities(model.inference(), sample.image[None], **options)
+            row.append(colorize(probabilities.argmax(1)[0].numpy(), palette))
+        rows.append(row)
+    return rows

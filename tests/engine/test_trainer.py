@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from contextrast.config import ConfigError, config_from_dict
-from contextrast.engine import checkpoint as ckpt
 from contextrast.engine.builders import build_model
 from contextrast.engine.trainer import IterationBatchSampler, PolyLR, Trainer, TrainingModule
 from contextrast.models import create_model
+from contextrast.utils import checkpoint as ckpt
 from tests.engine.runs import config, learnable_folder
 
 

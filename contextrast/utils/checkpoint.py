@@ -15,16 +15,12 @@ TEMPORARY_SUFFIX = ".tmp"
 
 __all__ = [
     "capture_rng",
-    "check_compatible",
     "load_checkpoint",
     "load_weights",
     "remove_stale_temporaries",
     "restore_rng",
     "save_checkpoint",
 ]
-
-#: The model keys that decide a checkpoint's state-dict layout.
-MODEL_KEYS = ("name", "head", "head_width", "aux")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -83,29 +79,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"checkpoint {path}: missing 'model' or 'config'; not a contextrast run")
     return state
-
-
-def _describe(model: dict[str, Any], classes: int | None) -> str:
-    parts = [str(model.get("name"))]
-    parts += [f"{k} {model[k]}" for k in MODEL_KEYS[1:] if model.get(k) not in (None, False)]
-    count = classes if classes is not None else "an unknown number of"
-    return f"{count} classes ({', '.join(parts)})"
-
-
-def check_compatible(
-    state: dict[str, Any], path: str | os.PathLike, config: Any, num_classes: int
-) -> None:
-    """Raise a one-line ``ValueError`` naming both sides when the checkpoint's model (class
-    count, model name, head, head width, auxiliary head) is not the one ``config`` builds."""
-    saved = state["config"].get("model", {})
-    before = {key: saved.get(key) for key in MODEL_KEYS}
-    now = {key: getattr(config.model, key) for key in MODEL_KEYS}
-    classes = len(state["classes"]) if "classes" in state else None
-    if before != now or classes not in (None, num_classes):
-        raise ValueError(
-            f"checkpoint {path} has {_describe(before, classes)}, the config and dataset have "
-            f"{_describe(now, num_classes)}"
-        )
 
 
 def load_weights(module: nn.Module, weights: dict[str, Any], path: str | os.PathLike, what: str):

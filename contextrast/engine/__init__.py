@@ -1,0 +1,37 @@
+"""Training and the glue that reads configs: builders, the trainer and saved runs."""
+
+from contextrast.engine.builders import (
+    LOSS_DESCRIPTIONS,
+    build_contrast,
+    build_dataset,
+    build_evaluator,
+    build_model,
+    eval_options,
+    predict_options,
+)
+from contextrast.engine.runs import Run, check_compatible, finished_metrics, load_run
+from contextrast.engine.sampler import IterationBatchSampler
+from contextrast.engine.schedule import PolyLR
+from contextrast.engine.step import LossTerms, TrainingModule
+from contextrast.engine.sweep import sweep
+from contextrast.engine.trainer import Trainer
+
+__all__ = [
+    "LOSS_DESCRIPTIONS",
+    "IterationBatchSampler",
+    "LossTerms",
+    "PolyLR",
+    "Run",
+    "Trainer",
+    "TrainingModule",
+    "build_contrast",
+    "build_dataset",
+    "build_evaluator",
+    "build_model",
+    "check_compatible",
+    "eval_options",
+    "finished_metrics",
+    "load_run",
+    "predict_options",
+    "sweep",
+]

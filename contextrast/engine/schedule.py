@@ -1,0 +1,35 @@
+"""Learning-rate schedule: poly decay with a linear warm-up."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PolyLR"]
+
+
+class PolyLR(torch.optim.lr_scheduler.LRScheduler):
+    """``lr = base · (1 − it/total)^power``, times a linear warm-up factor from
+    ``warmup_ratio`` to 1 over the first ``warmup_iters`` iterations."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_iters: int,
+        power: float = 0.9,
+        warmup_iters: int = 0,
+        warmup_ratio: float = 0.1,
+    ):
+        self.total_iters = total_iters
+        self.power = power
+        self.warmup_iters = warmup_iters
+        self.warmup_ratio = warmup_ratio
+        super().__init__(optimizer)
+
+    def factor(self, iteration: int) -> float:
+        poly = max(0.0, 1.0 - iteration / self.total_iters) ** self.power
+        if iteration < self.warmup_iters:
+            poly *= self.warmup_ratio + (1 - self.warmup_ratio) * iteration / self.warmup_iters
+        return poly
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]

@@ -1,0 +1,75 @@
+"""One training step's loss: CE (+ auxiliary CE) + the contrastive term, as one module."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contextrast.models import Segmentor
+
+__all__ = ["LossTerms", "TrainingModule"]
+
+
+class LossTerms(NamedTuple):
+    """total: the optimised scalar; ce, aux, contrast: its (unweighted-by-switch) parts;
+    unlabelled: 1.0 when the batch (this rank's share) has no labelled pixel, else 0.0."""
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    aux: torch.Tensor
+    contrast: torch.Tensor
+    unlabelled: torch.Tensor
+
+
+class TrainingModule(nn.Module):
+    """Model and contrastive loss in one module, so that DDP averages the gradients of the
+    projection heads as well as the model's.
+
+    Args:
+        model: the segmentor.
+        contrast: a contrastive loss module or None (CE baseline).
+        aux_weight: weight of the auxiliary CE.
+    """
+
+    def __init__(
+        self,
+        model: Segmentor,
+        contrast: nn.Module | None,
+        aux_weight: float = 0.4,
+        ignore_index: int = 255,
+    ):
+        super().__init__()
+        self.model = model
+        self.contrast = contrast
+        self.aux_weight = aux_weight
+        self.ignore_index = ignore_index
+
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor):
+        """Mean CE over the labelled pixels; exactly 0 (with a graph) when there are none.
+
+        logits: (B, N, h, w); target: (B, H, W); labelled: () their count.
+        """
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        # "mean" would divide by zero on a crop without labels (sky-only, ignore borders).
+        total = F.cross_entropy(
+            logits.float(), target, ignore_index=self.ignore_index, reduction="sum"
+        )
+        return total / labelled.clamp(min=1)
+
+    def forward(
+        self, images: torch.Tensor, target: torch.Tensor, contrast_scale: float = 1.0
+    ) -> LossTerms:
+        """images: (B, 3, H, W); target: (B, H, W). ``contrast_scale`` 0 keeps the term in the
+        graph with zero weight (warm-up), identically on one process and on many."""
+        out = self.model(images)
+        labelled = (target != self.ignore_index).sum()
+        ce = self._ce(out.logits, target, labelled)
+        zero = ce.new_zeros(())
+        aux = self._ce(out.aux_logits, target, labelled) if out.aux_logits is not None else zero
+        contrast = self.contrast(out.features, out.logits, target) if self.contrast else zero
+        total = ce + self.aux_weight * aux + contrast_scale * contrast
+        unlabelled = (labelled == 0).to(ce.dtype)
+        return LossTerms(total, ce.detach(), aux.detach(), contrast.detach(), unlabelled)

@@ -1,0 +1,1 @@
+"""Shared utilities below every stage: process groups and reductions, checkpoint I/O."""
