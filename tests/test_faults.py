@@ -460,16 +460,15 @@ def test_diverged_weights_are_named_as_the_cause(tmp_path, data):
     with pytest.raises(FloatingPointError) as error:
         trainer.fit()
     message = str(error.value)
-    assert message.startswith("loss is nan at iteration 1") and "\n" not in message
-    assert "the model's weights are no longer finite (first: decode_head.classifier.weight)" in (
-        message
-    )
-    assert "lower optim.lr or set optim.grad_clip" in message
+    assert message.startswith("loss is nan at iteration 2 (ce nan, aux 0,") and "\n" not in message
+    assert "the model's outputs are not finite (weights no longer finite, first: " in message
+    assert message.endswith("training diverged: lower optim.lr or set optim.grad_clip")
     last = (c.run_dir / "train.log").read_text().splitlines()[-1]
-    assert "stopped at iteration 1: FloatingPointError: loss is nan" in last
+    assert "stopped at iteration 2: FloatingPointError: loss is nan at iteration 2" in last
 
 
-def test_non_finite_input_pixels_are_named_with_their_samples(tmp_path, data, monkeypatch):
+@pytest.mark.parametrize("loss", ["ce", "contextrast"])  # found at the log point / at once
+def test_non_finite_input_pixels_are_named_with_their_samples(tmp_path, data, monkeypatch, loss):
     original = Folder.__getitem__
 
     def broken(self, index):
@@ -483,7 +482,9 @@ def test_non_finite_input_pixels_are_named_with_their_samples(tmp_path, data, mo
         return sample
 
     monkeypatch.setattr(Folder, "__getitem__", broken)
-    c = config_from_dict(config(tmp_path, data={"batch_size": 4}, optim={"iters": 1}))
+    c = config_from_dict(
+        config(tmp_path, data={"batch_size": 4}, optim={"iters": 1}, loss={"name": loss})
+    )
     with pytest.raises(FloatingPointError, match=r"the input batch holds NaN/inf pixel values "
                        r"\(sample indices \[2\] of split 'train'\)"):  # fmt: skip
         Trainer(c).fit()
@@ -552,3 +553,24 @@ def test_analysis_arguments_out_of_range(trained, tmp_path, capsys, argv, messag
     flag = "--checkpoints" if argv[0] == "grid" else "--checkpoint"
     out = tmp_path / ("g.png" if argv[0] == "grid" else "bs")
     fails(capsys, "analyze", argv[0], flag, checkpoint, "--out", out, *argv[1:], match=message)
+
+
+def test_a_training_step_waits_for_the_device_only_at_log_points(tmp_path, data):
+    """Between log points a CE step makes no host sync (``.item()``, ``bool()`` of a tensor
+    and data-dependent shapes end in these operators)."""
+    syncs = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
+    # One DataLoader worker: the augmentations' own int(tensor) draws run in it, not here.
+    sections = {"optim": {"iters": 4}, "loss": {"name": "ce"}, "data": {"num_workers": 1}}
+    sections["train"] = {"log_interval": 4, "eval_interval": 100, "checkpoint_interval": 100}
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    def window(iteration):
+        if iteration == 1:
+            profiler.start()  # iterations 2 and 3: no log, evaluation or checkpoint
+        if iteration == 3:
+            profiler.stop()
+
+    Trainer(config_from_dict(config(tmp_path, **sections)), on_iteration=window).fit()
+    names = [event.name for event in profiler.events()]
+    assert names.count("aten::convolution") > 10  # the window held training steps
+    assert [n for n in names if n in syncs] == []

@@ -38,11 +38,11 @@ class IterationBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         global_batch = self.batch_size * self.world
-        epoch, order = -1, None
+        epoch, order = -1, []
         for iteration in range(self.start, self.total):
             e, k = divmod(iteration, self.steps_per_epoch)
             if e != epoch:
                 g = torch.Generator().manual_seed(sample_seed(self.seed, e, 0, stream=3))
-                epoch, order = e, torch.randperm(self.length, generator=g)
+                epoch, order = e, torch.randperm(self.length, generator=g).tolist()
             first = k * global_batch + self.rank * self.batch_size
-            yield [e * self.length + int(i) for i in order[first : first + self.batch_size]]
+            yield [e * self.length + i for i in order[first : first + self.batch_size]]

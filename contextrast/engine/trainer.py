@@ -58,6 +58,34 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class NonFiniteWatch:
+    """The first non-finite loss since the last check, recorded on the device.
+
+    ``update`` runs every step without waiting for the device; the trainer reads the record
+    at its log points. Kept: the iteration (-1: none), the loss terms, and which samples of
+    that batch had non-finite pixels (with their dataset indices).
+    """
+
+    def __init__(self, batch: int, device: torch.device):
+        self.iteration = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms = torch.zeros(len(LossTerms._fields), dtype=torch.float64, device=device)
+        self.samples = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.indices = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def update(
+        self, iteration: int, terms: LossTerms, images: torch.Tensor, indices: torch.Tensor
+    ) -> None:
+        """terms: the step's; images: (B, 3, H, W); indices: (B,) dataset indices (CPU)."""
+        stacked = torch.stack([t.detach() for t in terms]).double()  # (T,)
+        new = (self.iteration < 0) & ~torch.isfinite(stacked[0])
+        self.iteration = torch.where(new, iteration, self.iteration)
+        self.terms = torch.where(new, stacked, self.terms)
+        broken = ~torch.isfinite(images).flatten(1).all(1)  # (B,)
+        self.samples = torch.where(new, broken, self.samples)
+        indices = indices.to(self.indices.device, non_blocking=True)
+        self.indices = torch.where(new, indices, self.indices)
+
+
 class Trainer:
     """Train a config end to end.
 
@@ -356,6 +384,7 @@ class Trainer:
             progress = tqdm(total=total, initial=self.start_iter, dynamic_ncols=True)
         self._progress = progress
         sums = torch.zeros(len(LossTerms._fields), dtype=torch.float64, device=self.device)
+        self._watch = NonFiniteWatch(self.batch_size, self.device)
         window_start, window_iters = time.perf_counter(), 0
         train_seconds, train_iters = 0.0, 0
         metrics: dict[str, Any] = {}
@@ -374,12 +403,13 @@ class Trainer:
             ):
                 try:
                     terms = self.net(images, target, scale)
-                except NonFiniteError as error:  # raised by the contrastive loss's checks
-                    raise FloatingPointError(
-                        self._nonfinite(None, images, batch.index, iteration, str(error))
-                    ) from None
-            if not torch.isfinite(terms.total):
-                raise FloatingPointError(self._nonfinite(terms, images, batch.index, iteration))
+                except NonFiniteError as error:  # the contrastive loss checks its features
+                    finite = torch.isfinite(images).flatten(1).all(1).cpu()  # (B,)
+                    head = f"non-finite model features at iteration {iteration + 1} ({error})"
+                    bad = batch.index[~finite].tolist()
+                    raise FloatingPointError(self._explain(head, None, bad)) from None
+            # Recorded on the device and checked at the next log point: no host sync here.
+            self._watch.update(iteration + 1, terms, images, batch.index)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms.total).backward()
             if c.optim.grad_clip is not None:
@@ -398,17 +428,23 @@ class Trainer:
             window_iters += 1
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{terms.total.item():.3f}", lr=f"{lr:.2e}")
-            if iteration % c.train.log_interval == 0 or iteration == total:
-                self._log_window(iteration, total, sums, window_iters, window_start, lr)
+            logs = iteration % c.train.log_interval == 0 or iteration == total
+            evaluates = iteration % c.train.eval_interval == 0 or iteration == total
+            saves = iteration % c.train.checkpoint_interval == 0 or iteration == total
+            if logs or evaluates or saves or self._stop is not None:
+                self._check_finite()  # never log, score or save non-finite weights
+            if logs:
+                loss = self._log_window(iteration, total, sums, window_iters, window_start, lr)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 sums.zero_()
                 window_start, window_iters = time.perf_counter(), 0
             best = False
-            if iteration % c.train.eval_interval == 0 or iteration == total:
+            if evaluates:
                 metrics = self._evaluate(iteration, train_seconds / max(1, train_iters))
                 if metrics["miou"] > self.best_miou:
                     self.best_miou, best = metrics["miou"], True
-            saved = iteration % c.train.checkpoint_interval == 0 or iteration == total or best
+            saved = saves or best
             if saved:
                 self._checkpoint(iteration, best)
                 barrier()
@@ -430,7 +466,8 @@ class Trainer:
 
     def _log_window(
         self, iteration: int, total: int, sums: torch.Tensor, count: int, start: float, lr: float
-    ) -> None:
+    ) -> float:
+        """Log the window's mean terms (one all-reduce, one host sync); returns the mean loss."""
         totals = all_reduce_sum(sums.clone()).tolist()
         loss, ce, aux, contrast = (value / (count * self.dist.world_size) for value in totals[:4])
         unlabelled = round(totals[4])
@@ -450,51 +487,54 @@ class Trainer:
         )
         if self.writer is not None:
             self.writer.add_scalar("train/unlabelled_batches", self.unlabelled_batches, iteration)
+        return loss
 
-    def _nonfinite(
-        self,
-        terms: LossTerms | None,
-        images: torch.Tensor,
-        indices: torch.Tensor,
-        iteration: int,
-        found: str = "",
-    ) -> str:
-        """A one-line account of a non-finite loss that names its cause (called once, on the
-        failing step, so its host syncs cost nothing in a healthy run).
+    def _explain(self, head: str, parts: dict[str, float] | None, bad_samples: list[int]) -> str:
+        """A one-line account of a non-finite loss that names its cause.
 
-        terms: the step's loss terms, or None when the contrastive loss refused its
-        non-finite features (``found`` says which).
+        head: what was found and when; parts: the step's ce / aux / contrast values (None
+        when the contrastive loss refused non-finite features); bad_samples: the indices of
+        that step's samples whose pixels were not finite.
         """
-        if terms is None:
-            head, shown = f"non-finite model features at iteration {iteration} ({found})", found
-        else:
-            parts = {name: getattr(terms, name).item() for name in ("ce", "aux", "contrast")}
-            head = f"loss is {terms.total.item()} at iteration {iteration}"
-            shown = ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
-        finite_images = torch.isfinite(images).flatten(1).all(1)  # (B,)
-        if not bool(finite_images.all()):
-            bad = indices[~finite_images.cpu()].tolist()
+        if bad_samples:
             return (
-                f"{head}: the input batch holds NaN/inf pixel values (sample indices {bad} of "
-                f"split {self.config.data.train_split!r}); check those images and "
-                "model.mean/model.std"
+                f"{head}: the input batch holds NaN/inf pixel values (sample indices "
+                f"{bad_samples} of split {self.config.data.train_split!r}); check those images "
+                "and model.mean/model.std"
             )
-        broken = [
-            name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())
-        ]
         hint = (
             "fp16 overflowed: use optim.amp=bf16"
             if self.config.optim.amp == "fp16"
-            else "lower optim.lr or set optim.grad_clip"
+            else "training diverged: lower optim.lr or set optim.grad_clip"
         )
-        if broken:
-            return (
-                f"{head}: the model's weights are no longer finite (first: {broken[0]}); "
-                f"training diverged: {hint}"
-            )
-        if terms is None or not (math.isfinite(parts["ce"]) and math.isfinite(parts["aux"])):
-            return f"{head}: the model's outputs are not finite; {hint}"
+        broken = next(
+            (n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())),
+            None,
+        )
+        weights = f" (weights no longer finite, first: {broken})" if broken else ""
+        if parts is None or not (math.isfinite(parts["ce"]) and math.isfinite(parts["aux"])):
+            return f"{head}: the model's outputs are not finite{weights}; {hint}"
         return (
-            f"{head} ({shown}): the {self.config.loss.name!r} loss is not finite while CE is; "
-            "lower its loss_weight or raise its temperature, or report it with this config"
+            f"{head}: the {self.config.loss.name!r} loss is not finite while CE is; lower its "
+            "loss_weight or raise its temperature, or report it with this config"
         )
+
+    def _check_finite(self) -> None:
+        """Raise if any process saw a non-finite loss since the last check (one host sync and
+        one all-reduce; called at log, evaluation and checkpoint points, not per step)."""
+        watch = self._watch
+        seen = (watch.iteration >= 0).to(torch.float64)
+        if all_reduce_sum(seen.clone()).item() == 0:
+            return
+        iteration = int(watch.iteration)
+        if iteration < 0:
+            raise FloatingPointError(
+                f"the loss became non-finite on another process before iteration "
+                f"{self.iteration}; see that process's log"
+            )
+        total, ce, aux, contrast, _ = watch.terms.tolist()
+        parts = {"ce": ce, "aux": aux, "contrast": contrast}
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
+        head = f"loss is {total} at iteration {iteration} ({shown})"
+        bad = watch.indices[watch.samples].tolist()
+        raise FloatingPointError(self._explain(head, parts, bad))
