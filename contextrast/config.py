@@ -7,8 +7,10 @@ value is a one-line ``ConfigError`` naming it and what is allowed.
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
+import inspect
 import os
 import types
 import typing
@@ -17,6 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from contextrast.contrast import (
+    ContextrastLoss,
+    MultiScaleCrossScaleLoss,
+    PixelContrastLoss,
+    PixelContrastMemory,
+    RegionContrastLoss,
+)
 
 __all__ = ["Config", "ConfigError", "apply_overrides", "config_from_dict", "load_config"]
 
@@ -69,61 +79,36 @@ class DataConfig:
     check_labels: bool = True
 
 
-@dataclass
-class ContrastConfig:
-    embed_dim: int = 128
-    temperature: float = 0.1
-    layer_weights: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.7, 1.0])
-    w_high: float = 0.7
-    bane_ratio: float = 0.5
-    loss_weight: float = 0.1
-    max_pixels: int | None = None
-    max_positives: int | None = 1024
-    max_negatives: int | None = 1024
-    hard_negatives: Literal["only", "include", "add"] = "add"
-    #: "bane", or "semi_hard" (random error pixels: the Table 6 ablation)
-    negatives: Literal["bane", "semi_hard"] = "bane"
-    detach_anchors: bool = False
-    normalize_anchors: bool = True
+#: Constructor arguments that the model and the dataset decide, not a config.
+NOT_CONFIG = ("num_classes", "in_channels", "ignore_index", "loss")
 
 
-@dataclass
-class PixelContrastConfig:
-    embed_dim: int = 256
-    temperature: float = 0.1
-    base_temperature: float = 0.07
-    loss_weight: float = 0.1
-    max_samples: int = 1024
-    max_views: int = 100
-    feature: Literal["concat", "last"] = "concat"
-    #: contrast against per-class pixel and segment queues too
-    memory: bool = False
-    queue_size: int = 5000
-    pixels_per_class: int = 10
+def loss_section(name: str, *constructors: type, **extra: tuple[Any, Any]) -> type:
+    """A config section whose keys, types and defaults are the constructor arguments of
+    ``constructors`` (one source of truth: a default lives in its constructor), plus
+    ``extra`` keys as ``name=(type, default)``."""
+    fields: list[tuple[str, Any, Any]] = []
+    for cls in constructors:
+        hints = typing.get_type_hints(cls.__init__)
+        for parameter in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if parameter.name in NOT_CONFIG:
+                continue
+            default = parameter.default
+            if isinstance(default, (list, tuple)):
+                default = field(default_factory=lambda value=default: list(value))
+            fields.append((parameter.name, hints[parameter.name], default))
+    fields += [(key, tp, default) for key, (tp, default) in extra.items()]
+    return dataclasses.make_dataclass(name, fields)
 
 
-@dataclass
-class MultiScaleConfig:
-    embed_dim: int = 256
-    temperature: float = 0.1
-    base_temperature: float = 0.1
-    loss_weight: float = 0.1
-    scale_weights: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.4, 0.1])
-    #: the model's feature maps used as scales (None: all)
-    feature_indices: list[int] | None = None
-    cross_scale: bool = True
-    min_pixels: int = 5
-    max_views: int = 2500
-    max_samples: int = 10000
-
-
-@dataclass
-class RegionContrastConfig:
-    embed_dim: int = 256
-    temperature: float = 0.2
-    loss_weight: float = 0.1
-    queue_size: int = 1000
-    feature: Literal["concat", "last"] = "concat"
+ContrastConfig = loss_section("ContrastConfig", ContextrastLoss)
+#: ``memory: true`` wraps the loss in :class:`PixelContrastMemory` (queue_size,
+#: pixels_per_class).
+PixelContrastConfig = loss_section(
+    "PixelContrastConfig", PixelContrastLoss, PixelContrastMemory, memory=(bool, False)
+)
+MultiScaleConfig = loss_section("MultiScaleConfig", MultiScaleCrossScaleLoss)
+RegionContrastConfig = loss_section("RegionContrastConfig", RegionContrastLoss)
 
 
 @dataclass
@@ -201,7 +186,7 @@ def _type_name(tp: Any) -> str:
         return f"one of {list(typing.get_args(tp))}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
+    if origin in (list, collections.abc.Sequence):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
         return "a mapping"
@@ -221,7 +206,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-    elif origin is list:
+    elif origin in (list, collections.abc.Sequence):
         (inner,) = typing.get_args(tp)
         if isinstance(value, (list, tuple)):
             return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -312,8 +297,6 @@ def _check(config: Config) -> Config:
             config.optim.grad_clip is None or config.optim.grad_clip > 0,
             "must be > 0 or null",
         ),
-        ("loss.contrast.bane_ratio", 0 <= config.loss.contrast.bane_ratio <= 1, "in [0, 1]"),
-        ("loss.contrast.w_high", 0 <= config.loss.contrast.w_high <= 1, "must be in [0, 1]"),
     ]
     for key, ok, message in checks:
         if not ok:

@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import pytest
 
 from contextrast.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
@@ -16,20 +19,65 @@ def test_defaults_are_the_papers_contrastive_settings():
     assert (c.loss.contrast.loss_weight, c.optim.momentum, c.optim.power) == (0.1, 0.9, 0.9)
 
 
-def test_contrast_section_defaults_are_the_loss_constructor_defaults():
-    # The constructor holds the defaults chosen on the real benchmark; a config must not drift.
-    import dataclasses
+@pytest.mark.parametrize(
+    ("name", "classes"),
+    [
+        ("contextrast", ["ContextrastLoss"]),
+        ("pixel_contrast", ["PixelContrastLoss", "PixelContrastMemory"]),
+        ("ms_cs", ["MultiScaleCrossScaleLoss"]),
+        ("region_contrast", ["RegionContrastLoss"]),
+    ],
+)
+def test_every_loss_argument_is_a_config_key_with_the_constructors_default(
+    name, classes, monkeypatch
+):
+    """The constructor is the one source: each of its arguments (but the ones the model and
+    dataset decide) is reachable from a config, defaults to the constructor's default, and
+    reaches the constructor unchanged."""
     import inspect
 
-    from contextrast import ContextrastLoss
-    from contextrast.config import ContrastConfig
+    import contextrast.engine.builders as builders
+    from contextrast import contrast
+    from contextrast.config import NOT_CONFIG
 
-    signature = inspect.signature(ContextrastLoss).parameters
-    for f in dataclasses.fields(ContrastConfig):
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        want = signature[f.name].default
-        assert default == (list(want) if isinstance(want, tuple) else want), f.name
-    assert ContrastConfig().normalize_anchors and ContrastConfig().hard_negatives == "add"
+    expected = {}
+    for cls_name in classes:
+        for p in list(inspect.signature(getattr(contrast, cls_name)).parameters.values()):
+            if p.name not in NOT_CONFIG:
+                value = p.default
+                expected[p.name] = list(value) if isinstance(value, tuple) else value
+    section = builders.LOSSES[name][1]
+    config = config_from_dict({"loss": {"name": name}})
+    got = dataclasses.asdict(getattr(config.loss, section))
+    memory = got.pop("memory", None)
+    assert got == expected and memory in (None, False)
+    received = {}
+
+    class Recorder:
+        def __init__(self, num_classes, channels, **kwargs):
+            received.update(kwargs)
+
+    monkeypatch.setitem(builders.LOSSES, name, (Recorder, section))
+    if name == "pixel_contrast":
+        monkeypatch.setattr(
+            builders, "PixelContrastMemory", lambda loss, **queue: received.update(queue)
+        )
+        config = config_from_dict({"loss": {"name": name, "pixel_contrast": {"memory": True}}})
+    builders.build_contrast(config, 3, [4, 6, 8, 10])
+    assert received == expected
+
+
+def test_a_bad_loss_value_is_a_config_error_naming_its_section():
+    from contextrast.engine.builders import build_contrast
+
+    for overrides, message in (
+        ({"contrast": {"bane_ratio": 1.5}}, "loss.contrast: bane_ratio must be"),
+        ({"contrast": {"layer_weights": [1.0]}}, "loss.contrast: layer_weights has 1 entries"),
+        ({"name": "ms_cs", "ms_cs": {"feature_indices": [0, 7]}}, "loss.ms_cs: feature_indices"),
+    ):
+        config = config_from_dict({"loss": overrides})
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_contrast(config, 3, [4, 6, 8, 10])
 
 
 def test_load_and_override(tmp_path):

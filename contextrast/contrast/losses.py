@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -115,8 +115,8 @@ class ContextrastLoss(nn.Module):
         max_pixels: int | None = None,
         max_positives: int | None = 1024,
         max_negatives: int | None = 1024,
-        hard_negatives: str = "add",
-        negatives: str = "bane",
+        hard_negatives: Literal["only", "include", "add"] = "add",
+        negatives: Literal["bane", "semi_hard"] = "bane",
         detach_anchors: bool = False,
         normalize_anchors: bool = True,
     ):

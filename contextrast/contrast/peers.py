@@ -8,6 +8,7 @@ differences from each peer's public code are in docs/method.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,7 @@ class PixelContrastLoss(_SingleMapProjection):
         loss_weight: float = 0.1,
         max_samples: int = 1024,
         max_views: int = 100,
-        feature: str = "concat",
+        feature: Literal["concat", "last"] = "concat",
         ignore_index: int = 255,
     ):
         super().__init__(num_classes, in_channels, embed_dim, feature, ignore_index)
@@ -237,6 +238,10 @@ class MultiScaleCrossScaleLoss(nn.Module):
         indices = (
             list(range(len(self.in_channels))) if feature_indices is None else list(feature_indices)
         )
+        if any(not 0 <= i < len(self.in_channels) for i in indices):
+            raise ValueError(
+                f"feature_indices {indices} outside the model's {len(self.in_channels)} maps"
+            )
         if len(scale_weights) != len(indices):
             raise ValueError(
                 f"scale_weights has {len(scale_weights)} entries for {len(indices)} scales"
@@ -302,7 +307,7 @@ class RegionContrastLoss(_SingleMapProjection):
         temperature: float = 0.2,
         loss_weight: float = 0.1,
         queue_size: int = 1000,
-        feature: str = "concat",
+        feature: Literal["concat", "last"] = "concat",
         ignore_index: int = 255,
     ):
         super().__init__(num_classes, in_channels, embed_dim, feature, ignore_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
@@ -19,6 +20,7 @@ from contextrast.evaluation.evaluator import Evaluator
 from contextrast.models import GENERIC_PREFIX, MODELS, Segmentor, create_model
 
 __all__ = [
+    "LOSSES",
     "LOSS_DESCRIPTIONS",
     "build_contrast",
     "build_dataset",
@@ -99,8 +101,19 @@ def build_model(config: Config, num_classes: int, pretrained: bool = True) -> Se
     return create_model(m.name, num_classes, m.pretrained if pretrained else False, **kwargs)
 
 
+#: ``loss.name`` → (loss class, its config section under ``loss.``).
+LOSSES: dict[str, tuple[type[nn.Module], str]] = {
+    "contextrast": (ContextrastLoss, "contrast"),
+    "pixel_contrast": (PixelContrastLoss, "pixel_contrast"),
+    "ms_cs": (MultiScaleCrossScaleLoss, "ms_cs"),
+    "region_contrast": (RegionContrastLoss, "region_contrast"),
+}
+
+
 def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.Module | None:
-    """The contrastive loss module of ``loss.name`` (None for "ce")."""
+    """The contrastive loss module of ``loss.name`` (None for "ce"), built from its config
+    section as keyword arguments; the constructor validates them and a bad value is a
+    ``ConfigError`` naming the section."""
     name = config.loss.name
     if name not in LOSS_DESCRIPTIONS:
         raise ConfigError(
@@ -108,80 +121,17 @@ def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.
         )
     if name == "ce":
         return None
-    if name == "contextrast":
-        c = config.loss.contrast
-        if len(c.layer_weights) != len(channels):
-            raise ConfigError(
-                f"loss.contrast.layer_weights: {len(c.layer_weights)} weights for a model with "
-                f"{len(channels)} feature maps"
-            )
-        return ContextrastLoss(
-            num_classes,
-            channels,
-            embed_dim=c.embed_dim,
-            temperature=c.temperature,
-            layer_weights=c.layer_weights,
-            w_high=c.w_high,
-            bane_ratio=c.bane_ratio,
-            loss_weight=c.loss_weight,
-            max_pixels=c.max_pixels,
-            max_positives=c.max_positives,
-            max_negatives=c.max_negatives,
-            hard_negatives=c.hard_negatives,
-            negatives=c.negatives,
-            detach_anchors=c.detach_anchors,
-            normalize_anchors=c.normalize_anchors,
-        )
-    if name == "pixel_contrast":
-        p = config.loss.pixel_contrast
-        loss = PixelContrastLoss(
-            num_classes,
-            channels,
-            embed_dim=p.embed_dim,
-            temperature=p.temperature,
-            base_temperature=p.base_temperature,
-            loss_weight=p.loss_weight,
-            max_samples=p.max_samples,
-            max_views=p.max_views,
-            feature=p.feature,
-        )
-        return PixelContrastMemory(loss, p.queue_size, p.pixels_per_class) if p.memory else loss
-    if name == "ms_cs":
-        m = config.loss.ms_cs
-        indices = m.feature_indices if m.feature_indices is not None else list(range(len(channels)))
-        if any(not 0 <= i < len(channels) for i in indices):
-            raise ConfigError(
-                f"loss.ms_cs.feature_indices: {indices} outside the model's {len(channels)} maps"
-            )
-        if len(m.scale_weights) != len(indices):
-            raise ConfigError(
-                f"loss.ms_cs.scale_weights: {len(m.scale_weights)} weights for "
-                f"{len(indices)} scales"
-            )
-        return MultiScaleCrossScaleLoss(
-            num_classes,
-            channels,
-            embed_dim=m.embed_dim,
-            temperature=m.temperature,
-            base_temperature=m.base_temperature,
-            loss_weight=m.loss_weight,
-            scale_weights=m.scale_weights,
-            feature_indices=indices,
-            cross_scale=m.cross_scale,
-            min_pixels=m.min_pixels,
-            max_views=m.max_views,
-            max_samples=m.max_samples,
-        )
-    r = config.loss.region_contrast
-    return RegionContrastLoss(
-        num_classes,
-        channels,
-        embed_dim=r.embed_dim,
-        temperature=r.temperature,
-        loss_weight=r.loss_weight,
-        queue_size=r.queue_size,
-        feature=r.feature,
-    )
+    cls, section = LOSSES[name]
+    kwargs = dataclasses.asdict(getattr(config.loss, section))
+    try:
+        if name == "pixel_contrast":
+            memory = kwargs.pop("memory")
+            queue = {key: kwargs.pop(key) for key in ("queue_size", "pixels_per_class")}
+            loss = cls(num_classes, channels, **kwargs)
+            return PixelContrastMemory(loss, **queue) if memory else loss
+        return cls(num_classes, channels, **kwargs)
+    except ValueError as error:
+        raise ConfigError(f"loss.{section}: {error}") from None
 
 
 def build_evaluator(config: Config, dataset: SegmentationDataset) -> Evaluator:
