@@ -20,7 +20,7 @@ import torch
 
 import contextrast
 from contextrast import engine
-from contextrast.config import load_config
+from contextrast.config import CONFIG_DIR, load_config, packaged_configs
 from contextrast.data import DATASETS, check_dataset
 from contextrast.data.inia19 import DEFAULT_SOURCE, ORIENTATIONS, prepare_inia19
 from contextrast.evaluation.analysis import (
@@ -182,6 +182,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(_: argparse.Namespace) -> int:
+    for name in packaged_configs():
+        print(name)
+    print(f"\n{len(packaged_configs())} configs in {CONFIG_DIR}; pass a name or a path to train")
+    return 0
+
+
 def _losses(_: argparse.Namespace) -> int:
     for name, text in engine.LOSS_DESCRIPTIONS.items():
         print(f"{name:<17}{text}")
@@ -286,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_models)
     losses = commands.add_parser("losses", help="list the contrastive losses (loss.name)")
     losses.set_defaults(handler=_losses)
+    configs = commands.add_parser("configs", help="list the packaged configs")
+    configs.set_defaults(handler=_configs)
     check = commands.add_parser(
         "check-data",
         help="scan a dataset and report every problem at once, with counts",
@@ -324,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model from a YAML config",
         description="Train from a YAML config (run with torchrun for several processes).",
     )
-    train.add_argument("config", help="YAML config, e.g. configs/cityscapes/...yaml")
+    train.add_argument("config", help="YAML config: a path or a packaged name (cityscapes/...yaml)")
     train.add_argument("--set", **overrides)
     train.add_argument("--resume", action="store_true", help="continue from <run dir>/last.pt")
     train.set_defaults(handler=_train)
@@ -419,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as error:
         print(f"contextrast {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:

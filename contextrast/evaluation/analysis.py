@@ -196,8 +196,13 @@ def boundary_similarity(
 
 def plot_curves(curves: Sequence[dict[str, list[float]]], path, title: str) -> None:
     """One line per layer, cosine similarity against distance; PNG."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(
+            "plotting needs matplotlib, which is not installed (pip install "
+            "'contextrast[analysis]')"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
