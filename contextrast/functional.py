@@ -11,14 +11,21 @@ log-sum-exp over thousands of pixels at a temperature of 0.01 overflows half-pre
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+# Everything other modules import from here (the losses, samplers, metrics and analyses).
 __all__ = [
+    "anchors_from_flat",
     "bane_select",
+    "check_labels",
     "class_error_maps",
+    "class_one_hot",
+    "compute_dtype",
     "distance_transform",
+    "fuse_anchors",
     "hard_negative_mask",
     "info_nce_from_logits",
     "lifted_norm",
@@ -151,6 +158,35 @@ def anchors_from_flat(
     counts = one_hot.sum(dim=(0, 2))  # (N,)
     anchors = sums / counts.clamp(min=1).unsqueeze(1)
     return anchors, counts > 0
+
+
+def fuse_anchors(
+    anchors: Sequence[torch.Tensor],
+    present: torch.Tensor,
+    w_high: float,
+    normalize: bool = True,
+) -> list[torch.Tensor]:
+    """The fused anchors ``Â_i = (1 − w_high)·A_i + w_high·A_I`` of every layer (the last
+    layer's are its own), optionally L2-normalised.
+
+    Args:
+        anchors: I tensors (N, D), lowest layer first (:func:`anchors_from_flat`).
+        present: (N,) bool, the classes present at the last layer; a class that vanished at
+            its resolution has no global anchor to fuse with and keeps its layer anchor.
+        w_high: weight of the last layer's anchors.
+        normalize: L2-normalise the fused anchors (so ``â · v / τ`` is a cosine over τ).
+
+    Returns:
+        I tensors (N, D).
+    """
+    top = anchors[-1]
+    fused = []
+    for i, layer in enumerate(anchors):
+        if i < len(anchors) - 1:
+            mixed = (1.0 - w_high) * layer + w_high * top
+            layer = torch.where(present.unsqueeze(1), mixed, layer)
+        fused.append(F.normalize(layer, dim=1) if normalize else layer)
+    return fused
 
 
 def lifted_norm(

@@ -370,3 +370,16 @@ def test_lifted_norm_hand_case_and_bad_shapes():
         CF.lifted_norm(coords, torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"coords must have shape \(B, K, P\)"):
         CF.lifted_norm(torch.ones(2, 2), lift)
+
+
+def test_fuse_anchors_by_hand():
+    low = torch.tensor([[3.0, 0.0], [0.0, 2.0]])  # (N=2, D=2)
+    top = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # class 1 vanished at the last layer
+    present = torch.tensor([True, False])
+    fused_low, fused_top = CF.fuse_anchors([low, top], present, w_high=0.7, normalize=False)
+    assert torch.allclose(fused_low, torch.tensor([[0.9, 0.7], [0.0, 2.0]]))
+    assert torch.equal(fused_top, top)
+    unit_low, unit_top = CF.fuse_anchors([low, top], present, w_high=0.7)
+    norm = (0.9**2 + 0.7**2) ** 0.5
+    assert torch.allclose(unit_low, torch.tensor([[0.9 / norm, 0.7 / norm], [0.0, 1.0]]))
+    assert torch.allclose(unit_top, torch.tensor([[0.0, 1.0], [0.0, 0.0]]))  # zero stays zero

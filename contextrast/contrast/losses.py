@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from contextrast import functional as CF
@@ -243,17 +242,11 @@ class ContextrastLoss(nn.Module):
                 labels.append(layer_labels)
                 anchors.append(layer_anchors)
                 present.append(layer_present)
-            top, top_present = anchors[-1], present[-1]
+            fused_anchors = CF.fuse_anchors(
+                anchors, present[-1], self.w_high, self.normalize_anchors
+            )
             layer_losses, hard_counts = [], []
-            for i, (layer, layer_labels) in enumerate(zip(layers, labels)):
-                fused = anchors[i]
-                if i < len(anchors) - 1:
-                    # A class that vanished at the last layer's resolution has no global
-                    # anchor to fuse with; its layer anchor is used alone.
-                    mixed = (1.0 - self.w_high) * anchors[i] + self.w_high * top
-                    fused = torch.where(top_present.unsqueeze(1), mixed, anchors[i])
-                if self.normalize_anchors:
-                    fused = F.normalize(fused, dim=1)
+            for fused, layer, layer_labels in zip(fused_anchors, layers, labels):
                 if self.detach_anchors:
                     fused = fused.detach()
                 loss, hard_count = self._layer_loss(fused, *layer, layer_labels, pred)

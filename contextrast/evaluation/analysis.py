@@ -171,11 +171,11 @@ def boundary_similarity(
             a, p = CF.representative_anchors(e, labels, contrast.num_classes, contrast.ignore_index)
             anchors.append(a)
             present.append(p)
-        for i, e in enumerate(embeddings):
-            fused = anchors[i]
-            if i < layers - 1:
-                mixed = (1 - contrast.w_high) * anchors[i] + contrast.w_high * anchors[-1]
-                fused = torch.where(present[-1].unsqueeze(1), mixed, anchors[i])
+        # The anchors exactly as the loss fuses (and normalises) them.
+        fused_anchors = CF.fuse_anchors(
+            anchors, present[-1], contrast.w_high, contrast.normalize_anchors
+        )
+        for i, (e, fused) in enumerate(zip(embeddings, fused_anchors)):
             size = tuple(e.shape[-2:])
             s, c = similarity_by_distance(
                 e, resize_labels(target, size), resize_labels(pred, size), fused, max_distance
