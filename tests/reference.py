@@ -94,12 +94,19 @@ def ceil_ratio(ratio: float, count: int) -> int:
     return math.ceil(Fraction(ratio).limit_denominator(10**6) * count)
 
 
-def supcon(features, labels, tau, base_tau, contrast=None, contrast_labels=None):
+def supcon(
+    features, labels, tau, base_tau, contrast=None, contrast_labels=None, queue=None,
+    queue_labels=None,
+):  # fmt: skip
     """Supervised contrast with a loop: per anchor, mean over positives of
-    −log(e^{s+} / (e^{s+} + Σ_neg e^{s−})), times τ / τ_base; mean over anchors that have both."""
+    −log(e^{s+} / (e^{s+} + Σ_neg e^{s−})), times τ / τ_base; mean over anchors that have both.
+    Without ``contrast`` the anchors contrast with themselves (and the ``queue`` after them),
+    each anchor excluded as its own positive."""
     self_contrast = contrast is None
     if self_contrast:
-        contrast, contrast_labels = features, labels
+        contrast, contrast_labels = list(features), list(labels)
+        if queue is not None:
+            contrast, contrast_labels = contrast + list(queue), contrast_labels + list(queue_labels)
     per_anchor = []
     for i in range(len(features)):
         positives = [

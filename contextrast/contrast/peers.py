@@ -158,17 +158,14 @@ class PixelContrastMemory(nn.Module):
             x, y = samples.gather(embeddings)
             pixel_keys, pixel_labels = self.pixel_queue.contents()
             segment_keys, segment_labels = self.segment_queue.contents()
-            contrast = torch.cat([x, pixel_keys.to(x.dtype), segment_keys.to(x.dtype)])
-            contrast_labels = torch.cat([y, pixel_labels, segment_labels])
-            dtype = CF.compute_dtype(x)
-            with torch.autocast(x.device.type, enabled=False):
-                logits_ = x.to(dtype) @ contrast.to(dtype).t() / loss.temperature
-                same = y.unsqueeze(1) == contrast_labels.unsqueeze(0)
-                positive = same.clone()
-                own = torch.arange(x.shape[0], device=x.device)
-                positive[own, own] = False  # not itself
-                nce = CF.info_nce_from_logits(logits_, positive, ~same)
-            value = loss.loss_weight * nce * (loss.temperature / loss.base_temperature)
+            value = loss.loss_weight * CF.supervised_contrastive_loss(
+                x,
+                y,
+                loss.temperature,
+                loss.base_temperature,
+                queue_features=torch.cat([pixel_keys, segment_keys]),
+                queue_labels=torch.cat([pixel_labels, segment_labels]),
+            )
         self._enqueue(embeddings.detach(), labels)
         return value
 
@@ -333,15 +330,14 @@ class RegionContrastLoss(_SingleMapProjection):
         value = embeddings.sum() * 0.0
         keys, key_labels = self.queue.contents()
         if centres.shape[0] > 0:
-            contrast = torch.cat([centres, keys.to(centres.dtype)])
-            contrast_labels = torch.cat([labels, key_labels])
-            dtype = CF.compute_dtype(centres)
-            with torch.autocast(centres.device.type, enabled=False):
-                logits_ = centres.to(dtype) @ contrast.to(dtype).t() / self.temperature
-                same = labels.unsqueeze(1) == contrast_labels.unsqueeze(0)
-                positive = same.clone()
-                own = torch.arange(centres.shape[0], device=centres.device)
-                positive[own, own] = False
-                value = self.loss_weight * CF.info_nce_from_logits(logits_, positive, ~same)
+            # Plain InfoNCE: base temperature = temperature (no τ / τ_base scaling).
+            value = self.loss_weight * CF.supervised_contrastive_loss(
+                centres,
+                labels,
+                self.temperature,
+                self.temperature,
+                queue_features=keys,
+                queue_labels=key_labels,
+            )
         self.queue.push(centres.detach(), labels)
         return value

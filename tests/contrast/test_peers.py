@@ -257,3 +257,55 @@ def test_no_nan_with_absent_classes_all_ignore_and_bf16(make):
         value = loss(features, logits, target)
     value.backward()
     assert torch.isfinite(value) and all(torch.isfinite(f.grad).all() for f in features)
+
+
+class FixedSamples:
+    """A sampler's answer with fixed anchors (x, y), to test the loss arithmetic alone."""
+
+    def __init__(self, x, y):
+        self.classes, self.x, self.y = y.unique(), x, y
+
+    def gather(self, embeddings):
+        return self.x, self.y
+
+
+def test_pixel_contrast_memory_value_by_brute_force(monkeypatch):
+    loss = PixelContrastMemory(
+        PixelContrastLoss(N, [4, 6], embed_dim=2, temperature=0.5, base_temperature=0.25),
+        queue_size=4,
+    )
+    x = F.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.9, -0.3]]), dim=1)
+    y = torch.tensor([0, 1, 0])
+    pixel = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    segment = F.normalize(torch.tensor([[0.6, 0.8], [-1.0, 0.1]]), dim=1)
+    loss.pixel_queue.push(pixel, torch.tensor([0, 1]), gather=False)
+    loss.segment_queue.push(segment, torch.tensor([1, 2]), gather=False)
+    monkeypatch.setattr(loss.loss, "sampler", lambda labels, pred: FixedSamples(x, y))
+    features, logits, target = inputs(sizes=((8, 8), (4, 4)))
+    value = loss(features, logits, target)
+    queue = torch.cat([pixel, segment]).numpy()
+    want = 0.1 * ref.supcon(
+        x.numpy(), y.tolist(), 0.5, 0.25, queue=queue, queue_labels=[0, 1, 1, 2]
+    )
+    assert value.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_region_contrast_value_by_brute_force(monkeypatch):
+    loss = RegionContrastLoss(N, [4, 6], embed_dim=2, temperature=0.2, queue_size=4)
+    # One image, 2 × 2 pixels: two predicted as class 0, one as 1, one ignored by the target.
+    embeddings = torch.tensor([[[1.0, 0.5], [0.0, 2.0]], [[0.0, 0.5], [1.0, 1.0]]])[None]
+    monkeypatch.setattr(loss, "project", lambda features, target: embeddings)
+    logits = torch.zeros(1, N, 2, 2)
+    logits[0, 0, 0, :] = 1.0  # top row → class 0
+    logits[0, 1, 1, 0] = 1.0  # bottom left → class 1
+    logits[0, 2, 1, 1] = 1.0  # bottom right → class 2, but its target is ignore
+    target = torch.tensor([[[0, 1], [1, 255]]])
+    keys = F.normalize(torch.tensor([[1.0, 0.0], [0.3, 0.9]]), dim=1)
+    loss.queue.push(keys, torch.tensor([0, 1]), gather=False)
+    value = loss([torch.zeros(1, 4, 2, 2), torch.zeros(1, 6, 1, 1)], logits, target)
+    centres = F.normalize(torch.tensor([[0.75, 0.25], [0.0, 1.0]]), dim=1)  # class 0, class 1
+    want = 0.1 * ref.supcon(
+        centres.numpy(), [0, 1], 0.2, 0.2, queue=keys.numpy(), queue_labels=[0, 1]
+    )
+    assert value.item() == pytest.approx(want, rel=1e-5)
+    assert loss.queue.count.tolist() == [2, 2, 0]  # the two centres were pushed after
