@@ -281,13 +281,13 @@ class ContextrastLoss(nn.Module):
         n = self.num_classes
         layer_pred = resize_labels(pred, tuple(size))  # (B, h_i, w_i)
         # The labels were checked once in _validate; the prediction is an argmax.
-        hard = self.sampler(layer_pred, labels.view(b, *size), n, validate=False)
+        hard = self.sampler(labels.view(b, *size), layer_pred, num_classes=n, validate=False)
         hard = hard.reshape(-1)  # (M,)
         labels = labels.reshape(-1)  # (M,)
         layer_pred = layer_pred.reshape(-1)  # (M,)
         # â · v/‖v‖ = ((â lift) · c) / ‖v‖: the anchors move to the coords' space instead.
         projected = anchors if lift is None else anchors @ lift  # (N, K)
-        keep = self.subsampler(labels, hard)
+        keep = self.subsampler(labels, priority=hard)
         if keep is None:
             scale = inverse_norm.unsqueeze(1) / self.temperature  # (B, 1, P)
             logits = torch.matmul(projected, flat) * scale  # (B, N, P)

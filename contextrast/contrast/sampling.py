@@ -1,7 +1,13 @@
 """Samplers pick, losses score: negative and pixel selection, all under ``no_grad``.
 
-A sampler returns masks or indices; :class:`~contextrast.contrast.losses.ContextrastLoss`
-works without one (plain CCL) and accepts any of them.
+One contract, as pytorch-metric-learning's miners share one: every pixel sampler is a
+:class:`PixelSampler`, called as ``sampler(labels, pred, **options)`` with the ground truth
+first and the prediction at the same resolution second (``None`` for samplers that do not
+use it), and returns its pick: a bool mask of ``labels``' shape (the hard-negative
+samplers), flat indices (:class:`PixelSubsampler`) or :class:`PixelSamples` (the peers'
+anchor samplers). :class:`PerAnchorSampler` picks pairs, not pixels: it thins a loss's
+(anchor × pixel) masks. :class:`~contextrast.contrast.losses.ContextrastLoss` works without
+a sampler (plain CCL) and accepts any hard-negative sampler.
 """
 
 from __future__ import annotations
@@ -17,13 +23,36 @@ __all__ = [
     "BaneSampler",
     "HardAnchorSampler",
     "PerAnchorSampler",
+    "PixelSampler",
     "PixelSamples",
     "PixelSubsampler",
     "SemiHardSampler",
 ]
 
 
-class BaneSampler:
+class PixelSampler:
+    """The sampler contract: ``sampler(labels, pred=None, **options)`` runs :meth:`select`
+    under ``no_grad``.
+
+    labels: (B, ...) ground-truth class ids (``ignore_index`` where unlabelled); pred: (B, ...)
+    predicted class ids at the same resolution, or None.
+    """
+
+    def __call__(self, labels: torch.Tensor, pred: torch.Tensor | None = None, **options):
+        with torch.no_grad():
+            return self.select(labels, pred, **options)
+
+    def select(self, labels: torch.Tensor, pred: torch.Tensor | None, **options):
+        raise NotImplementedError
+
+
+def _needs_prediction(pred: torch.Tensor | None, name: str) -> torch.Tensor:
+    if pred is None:
+        raise ValueError(f"{name} picks by the prediction: pass pred (B, ...) next to labels")
+    return pred
+
+
+class BaneSampler(PixelSampler):
     """Boundary-aware negative (BANE) sampling, paper §3.3.
 
     Builds class-wise error maps from the prediction (eq. 6), their exact distance transform
@@ -41,31 +70,37 @@ class BaneSampler:
         self.ratio = float(ratio)
         self.ignore_index = ignore_index
 
-    @torch.no_grad()
-    def __call__(
-        self, pred: torch.Tensor, target: torch.Tensor, num_classes: int, validate: bool = True
+    def select(
+        self,
+        labels: torch.Tensor,
+        pred: torch.Tensor | None,
+        num_classes: int | None = None,
+        validate: bool = True,
     ) -> torch.Tensor:
         """Select hard negatives.
 
         Args:
-            pred: (B, H, W) predicted class ids at the layer's resolution.
-            target: (B, H, W) ground truth at the same resolution.
-            num_classes: N.
+            labels: (B, H, W) ground truth at the layer's resolution.
+            pred: (B, H, W) predicted class ids at the same resolution.
+            num_classes: N (required).
             validate: check the label ranges (``False`` when the caller already did).
 
         Returns:
             (B, H, W) bool: the selected error pixels. Each is a hard negative for the anchor
             of the class it was predicted as (see ``functional.hard_negative_mask``).
         """
+        pred = _needs_prediction(pred, type(self).__name__)
+        if num_classes is None:
+            raise ValueError(f"{type(self).__name__} needs num_classes=N")
         if self.ratio == 0:
-            return torch.zeros_like(target, dtype=torch.bool)
-        errors = CF.class_error_maps(pred, target, num_classes, self.ignore_index, validate)
+            return torch.zeros_like(labels, dtype=torch.bool)
+        errors = CF.class_error_maps(pred, labels, num_classes, self.ignore_index, validate)
         distance = CF.distance_transform(errors)
         # Each pixel has one GT class, so at most one of the N maps selects it.
         return CF.bane_select(distance, errors, self.ratio).any(dim=1)
 
 
-class PixelSubsampler:
+class PixelSubsampler(PixelSampler):
     """Bound the pixels that enter the loss of one layer.
 
     Keeps every prioritised pixel (e.g. the BANE hard negatives) first, then a uniform random
@@ -83,11 +118,14 @@ class PixelSubsampler:
         self.max_pixels = max_pixels
         self.ignore_index = ignore_index
 
-    @torch.no_grad()
-    def __call__(
-        self, labels: torch.Tensor, priority: torch.Tensor | None = None
+    def select(
+        self,
+        labels: torch.Tensor,
+        pred: torch.Tensor | None = None,
+        priority: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """labels: (M,); priority: optional (M,) bool. Returns (M',) indices or None (= all)."""
+        """labels: (M,); pred: unused; priority: optional (M,) bool, kept first. Returns
+        (M',) indices or None (= all)."""
         valid = labels != self.ignore_index
         if self.max_pixels is None or int(valid.sum()) <= self.max_pixels:
             return None
@@ -142,13 +180,19 @@ class SemiHardSampler(BaneSampler):
     """Semi-hard negatives (Table 6 ablation): the same share of error pixels per class as
     BANE, chosen uniformly at random instead of nearest to the edge."""
 
-    @torch.no_grad()
-    def __call__(
-        self, pred: torch.Tensor, target: torch.Tensor, num_classes: int, validate: bool = True
+    def select(
+        self,
+        labels: torch.Tensor,
+        pred: torch.Tensor | None,
+        num_classes: int | None = None,
+        validate: bool = True,
     ) -> torch.Tensor:
+        pred = _needs_prediction(pred, type(self).__name__)
+        if num_classes is None:
+            raise ValueError(f"{type(self).__name__} needs num_classes=N")
         if self.ratio == 0:
-            return torch.zeros_like(target, dtype=torch.bool)
-        errors = CF.class_error_maps(pred, target, num_classes, self.ignore_index, validate)
+            return torch.zeros_like(labels, dtype=torch.bool)
+        errors = CF.class_error_maps(pred, labels, num_classes, self.ignore_index, validate)
         return CF.semi_hard_select(errors, self.ratio).any(dim=1)
 
 
@@ -180,7 +224,7 @@ def _pick(candidates: torch.Tensor, count: int) -> torch.Tensor:
     return candidates[torch.randperm(candidates.numel(), device=candidates.device)[:count]]
 
 
-class HardAnchorSampler:
+class HardAnchorSampler(PixelSampler):
     """Pixel contrast's sampling (Wang et al.): per image, the classes with more than
     ``max_views`` pixels qualify; each gets ``min(max_samples // #qualifying, max_views)``
     views, half "hard" (predicted wrongly) and half "easy" (predicted rightly), filling from
@@ -193,9 +237,9 @@ class HardAnchorSampler:
             )
         self.max_samples, self.max_views, self.ignore_index = max_samples, max_views, ignore_index
 
-    @torch.no_grad()
-    def __call__(self, labels: torch.Tensor, pred: torch.Tensor) -> PixelSamples:
+    def select(self, labels: torch.Tensor, pred: torch.Tensor | None) -> PixelSamples:
         """labels, pred: (B, P) at the embeddings' resolution."""
+        pred = _needs_prediction(pred, type(self).__name__)
         pairs = []
         for b in range(labels.shape[0]):
             values, counts = torch.unique(labels[b], return_counts=True)
@@ -221,7 +265,7 @@ class HardAnchorSampler:
         )
 
 
-class BalancedRandomSampler:
+class BalancedRandomSampler(PixelSampler):
     """Multi-/cross-scale contrast's sampling (Pissas et al.): (image, class) pairs with at
     least ``min_pixels`` pixels qualify; every pair gets the same number of views — the
     smallest pair's count, capped at ``max_views`` and ``max_samples // #pairs`` — drawn
@@ -237,9 +281,8 @@ class BalancedRandomSampler:
         self.min_pixels, self.max_views, self.max_samples = min_pixels, max_views, max_samples
         self.ignore_index = ignore_index
 
-    @torch.no_grad()
-    def __call__(self, labels: torch.Tensor) -> PixelSamples:
-        """labels: (B, P)."""
+    def select(self, labels: torch.Tensor, pred: torch.Tensor | None = None) -> PixelSamples:
+        """labels: (B, P); pred: unused (the pick is uniform within each class)."""
         pairs, smallest = [], None
         for b in range(labels.shape[0]):
             values, counts = torch.unique(labels[b], return_counts=True)

@@ -125,7 +125,8 @@ def test_bane_loss_matches_reference(ratio):
     for e, allowed in zip(embeddings, brute):
         size = e.shape[-2:]
         layer_pred = resize_labels(pred, tuple(size))
-        chosen = module.sampler(layer_pred, resize_labels(target, tuple(size)), N).reshape(-1)
+        chosen = module.sampler(resize_labels(target, tuple(size)), layer_pred, num_classes=N)
+        chosen = chosen.reshape(-1)
         assert not (chosen.numpy() & ~allowed).any()
         hard.append(chosen.numpy())
     terms = module.terms(features, logits, target)
@@ -142,7 +143,8 @@ def module_hard_negatives(module, features, logits, target):
     for f in features:
         size = tuple(f.shape[-2:])
         layer_pred = resize_labels(pred, size)
-        hard.append(module.sampler(layer_pred, resize_labels(target, size), N).reshape(-1))
+        picked = module.sampler(resize_labels(target, size), layer_pred, num_classes=N)
+        hard.append(picked.reshape(-1))
     return [h.numpy() for h in hard]
 
 

@@ -95,7 +95,7 @@ def test_semi_hard_selects_the_bane_count_at_random():
     target = torch.zeros(1, 10, 10, dtype=torch.long)
     target[0, 2:8, 2:8] = 1
     pred = torch.zeros_like(target)  # every class-1 pixel is an error
-    picked = SemiHardSampler(ratio=0.5)(pred, target, 2)
+    picked = SemiHardSampler(ratio=0.5)(target, pred, num_classes=2)
     assert int(picked.sum()) == 18 and not (picked & (target == 0)).any()
     bane = ContextrastLoss(2, [4], layer_weights=[1.0], negatives="semi_hard")
     assert isinstance(bane.sampler, SemiHardSampler)

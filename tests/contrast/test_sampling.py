@@ -11,19 +11,19 @@ def test_bane_sampler_picks_error_pixels_nearest_the_edge():
     target = torch.zeros(1, 7, 7, dtype=torch.long)
     target[0, 1:6, 1:6] = 1
     pred = torch.zeros_like(target)
-    hard = BaneSampler(ratio=16 / 25)(pred, target, num_classes=2)
+    hard = BaneSampler(ratio=16 / 25)(target, pred, num_classes=2)
     # The 16 rim pixels of the 5×5 error square are at distance 1, the inner 9 further.
     ring = torch.zeros_like(hard)
     ring[0, 1:6, 1:6] = True
     ring[0, 2:5, 2:5] = False
     assert torch.equal(hard, ring)
-    assert not BaneSampler(ratio=0)(pred, target, 2).any()
-    assert BaneSampler(ratio=1)(pred, target, 2).sum() == 25
+    assert not BaneSampler(ratio=0)(target, pred, num_classes=2).any()
+    assert BaneSampler(ratio=1)(target, pred, num_classes=2).sum() == 25
 
 
 def test_bane_sampler_runs_without_grad_and_validates():
     logits = torch.randn(1, 2, 4, 4, requires_grad=True)
-    hard = BaneSampler(0.5)(logits.argmax(1), torch.ones(1, 4, 4, dtype=torch.long), 2)
+    hard = BaneSampler(0.5)(torch.ones(1, 4, 4, dtype=torch.long), logits.argmax(1), num_classes=2)
     assert not hard.requires_grad
     with pytest.raises(ValueError, match="bane ratio"):
         BaneSampler(ratio=2)
@@ -33,11 +33,11 @@ def test_pixel_subsampler_keeps_priority_and_skips_ignore():
     torch.manual_seed(0)
     labels = torch.tensor([0, 1, 255, 1, 0, 255, 1, 0])
     priority = torch.tensor([False, False, False, True, False, False, True, False])
-    keep = PixelSubsampler(max_pixels=4)(labels, priority)
+    keep = PixelSubsampler(max_pixels=4)(labels, priority=priority)
     assert keep.numel() == 4
     kept = set(keep.tolist())
     assert {3, 6} <= kept and not kept & {2, 5}
-    assert PixelSubsampler(max_pixels=6)(labels, priority) is None  # 6 valid pixels fit
+    assert PixelSubsampler(max_pixels=6)(labels, priority=priority) is None  # 6 valid pixels fit
     assert PixelSubsampler(None)(labels) is None
 
 
@@ -98,3 +98,43 @@ def test_per_anchor_sampler_bounds_each_kind_separately():
     assert not PerAnchorSampler().active
     with pytest.raises(ValueError, match="max_negatives must be a positive int"):
         PerAnchorSampler(max_negatives=0)
+
+
+def test_every_pixel_sampler_takes_labels_then_prediction_under_no_grad():
+    from contextrast.contrast import sampling
+
+    labels = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 255]]])  # (1, 2, 4)
+    pred = torch.tensor([[[0, 1, 1, 1], [0, 0, 0, 1]]])
+    flat_labels, flat_pred = labels.flatten(1), pred.flatten(1)  # (1, 8)
+    calls = {
+        sampling.BaneSampler: lambda s: s(labels, pred, num_classes=2),
+        sampling.SemiHardSampler: lambda s: s(labels, pred, num_classes=2),
+        sampling.PixelSubsampler: lambda s: s(labels.flatten(), None),
+        sampling.HardAnchorSampler: lambda s: s(flat_labels, flat_pred),
+        sampling.BalancedRandomSampler: lambda s: s(flat_labels),
+    }
+    made = {
+        sampling.PixelSubsampler: sampling.PixelSubsampler(max_pixels=3),
+        sampling.HardAnchorSampler: sampling.HardAnchorSampler(max_views=2),
+        sampling.BalancedRandomSampler: sampling.BalancedRandomSampler(min_pixels=1),
+    }
+    subclasses = {
+        c for c in vars(sampling).values()
+        if isinstance(c, type) and issubclass(c, sampling.PixelSampler)
+    } - {sampling.PixelSampler}  # fmt: skip
+    assert subclasses == set(calls)
+    for cls, call in calls.items():
+        sampler = made.get(cls) or cls()
+        result = call(sampler)
+        assert result is not None
+    for cls in (sampling.BaneSampler, sampling.HardAnchorSampler):
+        with pytest.raises(ValueError, match="picks by the prediction: pass pred"):
+            (made.get(cls) or cls())(flat_labels if cls is sampling.HardAnchorSampler else labels)
+    with torch.enable_grad():
+        x = torch.zeros(1, requires_grad=True)
+
+        class Probe(sampling.PixelSampler):
+            def select(self, labels, pred):
+                return (x * 2).requires_grad
+
+        assert Probe()(labels, pred) is False  # select runs without autograd
