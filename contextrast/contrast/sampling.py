@@ -95,9 +95,13 @@ class BaneSampler(PixelSampler):
         if self.ratio == 0:
             return torch.zeros_like(labels, dtype=torch.bool)
         errors = CF.class_error_maps(pred, labels, num_classes, self.ignore_index, validate)
-        distance = CF.distance_transform(errors)
         # Each pixel has one GT class, so at most one of the N maps selects it.
-        return CF.bane_select(distance, errors, self.ratio).any(dim=1)
+        return self.pick(errors).any(dim=1)
+
+    def pick(self, errors: torch.Tensor) -> torch.Tensor:
+        """errors: (B, N, H, W) bool class-wise error maps -> the chosen share, same shape:
+        the error pixels nearest to the edge of their region (eq. 7)."""
+        return CF.bane_select(CF.distance_transform(errors), errors, self.ratio)
 
 
 class PixelSubsampler(PixelSampler):
@@ -180,20 +184,8 @@ class SemiHardSampler(BaneSampler):
     """Semi-hard negatives (Table 6 ablation): the same share of error pixels per class as
     BANE, chosen uniformly at random instead of nearest to the edge."""
 
-    def select(
-        self,
-        labels: torch.Tensor,
-        pred: torch.Tensor | None,
-        num_classes: int | None = None,
-        validate: bool = True,
-    ) -> torch.Tensor:
-        pred = _needs_prediction(pred, type(self).__name__)
-        if num_classes is None:
-            raise ValueError(f"{type(self).__name__} needs num_classes=N")
-        if self.ratio == 0:
-            return torch.zeros_like(labels, dtype=torch.bool)
-        errors = CF.class_error_maps(pred, labels, num_classes, self.ignore_index, validate)
-        return CF.semi_hard_select(errors, self.ratio).any(dim=1)
+    def pick(self, errors: torch.Tensor) -> torch.Tensor:
+        return CF.semi_hard_select(errors, self.ratio)
 
 
 class PixelSamples(NamedTuple):
