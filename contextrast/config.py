@@ -144,6 +144,9 @@ class OptimConfig:
     warmup_ratio: float = 0.1
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_clip: float | None = None
+    #: compile the model with torch.compile: false, true (inductor) or a backend name; the
+    #: contrastive loss runs eagerly beside it (data-dependent shapes would break its graph)
+    compile: bool | str = False
 
 
 @dataclass
@@ -310,6 +313,15 @@ def _check(config: Config) -> Config:
     for key, ok, message in checks:
         if not ok:
             raise ConfigError(f"{key}: {message}")
+    if isinstance(config.optim.compile, str):
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if config.optim.compile not in backends:
+            raise ConfigError(
+                f"optim.compile: unknown backend {config.optim.compile!r}; use true, false or "
+                f"one of {backends}"
+            )
     return config
 
 

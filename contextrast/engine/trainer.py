@@ -139,6 +139,10 @@ class Trainer:
                 f"stride of {c.model.name}'s features"
             )
         contrast = build_contrast(c, num_classes, model.feature_channels)
+        if c.optim.compile:
+            # In place: the state dict keeps its keys, so checkpoints load either way.
+            backend = "inductor" if c.optim.compile is True else c.optim.compile
+            model.compile(backend=backend)
         self.model, self.contrast = model, contrast
         net = TrainingModule(model, contrast, c.model.aux_weight).to(self.device)
         if self.dist.world_size > 1:

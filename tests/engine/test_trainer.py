@@ -238,3 +238,44 @@ def test_one_config_key_switches_the_loss(workspace, loss, section):
     }  # fmt: skip
     log = (c.run_dir / "train.log").read_text()
     assert "contrast 0.0000)" not in log.splitlines()[-2]  # the term was active
+
+
+def _compiled_and_eager(workspace, backend):
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", backend)):
+        c = config_from_dict(
+            config(
+                workspace,
+                name,
+                model={"name": "tu-resnet10t"},
+                optim={"iters": 3, "compile": compile_},
+            )
+        )
+        trainer = Trainer(c)
+        trainer.fit()
+        assert (trainer.model._compiled_call_impl is not None) == bool(compile_)
+        log = (c.run_dir / "train.log").read_text().splitlines()
+        losses = [float(line.split("| loss ")[1].split()[0]) for line in log if "| loss " in line]
+        runs[name] = (losses, ckpt.load_checkpoint(c.run_dir / "last.pt"))
+    (eager, a), (compiled, b) = runs["eager"], runs["compiled"]
+    assert len(eager) == 3 and eager == pytest.approx(compiled, rel=1e-4)
+    assert a["model"].keys() == b["model"].keys()  # compiled in place: same checkpoint keys
+    for key, value in a["model"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, b["model"][key], rtol=1e-3, atol=1e-5), key
+
+
+def test_a_compiled_model_trains_as_the_eager_one(workspace):
+    # aot_eager traces and differentiates the graph as inductor does, without generating C++
+    # (minutes on a 2-core CPU); inductor itself: the slow test below.
+    _compiled_and_eager(workspace, "aot_eager")
+
+
+@pytest.mark.slow
+def test_an_inductor_compiled_model_trains_as_the_eager_one(workspace):
+    _compiled_and_eager(workspace, True)
+
+
+def test_an_unknown_compile_backend_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"optim\.compile: unknown backend 'fast'"):
+        config_from_dict({"optim": {"compile": "fast"}})
