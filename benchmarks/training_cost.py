@@ -1,6 +1,7 @@
 """Training cost of each loss on the same model and input: step time and peak memory.
 
     python benchmarks/training_cost.py [--model hrnetv2_w18_small --batch 4 --size 256 512]
+    python benchmarks/training_cost.py --methods ce contextrast --compile inductor
 
 Every method trains the same model (same initial weights) on the same batch: CE only,
 Contextrast, its semi-hard ablation, and each peer loss. Step times (forward, backward, SGD
@@ -63,8 +64,13 @@ def batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor,
 
 
 def build(args: argparse.Namespace, method: str, model: torch.nn.Module, device: torch.device):
+    """``method`` with the suffix "+compile" compiles the model (``--compile`` backend) in
+    place, as ``optim.compile`` does; the loss stays eager."""
+    name, compiled = method.removesuffix("+compile"), method.endswith("+compile")
     model = copy.deepcopy(model)
-    net = TrainingModule(model, METHODS[method](args.classes, model.feature_channels)).to(device)
+    if compiled:
+        model.compile(backend=args.compile)
+    net = TrainingModule(model, METHODS[name](args.classes, model.feature_channels)).to(device)
     return net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
 
@@ -80,7 +86,7 @@ def peak_memory_child(args: argparse.Namespace, method: str) -> float:
     """MiB of peak resident memory a CPU step of ``method`` adds to the model alone."""
     command = [sys.executable, __file__, "--child", method, "--model", args.model,
                "--batch", str(args.batch), "--size", *map(str, args.size),
-               "--classes", str(args.classes)]  # fmt: skip
+               "--classes", str(args.classes), "--compile", args.compile or ""]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -117,10 +123,18 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--out", default="benchmarks/results/training_cost.json")
+    parser.add_argument(
+        "--compile",
+        metavar="BACKEND",
+        help="add a '+compile' row per method: the model compiled with this torch.compile "
+        "backend (e.g. inductor)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.compile:
+        args.methods = [*args.methods, *(f"{m}+compile" for m in args.methods)]
 
     device = torch.device(args.device)
     torch.manual_seed(0)
