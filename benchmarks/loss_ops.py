@@ -1,56 +1,114 @@
-"""Operator calls and host syncs of one ContextrastLoss forward + backward (CPU profiler).
+"""Operator calls and host syncs of one loss forward + backward (CPU profiler).
 
-    python benchmarks/loss_ops.py
+    python benchmarks/loss_ops.py [--out benchmarks/results/loss_ops.json]
 
 The case of issue 14: the four features of ``hrnetv2_w18_small`` for a 2×3×256×512 batch, 19
-classes, a blocky random target. Counts every ``aten::`` event (nested ones included) and the
-host synchronisations among them (``_local_scalar_dense``, ``nonzero``, ``unique``,
-``masked_select``). Counts are deterministic; no timing.
+classes, a blocky random target. For each loss — the CE-only reference (CE of the logits
+upsampled to the labels), Contextrast with its defaults, its K = 0 form, the paper-literal
+reading, and each peer — counts every ``aten::`` event of one forward + backward (nested ones
+included) and the host synchronisations among them (``_local_scalar_dense``, which
+``.item()``, ``bool()`` and ``int()`` of a tensor end in, and the ops whose output size depends
+on the data). Counts are deterministic; no timing.
 """
 
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from contextrast import ContextrastLoss, create_model
-
-torch.manual_seed(0)
-model = create_model("hrnetv2_w18_small", 19)
-x = torch.randn(2, 3, 256, 512)
-with torch.no_grad():
-    out = model(x)
-feats = [f.detach().requires_grad_() for f in out.features]
-ch = [f.shape[1] for f in feats]
-g = torch.Generator().manual_seed(0)
-target = torch.randint(0, 19, (2, 1, 8, 16), generator=g).float()
-target = torch.nn.functional.interpolate(target, size=(256, 512), mode="nearest")[:, 0].long()
-logits = out.logits.detach()
-PAPER = dict(
-    hard_negatives="only",
-    max_positives=None,
-    max_negatives=None,
-    normalize_anchors=False,
-    embed_dim=256,
+from contextrast import (
+    ContextrastLoss,
+    MultiScaleCrossScaleLoss,
+    PixelContrastLoss,
+    PixelContrastMemory,
+    RegionContrastLoss,
+    create_model,
 )
-for name, kw in [
-    ("default", {}),
-    ("paper-literal (old default)", PAPER),
-    ("default, K=0", dict(bane_ratio=0.0)),
-]:
-    loss = ContextrastLoss(19, ch, **kw)
-    loss(feats, logits, target).backward()  # warm-up
+
+SYNCS = (
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::unique",
+    "aten::_unique2",
+    "aten::unique_dim",
+    "aten::masked_select",
+)
+PAPER = {
+    "hard_negatives": "only",
+    "max_positives": None,
+    "max_negatives": None,
+    "normalize_anchors": False,
+    "embed_dim": 256,
+}
+LOSSES = {
+    "contextrast (default)": lambda n, ch: ContextrastLoss(n, ch),
+    "contextrast, K=0": lambda n, ch: ContextrastLoss(n, ch, bane_ratio=0.0),
+    "contextrast, paper-literal": lambda n, ch: ContextrastLoss(n, ch, **PAPER),
+    "pixel_contrast": lambda n, ch: PixelContrastLoss(n, ch),
+    "pixel_contrast_memory": lambda n, ch: PixelContrastMemory(PixelContrastLoss(n, ch)),
+    "ms_cs": lambda n, ch: MultiScaleCrossScaleLoss(n, ch),
+    "region_contrast": lambda n, ch: RegionContrastLoss(n, ch),
+}
+
+
+def count(run) -> tuple[int, int]:
+    """(aten calls, host syncs) of one call of ``run`` after a warm-up call."""
+    run()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        loss(feats, logits, target).backward()
-    ev = [e for e in prof.events() if e.name.startswith("aten::")]
-    sync = sum(
-        1
-        for e in ev
-        if e.name
-        in (
-            "aten::_local_scalar_dense",
-            "aten::nonzero",
-            "aten::unique",
-            "aten::_unique2",
-            "aten::masked_select",
-        )
-    )
-    print(f"{name}: {len(ev)} aten calls, {sync} host syncs")
+        run()
+    events = [e.name for e in prof.events() if e.name.startswith("aten::")]
+    return len(events), sum(name in SYNCS for name in events)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/loss_ops.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    classes = 19
+    model = create_model("hrnetv2_w18_small", classes)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 256, 512))
+    features = [f.detach().requires_grad_() for f in out.features]
+    channels = [f.shape[1] for f in features]
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, classes, (2, 1, 8, 16), generator=g).float()
+    target = F.interpolate(coarse, size=(256, 512), mode="nearest")[:, 0].long()
+    logits = out.logits.detach().requires_grad_()
+
+    def cross_entropy():
+        up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        F.cross_entropy(up, target, ignore_index=255).backward()
+
+    rows = [{"loss": "CE only (reference)", **dict(zip(("calls", "syncs"), count(cross_entropy)))}]
+    for name, make in LOSSES.items():
+        loss = make(classes, channels)
+        calls, syncs = count(lambda loss=loss: loss(features, logits.detach(), target).backward())
+        rows.append({"loss": name, "calls": calls, "syncs": syncs})
+    print("one forward + backward; hrnetv2_w18_small features, 2x3x256x512, 19 classes, CPU")
+    print(f"{'loss':<30}{'aten calls':>12}{'host syncs':>12}")
+    for row in rows:
+        print(f"{row['loss']:<30}{row['calls']:>12}{row['syncs']:>12}")
+    result = {
+        "benchmark": "loss_ops",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "setting": "hrnetv2_w18_small features, 2x3x256x512, 19 classes, CPU profiler",
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
