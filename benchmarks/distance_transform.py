@@ -18,16 +18,13 @@ Prints a table and writes JSON (default ``benchmarks/results/distance_transform.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from results_io import write_result
 
 from contextrast.functional import class_error_maps, distance_transform
 
@@ -127,22 +124,15 @@ def main() -> None:
             line += f"{r['contextrast_cuda_ms']:>6.2f}"
         print(line)
 
-    result = {
-        "benchmark": "distance_transform",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{platform.processor() or platform.platform()}",
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__,
-        "opencv": cv2.__version__,
-        "shape": list(shape),
-        "repeats": args.repeats,
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(
+        args.out,
+        "distance_transform",
+        rows,
+        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        opencv=cv2.__version__,
+        shape=list(shape),
+        repeats=args.repeats,
+    )
 
 
 if __name__ == "__main__":

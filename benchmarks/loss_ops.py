@@ -14,13 +14,10 @@ on the data). Counts are deterministic; no timing.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import write_result
 from torch.profiler import ProfilerActivity, profile
 
 from contextrast import (
@@ -96,18 +93,12 @@ def main() -> None:
     print(f"{'loss':<30}{'aten calls':>12}{'host syncs':>12}")
     for row in rows:
         print(f"{row['loss']:<30}{row['calls']:>12}{row['syncs']:>12}")
-    result = {
-        "benchmark": "loss_ops",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "setting": "hrnetv2_w18_small features, 2x3x256x512, 19 classes, CPU profiler",
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(
+        args.out,
+        "loss_ops",
+        rows,
+        setting="hrnetv2_w18_small features, 2x3x256x512, 19 classes, CPU profiler",
+    )
 
 
 if __name__ == "__main__":

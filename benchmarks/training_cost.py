@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import write_result
 
 from contextrast import (
     ContextrastLoss,
@@ -194,21 +192,15 @@ def main() -> None:
             f"{r['paired_time_ratio_to_ce']:>8.2f}"
             f"{r['peak_memory_mib']:>26.0f}{r['memory_ratio_to_ce']:>7.2f}"
         )
-    result = {
-        "benchmark": "training_cost",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "setting": title,
-        "rounds": args.rounds,
-        "rows": rows,
-        "seconds_per_round": times,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(
+        args.out,
+        "training_cost",
+        rows,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        setting=title,
+        rounds=args.rounds,
+        seconds_per_round=times,
+    )
 
 
 if __name__ == "__main__":
