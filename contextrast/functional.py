@@ -16,15 +16,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-# Everything other modules import from here (the losses, samplers, metrics and analyses).
+# The public functions; the losses, samplers, metrics and analyses import from these.
 __all__ = [
     "anchors_from_flat",
     "bane_select",
+    "bane_select_labels",
     "check_labels",
     "class_error_maps",
     "class_one_hot",
     "compute_dtype",
     "distance_transform",
+    "error_distance",
+    "error_labels",
     "fuse_anchors",
     "hard_negative_mask",
     "info_nce_from_logits",
@@ -453,6 +456,101 @@ def class_error_maps(
     return (target.unsqueeze(1) == classes) & (pred.unsqueeze(1) != classes)
 
 
+def error_labels(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Eq. 6's N error maps collapsed into one label map: each pixel lies in at most one
+    (its ground-truth class's), so ``labels == n`` is ``class_error_maps(...)[:, n]``.
+
+    Args:
+        pred: (B, H, W) predicted class ids in [0, N).
+        target: (B, H, W) ground truth, ``ignore_index`` allowed (never an error).
+        validate: check the value ranges (two host synchronisations on a GPU).
+
+    Returns:
+        (B, H, W) int64: the ground-truth class of each error pixel, N elsewhere.
+    """
+    _check_rank(pred, 3, "pred", "(B, H, W)")
+    _check_rank(target, 3, "target", "(B, H, W)")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    _check_integer(pred, "pred")
+    if validate:
+        check_labels(target, num_classes, ignore_index, "target")
+        if bool(((pred < 0) | (pred >= num_classes)).any()):
+            raise ValueError(f"pred contains values outside [0, {num_classes})")
+    wrong = (target != pred) & (target != ignore_index)
+    return torch.where(wrong, target, num_classes).long()
+
+
+def _other_label_squared_distance(labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Squared Euclidean distance from each pixel to the nearest pixel of its map with
+    another label (+inf when the map has no other label); exact, a fixed number of
+    operations and no host synchronisation.
+
+    labels: (K, H, W) integer -> (K, H, W). Separable (eq. 7): g, the distance along the
+    longer axis to the end of the pixel's run of equal labels, then the min-plus
+    ``D²(y) = min_y' [label(y') ≠ label(y) ? 0 : g²(y')] + (y − y')²`` over every position of
+    the shorter axis at once: memory K·W·H² for H ≤ W.
+    """
+    transpose = labels.shape[1] > labels.shape[2]
+    if transpose:
+        labels = labels.transpose(1, 2)  # the min-plus runs along the shorter axis
+    _, h, w = labels.shape
+    position = torch.arange(w, device=labels.device)
+    change = labels[..., 1:] != labels[..., :-1]  # (K, h, w − 1)
+    edge = torch.ones_like(labels[..., :1], dtype=torch.bool)
+    starts = torch.cat([edge, change], -1)  # (K, h, w): a run of equal labels starts here
+    ends = torch.cat([change, edge], -1)
+    start = torch.where(starts, position, 0).cummax(-1).values
+    end = torch.where(ends, position, w - 1).flip(-1).cummin(-1).values.flip(-1)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=labels.device)
+    left = torch.where(start > 0, (position - start + 1).to(dtype), inf)
+    right = torch.where(end < w - 1, (end - position + 1).to(dtype), inf)
+    row_squared = torch.minimum(left, right).square().transpose(1, 2)  # (K, w, h')
+    column_labels = labels.transpose(1, 2)  # (K, w, h')
+    rows = torch.arange(h, device=labels.device, dtype=dtype)
+    offsets = (rows.unsqueeze(1) - rows.unsqueeze(0)).square()  # (h, h'): (y − y')²
+    per_chunk = max(1, DENSE_EDT_LIMIT // (h * h * w))
+    parts = []
+    for g2, own in zip(row_squared.split(per_chunk), column_labels.split(per_chunk)):
+        other = own.unsqueeze(3) != own.unsqueeze(2)  # (k, w, h, h'): another label at y'
+        candidate = torch.where(other, 0.0, g2.unsqueeze(2)) + offsets  # (k, w, h, h')
+        parts.append(candidate.amin(-1))  # (k, w, h)
+    squared = torch.cat(parts)
+    return squared if transpose else squared.transpose(1, 2)
+
+
+def error_distance(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Eq. 7 for every class at once: for each error pixel (``labels`` < N, from
+    :func:`error_labels`), the Euclidean distance to the nearest pixel outside its class's
+    error map; 0 elsewhere; +inf for an error map that fills its image.
+
+    Equal to ``distance_transform(class_error_maps(...))`` taken at each pixel's own class,
+    with one map per image instead of N.
+
+    Args:
+        labels: (B, H, W) int64.
+
+    Returns:
+        (B, H, W) float32 (float64 when H² + W² ≥ 2²⁴).
+    """
+    _check_rank(labels, 3, "labels", "(B, H, W)")
+    h, w = labels.shape[-2:]
+    dtype = torch.float32 if h * h + w * w < 2**24 else torch.float64
+    if labels.numel() == 0:
+        return torch.zeros(labels.shape, dtype=dtype, device=labels.device)
+    distance = _other_label_squared_distance(labels, dtype).sqrt()
+    return torch.where(labels < num_classes, distance, 0.0)
+
+
 def _row_runs_distance(true_index: torch.Tensor, width: int) -> torch.Tensor:
     """Distance along its row from each True pixel to the nearest False pixel (inf: none).
 
@@ -516,6 +614,12 @@ def _column_envelope(
     return result
 
 
+#: Largest W·H·min(H, W) of one map that the dense transform handles at once (its min-plus
+#: step holds that many values); larger maps (full-resolution boundary bands) take the sparse
+#: one, which works on the True pixels only.
+DENSE_EDT_LIMIT = 2**24
+
+
 def distance_transform(mask: torch.Tensor, max_distance: float | None = None) -> torch.Tensor:
     """Exact Euclidean distance transform, batched over all leading dimensions.
 
@@ -523,10 +627,12 @@ def distance_transform(mask: torch.Tensor, max_distance: float | None = None) ->
     map; 0 on False pixels; ``+inf`` everywhere in a map that has no False pixel. Same values
     as ``scipy.ndimage.distance_transform_edt`` on maps that have a False pixel.
 
-    Separable and sparse: work is done only on the True pixels. First each True pixel's
-    distance along its row (the run of True pixels it sits in), then the exact min-plus pass
-    along its column, ``D² = min_d d² + g²(row ± d)``, stopping per pixel as soon as no larger
-    offset can win (eq. 7). Everything runs on ``mask.device``.
+    Separable (eq. 7): each pixel's distance g along one axis, then the exact min-plus pass
+    ``D² = min_d d² + g²(± d)`` along the other. Maps up to ``DENSE_EDT_LIMIT`` take the
+    dense form (:func:`error_distance`'s: a fixed number of operations, no host
+    synchronisation); larger ones the sparse form, which works on the True pixels only and
+    stops per pixel as soon as no larger offset can win. Both are exact. Everything runs on
+    ``mask.device``.
 
     Args:
         mask: (..., H, W) bool.
@@ -553,6 +659,12 @@ def distance_transform(mask: torch.Tensor, max_distance: float | None = None) ->
     out = buffer[:numel].view(mask.shape)
     if numel == 0:
         return out
+    if w * h * min(h, w) <= DENSE_EDT_LIMIT:
+        squared = _other_label_squared_distance(mask.reshape(-1, h, w).long(), dtype)
+        distance = torch.where(mask.reshape(-1, h, w), squared.sqrt(), 0.0)
+        if max_distance is not None:
+            distance = distance.masked_fill(distance > max_distance, float("inf"))
+        return distance.view(mask.shape)
     true_index = torch.nonzero(mask.reshape(-1)).squeeze(1)  # (E,) sorted
     if true_index.numel() == 0:
         return out
@@ -608,22 +720,52 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
         return torch.zeros_like(error_maps)
     if ratio == 1:
         return error_maps.clone()
-    _, num_classes, h, w = error_maps.shape
-    index = torch.nonzero(error_maps.reshape(-1)).squeeze(1)  # (E,) flat, over (B, N, H, W)
-    cls = torch.div(index, h * w, rounding_mode="floor") % num_classes  # (E,)
-    dist = distance.reshape(-1)[index]  # (E,)
-    # Stable sorts: by distance, then by class, leaves each class's pixels nearest-first.
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(cls[order], stable=True)]
-    counts = torch.bincount(cls, minlength=num_classes)  # (N,)
+    num_classes = error_maps.shape[1]
+    # Each pixel is an error of at most one class (its ground truth's), as
+    # class_error_maps gives: one label map and each pixel's own distance suffice.
+    owner = torch.where(error_maps.any(1), error_maps.int().argmax(1), num_classes)  # (B, H, W)
+    own = distance.gather(1, owner.clamp(max=num_classes - 1).unsqueeze(1)).squeeze(1)
+    chosen = bane_select_labels(own, owner, num_classes, ratio)  # (B, H, W)
+    return chosen.unsqueeze(1) & error_maps
+
+
+def bane_select_labels(
+    distance: torch.Tensor, labels: torch.Tensor, num_classes: int, ratio: float
+) -> torch.Tensor:
+    """BANE's selection on collapsed error maps: per class n, over the whole batch, the
+    ⌈ratio · count_n⌉ pixels labelled n with the smallest distance (ties in (b, h, w) order);
+    no host synchronisation.
+
+    Args:
+        distance: (B, H, W) float, e.g. :func:`error_distance` (any score: smaller first).
+        labels: (B, H, W) int64 from :func:`error_labels` (N: no error).
+        ratio: K in [0, 1].
+
+    Returns:
+        (B, H, W) bool: the selected error pixels.
+    """
+    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
+        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
+    flat_labels = labels.reshape(-1)  # (P,)
+    errors = flat_labels < num_classes
+    if ratio == 0:
+        return torch.zeros_like(labels, dtype=torch.bool)
+    if ratio == 1:
+        return errors.view(labels.shape)
+    # Stable sorts: by distance, then by label, leave each class's pixels nearest-first and
+    # the non-error pixels (label N) last; every size is fixed, so nothing waits for the host.
+    order = torch.argsort(distance.reshape(-1), stable=True)
+    order = order[torch.argsort(flat_labels[order], stable=True)]
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=labels.device)
+    counts.scatter_add_(0, flat_labels, torch.ones_like(flat_labels))  # (N + 1,)
     starts = torch.cumsum(counts, 0) - counts
-    sorted_cls = cls[order]
-    rank = torch.arange(order.numel(), device=order.device) - starts[sorted_cls]
-    # Writing the keep flag of every error pixel (rather than indexing the kept ones) avoids
-    # a second data-dependent size, i.e. a host synchronisation on a GPU.
-    selected = torch.zeros(error_maps.numel(), dtype=torch.bool, device=error_maps.device)
-    selected[index[order]] = rank < _ceil_fraction(ratio, counts)[sorted_cls]
-    return selected.view(error_maps.shape)
+    sorted_labels = flat_labels[order]
+    rank = torch.arange(order.numel(), device=order.device) - starts[sorted_labels]
+    quota = _ceil_fraction(ratio, counts)
+    quota[num_classes] = 0  # the non-error pixels are never chosen
+    selected = torch.empty_like(errors)
+    selected[order] = rank < quota[sorted_labels]
+    return selected.view(labels.shape)
 
 
 def semi_hard_select(

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from contextrast import functional as CF
@@ -383,3 +384,57 @@ def test_fuse_anchors_by_hand():
     norm = (0.9**2 + 0.7**2) ** 0.5
     assert torch.allclose(unit_low, torch.tensor([[0.9 / norm, 0.7 / norm], [0.0, 1.0]]))
     assert torch.allclose(unit_top, torch.tensor([[0.0, 1.0], [0.0, 0.0]]))  # zero stays zero
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_collapsed_error_maps_give_the_per_class_distances_and_selection(seed):
+    """error_labels / error_distance / bane_select_labels (one map per image, what the loss
+    uses) against the N-map forms of eq. 6, 7 and the selection."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 5, (2, 1, 4, 6), generator=g).float()
+    target = F.interpolate(coarse, size=(13, 19), mode="nearest")[:, 0].long()
+    target[0, :3, :4] = 255
+    pred = torch.randint(0, 5, (2, 13, 19), generator=g)
+    pred[1] = target[1].clamp(max=4)  # an image without errors except the noise below
+    pred[1, 5, 5] = (target[1, 5, 5] + 1) % 5
+    maps = CF.class_error_maps(pred, target, 5)  # (B, N, H, W)
+    labels = CF.error_labels(pred, target, 5)  # (B, H, W)
+    for n in range(5):
+        assert torch.equal(labels == n, maps[:, n])
+    per_class = CF.distance_transform(maps)
+    own = (per_class * maps).sum(1)
+    assert torch.allclose(CF.error_distance(labels, 5), own)
+    for ratio in (0.3, 0.5, 0.8):
+        chosen = CF.bane_select_labels(CF.error_distance(labels, 5), labels, 5, ratio)
+        assert torch.equal(chosen, CF.bane_select(per_class, maps, ratio).any(1))
+
+
+def test_an_error_region_that_fills_its_image_is_infinitely_far():
+    labels = torch.full((1, 3, 4), 2)
+    distance = CF.error_distance(labels, 3)
+    assert torch.isinf(distance).all()
+    assert CF.bane_select_labels(distance, labels, 3, 0.5).sum() == 6  # ⌈0.5 · 12⌉
+
+
+@pytest.mark.parametrize("density", [0.3, 0.9, 0.995])
+def test_dense_and_sparse_transforms_agree(density, monkeypatch):
+    """Small maps take the dense form, large ones the sparse form: both exact."""
+    g = torch.Generator().manual_seed(int(density * 1000))
+    mask = torch.rand(3, 2, 29, 41, generator=g) < density
+    mask[0, 1] = True  # a map without a False pixel
+    dense = CF.distance_transform(mask)
+    cut = CF.distance_transform(mask, max_distance=3.5)
+    monkeypatch.setattr(CF, "DENSE_EDT_LIMIT", 0)
+    assert torch.equal(dense, CF.distance_transform(mask))
+    assert torch.equal(cut, CF.distance_transform(mask, max_distance=3.5))
+    finite = ~mask.flatten(-2).all(-1)  # scipy has no convention for maps without a zero
+    np.testing.assert_allclose(dense[finite].numpy(), ref.edt(mask[finite].numpy()), atol=1e-4)
+    assert torch.isinf(dense[0, 1]).all()
+
+
+def test_dense_transform_splits_its_work_into_chunks(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(6, 20, 30, generator=g) < 0.9
+    whole = CF.distance_transform(mask)
+    monkeypatch.setattr(CF, "DENSE_EDT_LIMIT", 20 * 20 * 30 * 2)  # two maps per chunk
+    assert torch.equal(CF.distance_transform(mask), whole)

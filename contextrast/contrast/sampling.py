@@ -94,14 +94,15 @@ class BaneSampler(PixelSampler):
             raise ValueError(f"{type(self).__name__} needs num_classes=N")
         if self.ratio == 0:
             return torch.zeros_like(labels, dtype=torch.bool)
-        errors = CF.class_error_maps(pred, labels, num_classes, self.ignore_index, validate)
-        # Each pixel has one GT class, so at most one of the N maps selects it.
-        return self.pick(errors).any(dim=1)
+        errors = CF.error_labels(pred, labels, num_classes, self.ignore_index, validate)
+        return CF.bane_select_labels(
+            self.scores(errors, num_classes), errors, num_classes, self.ratio
+        )
 
-    def pick(self, errors: torch.Tensor) -> torch.Tensor:
-        """errors: (B, N, H, W) bool class-wise error maps -> the chosen share, same shape:
-        the error pixels nearest to the edge of their region (eq. 7)."""
-        return CF.bane_select(CF.distance_transform(errors), errors, self.ratio)
+    def scores(self, errors: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """errors: (B, H, W) error labels (N: none) -> (B, H, W) ranking keys, smaller first:
+        the distance of each error pixel to the edge of its class's error region (eq. 7)."""
+        return CF.error_distance(errors, num_classes)
 
 
 class PixelSubsampler(PixelSampler):
@@ -184,8 +185,8 @@ class SemiHardSampler(BaneSampler):
     """Semi-hard negatives (Table 6 ablation): the same share of error pixels per class as
     BANE, chosen uniformly at random instead of nearest to the edge."""
 
-    def pick(self, errors: torch.Tensor) -> torch.Tensor:
-        return CF.semi_hard_select(errors, self.ratio)
+    def scores(self, errors: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return torch.rand(errors.shape, device=errors.device)
 
 
 class PixelSamples(NamedTuple):
