@@ -435,8 +435,11 @@ class Trainer:
             logs = iteration % c.train.log_interval == 0 or iteration == total
             evaluates = iteration % c.train.eval_interval == 0 or iteration == total
             saves = iteration % c.train.checkpoint_interval == 0 or iteration == total
-            if logs or evaluates or saves or self._stop is not None:
+            if logs or evaluates or saves:
                 self._check_finite()  # never log, score or save non-finite weights
+            elif self._stop is not None:
+                # A signal reaches each rank at its own step: no collective here.
+                self._check_finite(everywhere=False)
             if logs:
                 loss = self._log_window(iteration, total, sums, window_iters, window_start, lr)
                 if progress is not None:
@@ -523,12 +526,15 @@ class Trainer:
             "loss_weight or raise its temperature, or report it with this config"
         )
 
-    def _check_finite(self) -> None:
-        """Raise if any process saw a non-finite loss since the last check (one host sync and
-        one all-reduce; called at log, evaluation and checkpoint points, not per step)."""
+    def _check_finite(self, everywhere: bool = True) -> None:
+        """Raise if any process (``everywhere``; else this one) saw a non-finite loss since
+        the last check: one host sync and one all-reduce, at log, evaluation and checkpoint
+        points, which every rank reaches at the same iteration; not per step."""
         watch = self._watch
         seen = (watch.iteration >= 0).to(torch.float64)
-        if all_reduce_sum(seen.clone()).item() == 0:
+        if everywhere:
+            seen = all_reduce_sum(seen.clone())
+        if seen.item() == 0:
             return
         iteration = int(watch.iteration)
         if iteration < 0:
