@@ -438,22 +438,12 @@ def class_error_maps(
             callers that already checked them pass ``False``.
 
     Returns:
-        (B, N, H, W) bool.
+        (B, N, H, W) bool: map n is ``error_labels(...) == n`` (a pixel is an error of its
+        ground-truth class only).
     """
-    _check_rank(pred, 3, "pred", "(B, H, W)")
-    _check_rank(target, 3, "target", "(B, H, W)")
-    if pred.shape != target.shape:
-        raise ValueError(
-            f"pred and target must have the same shape, got {tuple(pred.shape)} and "
-            f"{tuple(target.shape)}"
-        )
-    _check_integer(pred, "pred")
-    if validate:
-        check_labels(target, num_classes, ignore_index, "target")
-        if bool(((pred < 0) | (pred >= num_classes)).any()):
-            raise ValueError(f"pred contains values outside [0, {num_classes})")
+    labels = error_labels(pred, target, num_classes, ignore_index, validate)  # (B, H, W)
     classes = torch.arange(num_classes, device=target.device).view(1, num_classes, 1, 1)
-    return (target.unsqueeze(1) == classes) & (pred.unsqueeze(1) != classes)
+    return labels.unsqueeze(1) == classes
 
 
 def error_labels(
