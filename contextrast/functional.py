@@ -10,14 +10,19 @@ log-sum-exp over thousands of pixels at a temperature of 0.01 overflows half-pre
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 # The public functions; the losses, samplers, metrics and analyses import from these.
 __all__ = [
+    "Canvas",
+    "LayerLayout",
+    "Segments",
     "anchors_from_flat",
     "bane_select",
     "bane_select_labels",
@@ -29,13 +34,19 @@ __all__ = [
     "error_distance",
     "error_labels",
     "fuse_anchors",
+    "gather_layers",
     "hard_negative_mask",
     "info_nce_from_logits",
+    "layer_layout",
+    "layer_similarity",
+    "layer_sums",
     "lifted_norm",
     "pixel_anchor_loss",
     "pixel_anchor_loss_from_logits",
     "representative_anchors",
     "sample_per_row",
+    "segment_sum",
+    "segments",
     "semi_hard_select",
     "supervised_contrastive_loss",
 ]
@@ -81,15 +92,221 @@ def check_labels(
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t.is_floating_point():
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+    """float64 if any input is float64, else float32 (half precisions are computed in it)."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
 
 
 def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------------------------
+# I layers as one flat axis: the loss works on every layer's pixels at once
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value: float | int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached 0-dim tensor: an operand that, unlike a Python number, costs no conversion
+    per operation (the loss is counted in operator calls; issue 14)."""
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _arange(size: int, device: torch.device) -> torch.Tensor:
+    """A cached ``torch.arange(size)`` (int64)."""
+    return torch.arange(size, device=device)
+
+
+class Segments(NamedTuple):
+    """Consecutive blocks of a flat axis of length C = ``sum(counts)``: block s holds the
+    positions ``[sum(counts[:s]), sum(counts[:s + 1]))`` (in the loss: one block per layer).
+
+    counts: the block sizes; ids: (C,) int64 block of each position; keys: (C,) float32, the
+    same as floats; members: (C, S) float32 one-hot of ``ids`` (a sum per block is one matmul,
+    deterministic on every device); local: (C,) int64 position of each entry within its block.
+    """
+
+    counts: tuple[int, ...]
+    ids: torch.Tensor
+    keys: torch.Tensor
+    members: torch.Tensor
+    local: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def segments(counts: tuple[int, ...], device: torch.device) -> Segments:
+    """The :class:`Segments` of blocks of ``counts`` entries; cached per sizes and device,
+    so a training step builds nothing."""
+    if not counts or any(not isinstance(c, int) or c < 0 for c in counts):
+        raise ValueError(f"counts must be non-negative ints, got {counts!r}")
+    sizes = torch.tensor(counts)
+    ids = torch.repeat_interleave(torch.arange(len(counts)), sizes)  # (C,)
+    starts = torch.cumsum(sizes, 0) - sizes
+    local = torch.arange(ids.numel()) - starts[ids]
+    members = (ids.unsqueeze(1) == torch.arange(len(counts))).float()  # (C, S)
+    return Segments(
+        tuple(counts),
+        ids.to(device),
+        ids.float().to(device),
+        members.to(device),
+        local.to(device),
+    )
+
+
+def segment_sum(values: torch.Tensor, blocks: Segments | None) -> torch.Tensor:
+    """values: (A, C) -> (A, S) sums over each block of the last axis; ``None``: one block."""
+    if blocks is None:
+        return values.sum(1, keepdim=True)
+    if not values.is_floating_point():
+        values = values.to(blocks.members.dtype)
+    members = blocks.members
+    return torch.mm(values, members if members.dtype == values.dtype else members.to(values.dtype))
+
+
+def _segment_expand(values: torch.Tensor, blocks: Segments | None) -> torch.Tensor:
+    """values: (A, S) -> (A, C), each block's value at each of its positions (``None``: the
+    (A, 1) column, broadcast)."""
+    return values if blocks is None else values.index_select(1, blocks.ids)
+
+
+class Canvas(NamedTuple):
+    """The static part of the distance transform of a :class:`LayerLayout`'s canvas
+    (B, H_c, W_c), all cached with the layout.
+
+    source: (B·H_c·W_c,) flat-axis index of each canvas pixel, or None when the canvas is the
+    flat axis itself (one upright map); result_index: (M,) position of each pixel in the
+    transform's (B, W_c, H_c) output; previous, following: (W_c,) the column left and right
+    of each (itself at a layer's first and last column); first, last: (W_c,) bool, a layer's
+    first and last column; start_code, end_code: (W_c,) ``2x + first``, ``2x + last``;
+    position: (W_c,) x; offsets: (H_c, H_c) ``(y − y')²``; dtype: float32, or float64 when
+    squared distances could exceed float32's exact integers.
+    """
+
+    shape: tuple[int, int, int]
+    source: torch.Tensor | None
+    result_index: torch.Tensor
+    previous: torch.Tensor
+    following: torch.Tensor
+    first: torch.Tensor
+    last: torch.Tensor
+    start_code: torch.Tensor
+    end_code: torch.Tensor
+    position: torch.Tensor
+    offsets: torch.Tensor
+    dtype: torch.dtype
+
+
+class LayerLayout(NamedTuple):
+    """I maps (B, h_i, w_i) of one batch as one flat axis of M = Σ B·h_i·w_i pixels, layer
+    after layer, each in (b, y, x) order, and as one canvas for the distance transform.
+
+    The canvas (B, H_c, W_c) puts the layers side by side (each transposed when that makes the
+    canvas cheaper), every column inside one layer; rows below a shorter layer repeat its last
+    row, which changes no distance of the layer (a repeated pixel is never nearer than the one
+    it repeats), and the row pass of the transform treats the layer's first and last columns
+    as the map's edges.
+
+    batch, sizes: B and the (h_i, w_i); segments: the layers as :class:`Segments` of the flat
+    axis; canvas: the :class:`Canvas`.
+    """
+
+    batch: int
+    sizes: tuple[tuple[int, int], ...]
+    segments: Segments
+    canvas: Canvas
+
+
+@functools.lru_cache(maxsize=16)
+def layer_layout(
+    batch: int, sizes: tuple[tuple[int, int], ...], device: torch.device
+) -> LayerLayout:
+    """The :class:`LayerLayout` of ``batch`` images with layer maps of ``sizes``; cached."""
+    if batch < 1 or not sizes or any(h < 1 or w < 1 for h, w in sizes):
+        raise ValueError(f"need batch >= 1 and non-empty map sizes, got {batch}, {sizes}")
+    # The column pass costs W_c·H_c²: take the orientation that makes it smaller.
+    upright = sum(w for _, w in sizes) * max(h for h, _ in sizes) ** 2
+    turned = sum(h for h, _ in sizes) * max(w for _, w in sizes) ** 2 < upright
+    maps = [(w, h) if turned else (h, w) for h, w in sizes]  # canvas (rows, cols) per layer
+    rows = max(r for r, _ in maps)
+    width = sum(c for _, c in maps)
+    source = torch.empty(batch, rows, width, dtype=torch.long)
+    result_index, first, last = (
+        [],
+        torch.zeros(width, dtype=torch.bool),
+        torch.zeros(width, dtype=torch.bool),
+    )
+    start = column = 0
+    image = torch.arange(batch).view(batch, 1, 1)
+    for (h, w), (r, c) in zip(sizes, maps):
+        row = torch.arange(rows).clamp(max=r - 1).view(1, rows, 1)  # last row repeated
+        col = torch.arange(c).view(1, 1, c)
+        # (y, x) of the layer's map at canvas (row, col): transposed or not.
+        y, x = (col, row) if turned else (row, col)
+        source[:, :, column : column + c] = start + image * h * w + y * w + x
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        canvas_row, canvas_col = (xs, ys) if turned else (ys, xs)
+        # The transform's output is laid out (B, W_c, H_c).
+        flat = image * width * rows + (column + canvas_col) * rows + canvas_row
+        result_index.append(flat.flatten())
+        first[column], last[column + c - 1] = True, True
+        start += batch * h * w
+        column += c
+    dtype = torch.float32 if rows * rows + width * width < 2**24 else torch.float64
+    position = torch.arange(width)
+    lines = torch.arange(rows, dtype=dtype)
+    identity = len(sizes) == 1 and not turned
+    canvas = Canvas(
+        shape=(batch, rows, width),
+        source=None if identity else source.flatten().to(device),
+        result_index=torch.cat(result_index).to(device),
+        previous=torch.where(first, position, position - 1).to(device),
+        following=torch.where(last, position, position + 1).to(device),
+        first=first.to(device),
+        last=last.to(device),
+        start_code=(2 * position + first).to(dtype).to(device),
+        end_code=(2 * position + last).to(dtype).to(device),
+        position=position.to(dtype).to(device),
+        offsets=(lines.unsqueeze(1) - lines).square().to(device),
+        dtype=dtype,
+    )
+    return LayerLayout(
+        batch=batch,
+        sizes=tuple(sizes),
+        segments=segments(tuple(batch * h * w for h, w in sizes), device),
+        canvas=canvas,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_index(
+    batch: int, source: tuple[int, int], sizes: tuple[tuple[int, int], ...], device: torch.device
+) -> torch.Tensor:
+    """(M,) flat index into (B, H, W) of each layer pixel's nearest-neighbour sample."""
+    height, width = source
+    parts = []
+    for h, w in sizes:
+        # Output pixel (y, x) samples (⌊y·H/h⌋, ⌊x·W/w⌋): F.interpolate(mode="nearest")'s rule.
+        rows = torch.div(torch.arange(h) * height, h, rounding_mode="floor").view(1, h, 1)
+        cols = torch.div(torch.arange(w) * width, w, rounding_mode="floor").view(1, 1, w)
+        image = torch.arange(batch).view(batch, 1, 1)
+        parts.append((image * height * width + rows * width + cols).flatten())
+    return torch.cat(parts).to(device)
+
+
+def gather_layers(maps: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
+    """Nearest-neighbour resize of (B, H, W) maps to every layer's size, on the flat axis.
+
+    maps: (B, H, W) (labels or predicted classes). Returns (M,): layer i's part equals
+    ``resize_labels(maps, sizes[i]).flatten()`` (``F.interpolate(mode="nearest")``'s rule).
+    """
+    _check_rank(maps, 3, "maps", "(B, H, W)")
+    if maps.shape[0] != layout.batch:
+        raise ValueError(f"maps have batch {maps.shape[0]}, the layout {layout.batch}")
+    index = _gather_index(layout.batch, tuple(maps.shape[1:]), layout.sizes, maps.device)
+    return maps.reshape(-1).index_select(0, index)
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,12 +315,13 @@ def _no_autocast(device: torch.device):
 
 
 def class_one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """One-hot of class labels along a new dim 1; ignore (any value outside the classes) is 0.
+    """One-hot of class labels along a new second-to-last dim; ignore (any value outside the
+    classes) is 0.
 
-    labels: (B, P) integer. Returns (B, N, P) of ``dtype``.
+    labels: (B, P) or (M,) integer. Returns (B, N, P) or (N, M) of ``dtype``.
     """
-    classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, 1)
-    return (labels.unsqueeze(1) == classes).to(dtype)
+    classes = _arange(num_classes, labels.device).view(num_classes, 1)
+    return (labels.unsqueeze(-2) == classes).to(dtype)
 
 
 def representative_anchors(
@@ -164,58 +382,186 @@ def anchors_from_flat(
 
 
 def fuse_anchors(
-    anchors: Sequence[torch.Tensor],
+    anchors: Sequence[torch.Tensor] | torch.Tensor,
     present: torch.Tensor,
     w_high: float,
     normalize: bool = True,
-) -> list[torch.Tensor]:
+) -> torch.Tensor:
     """The fused anchors ``Â_i = (1 − w_high)·A_i + w_high·A_I`` of every layer (the last
-    layer's are its own), optionally L2-normalised.
+    layer's are its own), optionally L2-normalised; all layers in one computation.
 
     Args:
-        anchors: I tensors (N, D), lowest layer first (:func:`anchors_from_flat`).
+        anchors: (I, N, D), or I tensors (N, D), lowest layer first.
         present: (N,) bool, the classes present at the last layer; a class that vanished at
             its resolution has no global anchor to fuse with and keeps its layer anchor.
         w_high: weight of the last layer's anchors.
         normalize: L2-normalise the fused anchors (so ``â · v / τ`` is a cosine over τ).
 
     Returns:
-        I tensors (N, D).
+        (I, N, D).
     """
-    top = anchors[-1]
-    fused = []
-    for i, layer in enumerate(anchors):
-        if i < len(anchors) - 1:
-            mixed = (1.0 - w_high) * layer + w_high * top
-            layer = torch.where(present.unsqueeze(1), mixed, layer)
-        fused.append(F.normalize(layer, dim=1) if normalize else layer)
-    return fused
+    if not isinstance(anchors, torch.Tensor):
+        anchors = torch.stack(list(anchors))  # (I, N, D)
+    layers = anchors.shape[0]
+    mixed = torch.lerp(anchors, anchors[-1:], w_high)  # (I, N, D): (1 − w)·A_i + w·A_I
+    # Fused are the lower layers' anchors of the classes present at the last layer.
+    lower = _arange(layers, anchors.device) < _constant(layers - 1, torch.long, anchors.device)
+    fuse = lower.view(-1, 1, 1) & present.view(1, -1, 1)  # (I, N, 1)
+    fused = torch.where(fuse, mixed, anchors)
+    return F.normalize(fused, dim=2) if normalize else fused
 
 
 def lifted_norm(
-    coords: torch.Tensor, lift: torch.Tensor | None, eps: float = 1e-12
+    coords: torch.Tensor, lift: torch.Tensor | None, eps: float = 1e-12, inverse: bool = False
 ) -> torch.Tensor:
     """Per-pixel norm ``max(‖lift @ c‖, eps)`` of factored embeddings (``F.normalize``'s rule).
 
     Args:
-        coords: (B, K, P) coordinates c of each pixel.
+        coords: (K, M) coordinates c of each pixel, one column per pixel.
         lift: (D, K), or ``None`` for the identity (the coords are the embeddings).
+        inverse: return ``1 / max(‖lift @ c‖, eps)`` instead (what normalising multiplies by).
 
     Returns:
-        (B, P).
+        (M,).
     """
-    _check_rank(coords, 3, "coords", "(B, K, P)")
+    _check_rank(coords, 2, "coords", "(K, M)")
     if lift is None:
-        return torch.linalg.vector_norm(coords, dim=1).clamp_min(eps)
-    _check_rank(lift, 2, "lift", "(D, K)")
-    if lift.shape[1] != coords.shape[1]:
-        raise ValueError(
-            f"lift has {lift.shape[1]} columns but coords have K={coords.shape[1]} channels"
+        squared = (coords * coords).sum(0)  # (M,)
+    else:
+        _check_rank(lift, 2, "lift", "(D, K)")
+        if lift.shape[1] != coords.shape[0]:
+            raise ValueError(
+                f"lift has {lift.shape[1]} columns but coords have K={coords.shape[0]} channels"
+            )
+        # cᵀ G c with G = liftᵀ lift; rounding can make it slightly negative near zero.
+        squared = (coords * torch.mm(torch.mm(lift.t(), lift), coords)).sum(0)  # (M,)
+    squared = squared.clamp_min(eps * eps)
+    return squared.rsqrt() if inverse else squared.sqrt()
+
+
+def layer_sums(
+    coords: torch.Tensor, lift: torch.Tensor | None, one_hot: torch.Tensor, eps: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's normalisation and class sums of factored embeddings ``v = lift @ c``.
+
+    Args:
+        coords: (K, M) coordinates c, one column per pixel.
+        lift: (D, K), or ``None`` for the identity (the coords are the embeddings).
+        one_hot: (N, M) class membership of each pixel (:func:`class_one_hot`).
+        eps: the norm's floor, as ``F.normalize``'s.
+
+    Returns:
+        inverse: (M,) ``1 / max(‖v‖, eps)``; sums: (N, D) ``Σ_m one_hot[n, m] v_m / ‖v_m‖``,
+        both with gradient (written out: :class:`_LayerSums`).
+    """
+    return _LayerSums.apply(coords, lift, one_hot, eps)
+
+
+class _LayerSums(torch.autograd.Function):
+    """:func:`layer_sums` with its gradient in closed form (s = cᵀ G c, G = liftᵀ lift):
+    ``∂s/∂c = 2 G c``, ``∂/∂lift of Σ_m g_m s_m = 2 lift Σ_m g_m c_m c_mᵀ``,
+    ``∂(1/√s)/∂s = −(1/√s)³ / 2`` (0 where the floor holds)."""
+
+    @staticmethod
+    def forward(ctx, coords, lift, one_hot, eps):
+        if lift is None:
+            gram_coords = coords
+        else:
+            gram_coords = torch.mm(torch.mm(lift.transpose(0, 1), lift), coords)  # (K, M)
+        squared = (coords * gram_coords).sum(0)  # (M,)
+        # cᵀ G c can round slightly below 0 for a near-zero embedding: the floor covers it.
+        clamped = squared.clamp_min(eps * eps)
+        floored = clamped > squared
+        inverse = clamped.rsqrt()  # (M,)
+        weighted = one_hot * inverse  # (N, M)
+        class_coords = torch.mm(weighted, coords.transpose(0, 1))  # (N, K)
+        sums = class_coords if lift is None else torch.mm(class_coords, lift.transpose(0, 1))
+        ctx.save_for_backward(
+            coords, lift, one_hot, weighted, inverse, floored, class_coords, gram_coords
         )
-    gram = lift.t() @ lift  # (K, K)
-    # cᵀ G c; rounding can make it slightly negative for a near-zero embedding.
-    squared = (coords * torch.matmul(gram, coords)).sum(1)  # (B, P)
-    return squared.clamp_min(eps * eps).sqrt()
+        return inverse, sums  # (M,), (N, D)
+
+    @staticmethod
+    def backward(ctx, grad_inverse, grad_sums):
+        coords, lift, one_hot, weighted, inverse, floored, class_coords, gram_coords = (
+            ctx.saved_tensors
+        )
+        grad_lift = None
+        grad_class = grad_sums  # (N, K)
+        if lift is not None:
+            grad_class = torch.mm(grad_sums, lift)
+            grad_lift = torch.mm(grad_sums.transpose(0, 1), class_coords)  # (D, K)
+        grad_coords = torch.mm(grad_class.transpose(0, 1), weighted)  # (K, M)
+        through_sums = (torch.mm(grad_class, coords) * one_hot).sum(0)  # (M,)
+        grad_inverse = through_sums if grad_inverse is None else through_sums + grad_inverse
+        # ∂(1/√s)/∂s = −(1/√s)³/2; the factors 2 of ∂s and −1/2 meet as −1 below.
+        grad_squared = (grad_inverse * inverse * inverse * inverse).masked_fill_(floored, 0.0)
+        grad_coords = torch.addcmul(grad_coords, gram_coords, grad_squared, value=-1.0)
+        if lift is not None:
+            second = torch.mm(coords * grad_squared, coords.transpose(0, 1))  # (K, K)
+            grad_lift = torch.addmm(grad_lift, lift, second, alpha=-1.0)
+        return grad_coords, grad_lift, None, None
+
+
+def layer_similarity(
+    anchors: torch.Tensor,
+    coords: Sequence[torch.Tensor],
+    lifts: Sequence[torch.Tensor | None],
+    inverse: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Every layer's anchor-pixel similarities ``â_i · v_m / (‖v_m‖ τ)`` side by side.
+
+    Args:
+        anchors: (I, N, D) fused anchors.
+        coords: I tensors (K_i, M_i), each layer's coordinates (see :func:`layer_sums`).
+        lifts: I tensors (D, K_i) or ``None``.
+        inverse: (M,) ``1/‖v‖`` of all layers' pixels, M = Σ M_i, layer after layer.
+        temperature: τ.
+
+    Returns:
+        (N, M), with gradient (written out: :class:`_LayerSimilarity`). ``â · v`` is computed
+        as ``(â lift) · c``: the anchors move to each layer's coordinates.
+    """
+    pairs = [t for pair in zip(coords, lifts) for t in pair]
+    return _LayerSimilarity.apply(anchors, inverse, temperature, *pairs)
+
+
+class _LayerSimilarity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, anchors, inverse, temperature, *pairs):
+        coords, lifts = pairs[0::2], pairs[1::2]
+        projected = [
+            anchor if lift is None else torch.mm(anchor, lift)  # (N, K_i)
+            for anchor, lift in zip(anchors, lifts)
+        ]
+        raw = torch.cat([torch.mm(q, c) for q, c in zip(projected, coords)], dim=1)  # (N, M)
+        ctx.reciprocal_temperature = _constant(1.0 / temperature, raw.dtype, raw.device)
+        scale = inverse * ctx.reciprocal_temperature  # (M,)
+        ctx.counts = [c.shape[1] for c in coords]
+        ctx.save_for_backward(anchors, scale, raw, *pairs, *projected)
+        return raw * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        anchors, scale, raw = saved[:3]
+        layers = len(ctx.counts)
+        pairs, projected = saved[3 : 3 + 2 * layers], saved[3 + 2 * layers :]
+        grad_inverse = (grad * raw).sum(0).mul_(ctx.reciprocal_temperature)  # (M,)
+        grad_raw = grad * scale  # (N, M)
+        grad_anchors, grad_pairs = [], []
+        for i, part in enumerate(grad_raw.split(ctx.counts, dim=1)):
+            coords, lift = pairs[2 * i], pairs[2 * i + 1]
+            grad_projected = torch.mm(part, coords.transpose(0, 1))  # (N, K_i)
+            grad_pairs.append(torch.mm(projected[i].transpose(0, 1), part))  # (K_i, M_i)
+            if lift is None:
+                grad_anchors.append(grad_projected)
+                grad_pairs.append(None)
+            else:
+                grad_anchors.append(torch.mm(grad_projected, lift.transpose(0, 1)))  # (N, D)
+                grad_pairs.append(torch.mm(anchors[i].transpose(0, 1), grad_projected))
+        return torch.stack(grad_anchors), grad_inverse, None, *grad_pairs
 
 
 def info_nce_from_logits(
@@ -223,13 +569,22 @@ def info_nce_from_logits(
     positive: torch.Tensor,
     negative: torch.Tensor,
     extra_negative: torch.Tensor | None = None,
+    blocks: Segments | None = None,
 ) -> torch.Tensor:
     """Masked InfoNCE, the common core of every contrastive loss here.
 
     For each anchor a with at least one positive and one negative:
     ``mean over positives p of −log(exp(s_ap) / (exp(s_ap) + Σ_negatives exp(s_an)))``,
-    computed as ``softplus(logsumexp_n s_an − s_ap)`` (stable at any temperature). The result
-    is the mean over those anchors; an exact zero that keeps the graph when there is none.
+    computed as ``softplus(LSE_n s_an − s_ap)`` with the log-sum-exp shifted by the largest
+    negative (stable at any temperature). The result is the mean over those anchors; an exact
+    zero that keeps the graph when there is none.
+
+    With ``blocks``, the columns fall into independent blocks (the loss's layers): each
+    (anchor, block) pair is scored on its block's columns alone, and the result holds one
+    such mean per block.
+
+    The gradient is written out (:class:`_InfoNCE`): a handful of operations instead of the
+    few dozen autograd would record; it is checked against autograd's in the tests.
 
     Args:
         logits: (A, C) similarities already divided by the temperature.
@@ -237,25 +592,65 @@ def info_nce_from_logits(
         negative: (A, C) bool (disjoint from ``positive``).
         extra_negative: optional (A, C) bool (disjoint from ``positive``): negatives added to
             the denominator on top of ``negative``; a column in both counts twice.
+        blocks: optional :class:`Segments` of the C columns.
+
+    Returns:
+        A scalar, or (S,) with ``blocks``.
     """
-    masked = logits.masked_fill(~negative, float("-inf"))
-    has_negative = negative.any(dim=1)  # (A,)
-    if extra_negative is not None:
-        extra = logits.masked_fill(~extra_negative, float("-inf"))
-        masked = torch.cat([masked, extra], dim=1)  # (A, 2C)
-        has_negative = has_negative | extra_negative.any(dim=1)
-    num_positive = positive.sum(dim=1)  # (A,)
-    used = has_negative & (num_positive > 0)  # (A,)
-    # Rows without any negative would give logsumexp(-inf…) = -inf and a NaN gradient even
-    # when masked out later, so they are neutralised before the reduction.
-    masked = masked.masked_fill(~has_negative.unsqueeze(1), 0.0)
-    negative_lse = torch.logsumexp(masked, dim=1, keepdim=True)  # (A, 1)
-    per_pair = F.softplus(negative_lse - logits)  # (A, C)
-    per_pair = torch.where(positive & used.unsqueeze(1), per_pair, torch.zeros_like(per_pair))
-    per_anchor = per_pair.sum(dim=1) / num_positive.clamp(min=1).to(per_pair.dtype)  # (A,)
-    # Unused rows are exact zeros: masking by multiplication needs no host synchronisation.
-    num_used = used.sum().clamp(min=1).to(per_pair.dtype)
-    return (per_anchor * used.to(per_pair.dtype)).sum() / num_used
+    one = blocks is None
+    if one:
+        blocks = segments((logits.shape[1],), logits.device)
+    losses = _InfoNCE.apply(logits, positive, negative, extra_negative, blocks)  # (S,)
+    return losses[0] if one else losses
+
+
+class _InfoNCE(torch.autograd.Function):
+    """Block-wise masked InfoNCE with its gradient in closed form.
+
+    With z = LSE_s − s (LSE over the denominator of the row's block) and c[a, s] the weight
+    of anchor a in block s's mean (``used / (#positives · #used anchors)``), the loss of block
+    s is Σ_a Σ_{p ∈ s} c · softplus(z_ap), and for an upstream gradient g_s:
+    ``∂/∂s_aj = q_a · w_aj exp(s_aj − LSE) − g c [j positive] σ(z_aj)`` with
+    ``q_a = Σ_p g c σ(z_ap)`` and w the column's count in the denominator (0, 1 or 2).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, positive, negative, extra_negative, blocks):
+        weight = negative.to(logits.dtype)  # (A, C): each column's count in the denominator
+        if extra_negative is not None:
+            weight = weight + extra_negative.to(logits.dtype)
+        denominator = weight > 0
+        has_negative = segment_sum(weight, blocks) > 0  # (A, S)
+        masked = logits.masked_fill(~denominator, float("-inf"))
+        # The largest negative per (anchor, block) keeps exp() in range at any temperature.
+        shift = torch.full_like(has_negative, float("-inf"), dtype=logits.dtype)
+        shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
+        shift = shift.masked_fill_(~has_negative, 0.0)  # (A, S)
+        terms = weight * torch.exp(masked - shift.index_select(1, blocks.ids))  # (A, C)
+        # A block without negatives sums to 0: log(1) keeps it finite (it is unused).
+        sums = segment_sum(terms, blocks).masked_fill_(~has_negative, 1.0)  # (A, S)
+        lse = shift + torch.log(sums)  # (A, S)
+        gap = lse.index_select(1, blocks.ids) - logits  # (A, C): z
+        positive = positive.to(logits.dtype)
+        num_positive = segment_sum(positive, blocks)  # (A, S)
+        used = (has_negative & (num_positive > 0)).to(logits.dtype)
+        # Each anchor's share of its block's mean; anchors without a positive or a negative
+        # are exact zeros (masking by multiplication: no host synchronisation).
+        share = used / (num_positive.clamp(min=1) * used.sum(0).clamp(min=1))  # (A, S)
+        per_pair = F.softplus(gap) * positive  # (A, C)
+        losses = segment_sum((per_pair * share.index_select(1, blocks.ids)).sum(0, True), blocks)
+        ctx.blocks = blocks
+        ctx.save_for_backward(share, terms / sums.index_select(1, blocks.ids), gap, positive)
+        return losses[0]  # (S,)
+
+    @staticmethod
+    def backward(ctx, grad):
+        share, soft, gap, positive = ctx.saved_tensors
+        ids = ctx.blocks.ids
+        scale = (share * grad).index_select(1, ids)  # (A, C): g · c of each pair's block
+        direct = scale * positive * torch.sigmoid(gap)  # (A, C)
+        through_lse = segment_sum(direct, ctx.blocks).index_select(1, ids)  # (A, C): q
+        return through_lse * soft - direct, None, None, None, None
 
 
 def pixel_anchor_loss_from_logits(
@@ -298,21 +693,39 @@ def pixel_anchor_loss_from_logits(
 
 
 @torch.no_grad()
-def sample_per_row(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """At most ``count`` True entries per row of ``mask``, chosen uniformly at random.
+def sample_per_row(
+    mask: torch.Tensor, count: int | torch.Tensor, blocks: Segments | None = None
+) -> torch.Tensor:
+    """At most ``count`` True entries per row of ``mask`` (per row and block of columns, with
+    ``blocks``), chosen uniformly at random.
 
-    mask: (R, M) bool. Returns (R, M) bool, a subset of ``mask``; rows with at most ``count``
-    True entries are kept whole. Uses the global RNG of ``mask``'s device; no host sync.
+    Args:
+        mask: (R, M) bool.
+        count: the bound, or (R, 1) int64 bounds per row (several masks sampled at once).
+        blocks: optional :class:`Segments` of the M columns.
+
+    Returns (R, M) bool, a subset of ``mask``; rows (blocks) with at most their bound of True
+    entries are kept whole. Uses the global RNG of ``mask``'s device; no host sync.
     """
-    if count < 1:
+    largest = count if isinstance(count, int) else None
+    if largest is not None and largest < 1:
         raise ValueError(f"count must be >= 1, got {count!r}")
-    if mask.shape[1] <= count:
+    if blocks is None:
+        blocks = segments((mask.shape[1],), mask.device)
+    if largest is not None and max(blocks.counts) <= largest:
         return mask.clone()
-    score = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
-    top = torch.topk(score, count, dim=1, sorted=False)  # (R, count)
-    picked = torch.zeros_like(mask)
-    picked.scatter_(1, top.indices, top.values >= 0)
-    return picked
+    # Sort keys block + u/2 for candidates, block + 3/4 for the rest: a row sorted by them
+    # keeps every block at its own positions, its candidates first in random order, so the
+    # first ``count`` positions of each block that hold a candidate are the sample.
+    device = mask.device
+    score = torch.rand(mask.shape, device=device).mul_(_constant(0.5, torch.float32, device))
+    keys = torch.where(mask, score, _constant(0.75, torch.float32, device)).add_(blocks.keys)
+    keys, order = torch.sort(keys, dim=1)
+    if isinstance(count, int):
+        count = _constant(count, torch.long, device)
+    candidate = keys < (blocks.keys + _constant(0.5, torch.float32, device))
+    chosen = (blocks.local < count) & candidate  # (R, M) in sorted order
+    return torch.zeros_like(mask).scatter_(1, order, chosen)
 
 
 def supervised_contrastive_loss(
@@ -457,15 +870,17 @@ def error_labels(
     (its ground-truth class's), so ``labels == n`` is ``class_error_maps(...)[:, n]``.
 
     Args:
-        pred: (B, H, W) predicted class ids in [0, N).
-        target: (B, H, W) ground truth, ``ignore_index`` allowed (never an error).
+        pred: (B, H, W) predicted class ids in [0, N) (or any shape: e.g. the (M,) flat axis
+            of a :class:`LayerLayout`).
+        target: ground truth of the same shape, ``ignore_index`` allowed (never an error).
         validate: check the value ranges (two host synchronisations on a GPU).
 
     Returns:
-        (B, H, W) int64: the ground-truth class of each error pixel, N elsewhere.
+        int64 of the same shape: the ground-truth class of each error pixel, N elsewhere.
     """
-    _check_rank(pred, 3, "pred", "(B, H, W)")
-    _check_rank(target, 3, "target", "(B, H, W)")
+    for tensor, name in ((pred, "pred"), (target, "target")):
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor)}")
     if pred.shape != target.shape:
         raise ValueError(
             f"pred and target must have the same shape, got {tuple(pred.shape)} and "
@@ -480,45 +895,66 @@ def error_labels(
     return torch.where(wrong, target, num_classes).long()
 
 
-def _other_label_squared_distance(labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _other_label_squared_distance(values: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
     """Squared Euclidean distance from each pixel to the nearest pixel of its map with
     another label (+inf when the map has no other label); exact, a fixed number of
     operations and no host synchronisation.
 
-    labels: (K, H, W) integer -> (K, H, W). Separable (eq. 7): g, the distance along the
-    longer axis to the end of the pixel's run of equal labels, then the min-plus
-    ``D²(y) = min_y' [label(y') ≠ label(y) ? 0 : g²(y')] + (y − y')²`` over every position of
-    the shorter axis at once: memory K·W·H² for H ≤ W.
+    values: (M,) integer labels on ``layout``'s flat axis -> (M,) in the canvas's dtype.
+    Separable (eq. 7) on the canvas (K, H, W): g, the distance along a row to the end of the
+    pixel's run of equal labels (a layer's first and last columns are edges, not ends), then
+    the min-plus ``D²(y) = min_y' [label(y') ≠ label(y) ? 0 : g²(y')] + (y − y')²`` over every
+    row of a column at once: memory K·W·H², split into chunks of images above
+    ``DENSE_EDT_LIMIT``.
     """
-    transpose = labels.shape[1] > labels.shape[2]
-    if transpose:
-        labels = labels.transpose(1, 2)  # the min-plus runs along the shorter axis
-    _, h, w = labels.shape
-    position = torch.arange(w, device=labels.device)
-    change = labels[..., 1:] != labels[..., :-1]  # (K, h, w − 1)
-    edge = torch.ones_like(labels[..., :1], dtype=torch.bool)
-    starts = torch.cat([edge, change], -1)  # (K, h, w): a run of equal labels starts here
-    ends = torch.cat([change, edge], -1)
-    start = torch.where(starts, position, 0).cummax(-1).values
-    end = torch.where(ends, position, w - 1).flip(-1).cummin(-1).values.flip(-1)
-    inf = torch.tensor(float("inf"), dtype=dtype, device=labels.device)
-    left = torch.where(start > 0, (position - start + 1).to(dtype), inf)
-    right = torch.where(end < w - 1, (end - position + 1).to(dtype), inf)
-    row_squared = torch.minimum(left, right).square().transpose(1, 2)  # (K, w, h')
+    canvas = layout.canvas
+    k, h, w = canvas.shape
+    device, dtype = values.device, canvas.dtype
+    if canvas.source is None:
+        labels = values.view(k, h, w)
+    else:
+        labels = values.index_select(0, canvas.source).view(k, h, w)
+    # Runs start (end) where the label changes or at a layer's first (last) column.
+    starts = (labels != labels.index_select(2, canvas.previous)) | canvas.first  # (K, h, w)
+    ends = (labels != labels.index_select(2, canvas.following)) | canvas.last
+    # Codes 2·x + [x is an edge] grow with x: a running max (min from the right) of the codes
+    # where runs start (end) gives each pixel its run's start (end) and whether it is an edge.
+    start = torch.where(starts, canvas.start_code, _constant(-1.0, dtype, device))
+    start = start.cummax(2).values
+    end = torch.where(ends, canvas.end_code, _constant(2.0 * w, dtype, device)).flip(2)
+    end = end.cummin(2).values.flip(2)
+    one, two = _constant(1.0, dtype, device), _constant(2.0, dtype, device)
+    inf = _constant(float("inf"), dtype, device)
+    left = torch.where(
+        start.remainder(two) == one,
+        inf,
+        (canvas.position + one) - start.div(two, rounding_mode="floor"),
+    )
+    right = torch.where(
+        end.remainder(two) == one,
+        inf,
+        end.div(two, rounding_mode="floor") - (canvas.position - one),
+    )
+    row = torch.minimum(left, right)
+    row_squared = (row * row).transpose(1, 2)  # (K, w, h')
     column_labels = labels.transpose(1, 2)  # (K, w, h')
-    rows = torch.arange(h, device=labels.device, dtype=dtype)
-    offsets = (rows.unsqueeze(1) - rows.unsqueeze(0)).square()  # (h, h'): (y − y')²
+    zero = _constant(0.0, dtype, device)
     per_chunk = max(1, DENSE_EDT_LIMIT // (h * h * w))
+    chunks = [(row_squared, column_labels)]
+    if per_chunk < k:
+        chunks = list(zip(row_squared.split(per_chunk), column_labels.split(per_chunk)))
     parts = []
-    for g2, own in zip(row_squared.split(per_chunk), column_labels.split(per_chunk)):
+    for g2, own in chunks:
         other = own.unsqueeze(3) != own.unsqueeze(2)  # (k, w, h, h'): another label at y'
-        candidate = torch.where(other, 0.0, g2.unsqueeze(2)) + offsets  # (k, w, h, h')
-        parts.append(candidate.amin(-1))  # (k, w, h)
-    squared = torch.cat(parts)
-    return squared if transpose else squared.transpose(1, 2)
+        candidate = torch.where(other, zero, g2.unsqueeze(2)) + canvas.offsets  # (k, w, h, h')
+        parts.append(candidate.amin(3))  # (k, w, h)
+    squared = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return squared.view(-1).index_select(0, canvas.result_index)  # (M,)
 
 
-def error_distance(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def error_distance(
+    labels: torch.Tensor, num_classes: int, layout: LayerLayout | None = None
+) -> torch.Tensor:
     """Eq. 7 for every class at once: for each error pixel (``labels`` < N, from
     :func:`error_labels`), the Euclidean distance to the nearest pixel outside its class's
     error map; 0 elsewhere; +inf for an error map that fills its image.
@@ -527,18 +963,26 @@ def error_distance(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     with one map per image instead of N.
 
     Args:
-        labels: (B, H, W) int64.
+        labels: (B, H, W) int64; or, with ``layout``, the (M,) flat axis of I layers' maps,
+            which are transformed together on the layout's canvas (each within its own map).
 
     Returns:
-        (B, H, W) float32 (float64 when H² + W² ≥ 2²⁴).
+        float32 of ``labels``' shape (float64 when squared distances could exceed 2²⁴).
     """
-    _check_rank(labels, 3, "labels", "(B, H, W)")
-    h, w = labels.shape[-2:]
-    dtype = torch.float32 if h * h + w * w < 2**24 else torch.float64
-    if labels.numel() == 0:
-        return torch.zeros(labels.shape, dtype=dtype, device=labels.device)
-    distance = _other_label_squared_distance(labels, dtype).sqrt()
-    return torch.where(labels < num_classes, distance, 0.0)
+    if layout is None:
+        _check_rank(labels, 3, "labels", "(B, H, W)")
+        if labels.numel() == 0:
+            h, w = labels.shape[-2:]
+            dtype = torch.float32 if h * h + w * w < 2**24 else torch.float64
+            return torch.zeros(labels.shape, dtype=dtype, device=labels.device)
+        layout = layer_layout(labels.shape[0], (tuple(labels.shape[-2:]),), labels.device)
+    else:
+        _check_rank(labels, 1, "labels", "(M,)")
+    flat = labels.reshape(-1)
+    squared = _other_label_squared_distance(flat, layout)
+    errors = flat < _constant(num_classes, flat.dtype, flat.device)
+    distance = torch.where(errors, squared.sqrt(), _constant(0.0, squared.dtype, flat.device))
+    return distance.view(labels.shape)
 
 
 def _row_runs_distance(true_index: torch.Tensor, width: int) -> torch.Tensor:
@@ -650,8 +1094,9 @@ def distance_transform(mask: torch.Tensor, max_distance: float | None = None) ->
     if numel == 0:
         return out
     if w * h * min(h, w) <= DENSE_EDT_LIMIT:
-        squared = _other_label_squared_distance(mask.reshape(-1, h, w).long(), dtype)
-        distance = torch.where(mask.reshape(-1, h, w), squared.sqrt(), 0.0)
+        layout = layer_layout(numel // (h * w), ((h, w),), mask.device)
+        squared = _other_label_squared_distance(mask.reshape(-1).long(), layout)
+        distance = torch.where(mask.reshape(-1), squared.sqrt().to(dtype), 0.0)
         if max_distance is not None:
             distance = distance.masked_fill(distance > max_distance, float("inf"))
         return distance.view(mask.shape)
@@ -720,7 +1165,11 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
 
 
 def bane_select_labels(
-    distance: torch.Tensor, labels: torch.Tensor, num_classes: int, ratio: float
+    distance: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ratio: float,
+    blocks: Segments | None = None,
 ) -> torch.Tensor:
     """BANE's selection on collapsed error maps: per class n, over the whole batch, the
     ⌈ratio · count_n⌉ pixels labelled n with the smallest distance (ties in (b, h, w) order);
@@ -730,32 +1179,43 @@ def bane_select_labels(
         distance: (B, H, W) float, e.g. :func:`error_distance` (any score: smaller first).
         labels: (B, H, W) int64 from :func:`error_labels` (N: no error).
         ratio: K in [0, 1].
+        blocks: with (M,) flat ``distance`` and ``labels`` of I layers (a
+            :class:`LayerLayout`'s segments), each layer's classes get their own quota.
 
     Returns:
-        (B, H, W) bool: the selected error pixels.
+        bool of ``labels``' shape: the selected error pixels.
     """
     if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
         raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
     flat_labels = labels.reshape(-1)  # (P,)
-    errors = flat_labels < num_classes
+    device = labels.device
+    errors = flat_labels < _constant(num_classes, flat_labels.dtype, device)
     if ratio == 0:
         return torch.zeros_like(labels, dtype=torch.bool)
     if ratio == 1:
         return errors.view(labels.shape)
+    if blocks is not None:
+        # Class n of layer i becomes class i·N + n; the non-error pixels all become I·N.
+        layers = len(blocks.counts)
+        grouped = torch.add(flat_labels, blocks.ids, alpha=num_classes)
+        none = _constant(layers * num_classes, flat_labels.dtype, device)
+        flat_labels = torch.where(errors, grouped, none)
+        num_classes = layers * num_classes
     # Stable sorts: by distance, then by label, leave each class's pixels nearest-first and
     # the non-error pixels (label N) last; every size is fixed, so nothing waits for the host.
-    order = torch.argsort(distance.reshape(-1), stable=True)
-    order = order[torch.argsort(flat_labels[order], stable=True)]
-    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=labels.device)
-    counts.scatter_add_(0, flat_labels, torch.ones_like(flat_labels))  # (N + 1,)
-    starts = torch.cumsum(counts, 0) - counts
-    sorted_labels = flat_labels[order]
-    rank = torch.arange(order.numel(), device=order.device) - starts[sorted_labels]
-    quota = _ceil_fraction(ratio, counts)
-    quota[num_classes] = 0  # the non-error pixels are never chosen
-    selected = torch.empty_like(errors)
-    selected[order] = rank < quota[sorted_labels]
-    return selected.view(labels.shape)
+    order = torch.sort(distance.reshape(-1), stable=True).indices
+    sorted_labels, regroup = torch.sort(flat_labels.index_select(0, order), stable=True)
+    order = order.index_select(0, regroup)
+    # Where each class's run starts in the sorted labels, and its length.
+    bounds = torch.searchsorted(sorted_labels, _arange(num_classes + 2, device))  # (N + 2,)
+    starts, counts = bounds[:-1], bounds[1:] - bounds[:-1]  # (N + 1,)
+    rank = _arange(order.numel(), device) - starts.index_select(0, sorted_labels)
+    # ⌈ratio · count⌉ without float artefacts such as 0.7 · 10 = 7.000000000000001.
+    quota = torch.ceil(counts * _constant(ratio * (1.0 - 1e-12), torch.float64, device))
+    chosen = (rank < quota.index_select(0, sorted_labels)) & (
+        sorted_labels < _constant(num_classes, sorted_labels.dtype, device)
+    )  # the non-error pixels are never chosen
+    return torch.empty_like(errors).index_copy_(0, order, chosen).view(labels.shape)
 
 
 def semi_hard_select(
@@ -773,7 +1233,11 @@ def semi_hard_select(
 
 
 def hard_negative_mask(
-    hard: torch.Tensor, pred: torch.Tensor, num_classes: int, fallback: bool = True
+    hard: torch.Tensor,
+    pred: torch.Tensor,
+    num_classes: int,
+    fallback: bool = True,
+    blocks: Segments | None = None,
 ) -> torch.Tensor:
     """Turn selected error pixels into per-anchor negative masks.
 
@@ -786,12 +1250,15 @@ def hard_negative_mask(
         num_classes: N.
         fallback: rows (anchors) with no hard negative become all-True, i.e. keep their
             ordinary negatives; without it such anchors drop out of the loss.
+        blocks: optional :class:`Segments` of the M pixels (the layers): the fallback then
+            applies per row and block.
 
     Returns:
         (N, M) bool, for ``pixel_anchor_loss(negative_mask=...)``.
     """
-    classes = torch.arange(num_classes, device=pred.device).unsqueeze(1)  # (N, 1)
-    mask = (pred.unsqueeze(0) == classes) & hard.unsqueeze(0)  # (N, M)
+    classes = _arange(num_classes, pred.device).unsqueeze(1)  # (N, 1)
+    mask = (pred == classes) & hard  # (N, M)
     if fallback:
-        mask = mask | ~mask.any(dim=1, keepdim=True)
+        zero = _constant(0.0, torch.float32, pred.device)
+        mask = mask | ~_segment_expand(segment_sum(mask, blocks) > zero, blocks)
     return mask

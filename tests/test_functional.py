@@ -361,16 +361,16 @@ def test_distance_transform_cutoff_is_exact_below_and_inf_above(cutoff):
 
 def test_lifted_norm_hand_case_and_bad_shapes():
     # v = L c with L = [[3, 0], [0, 4]]: c = (1, 1) gives v = (3, 4), norm 5.
-    coords = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # (B=1, K=2, P=2)
+    coords = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # (K=2, M=2): one column per pixel
     lift = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
     norms = CF.lifted_norm(coords, lift)
-    assert norms[0, 0].item() == pytest.approx(5.0)
-    assert norms[0, 1].item() == pytest.approx(1e-12)  # v = 0: F.normalize's eps
-    assert CF.lifted_norm(coords, None)[0, 0].item() == pytest.approx(2**0.5)
+    assert norms[0].item() == pytest.approx(5.0)
+    assert norms[1].item() == pytest.approx(1e-12)  # v = 0: F.normalize's eps
+    assert CF.lifted_norm(coords, None)[0].item() == pytest.approx(2**0.5)
     with pytest.raises(ValueError, match="lift has 3 columns but coords have K=2"):
         CF.lifted_norm(coords, torch.ones(2, 3))
-    with pytest.raises(ValueError, match=r"coords must have shape \(B, K, P\)"):
-        CF.lifted_norm(torch.ones(2, 2), lift)
+    with pytest.raises(ValueError, match=r"coords must have shape \(K, M\)"):
+        CF.lifted_norm(torch.ones(1, 2, 2), lift)
 
 
 def test_fuse_anchors_by_hand():
@@ -438,3 +438,76 @@ def test_dense_transform_splits_its_work_into_chunks(monkeypatch):
     whole = CF.distance_transform(mask)
     monkeypatch.setattr(CF, "DENSE_EDT_LIMIT", 20 * 20 * 30 * 2)  # two maps per chunk
     assert torch.equal(CF.distance_transform(mask), whole)
+
+
+# ------------------------------------------------------------------ written-out gradients
+
+
+def _blocks_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = (7, 5)
+    labels = torch.randint(0, 3, (sum(counts),), generator=g)
+    return g, counts, labels, CF.segments(counts, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("lifted", [True, False])
+def test_layer_sums_gradients_match_finite_differences(lifted):
+    g, _counts, labels, _ = _blocks_case()
+    coords = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    lift = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    one_hot = CF.class_one_hot(labels, 3, torch.float64)
+    inputs = (coords, lift) if lifted else (coords,)
+
+    def run(*args):
+        inverse, sums = CF.layer_sums(args[0], args[1] if lifted else None, one_hot)
+        return inverse, sums
+
+    assert torch.autograd.gradcheck(run, inputs)
+    # And the values: 1/‖v‖ and the class sums of v/‖v‖ formed explicitly.
+    v = (lift @ coords if lifted else coords).detach()
+    inverse, sums = run(*inputs)
+    torch.testing.assert_close(inverse, 1 / v.norm(dim=0))
+    torch.testing.assert_close(sums, one_hot @ (v / v.norm(dim=0)).t())
+
+
+def test_layer_similarity_gradients_match_finite_differences():
+    g, _counts, _, _ = _blocks_case(1)
+    anchors = torch.randn(2, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    coords = [torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True),
+              torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+    lift = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    inverse = torch.rand(12, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
+
+    def run(anchors, inverse, c0, c1, lift):
+        return CF.layer_similarity(anchors, [c0, c1], [lift, None], inverse, 0.3)
+
+    inputs = (anchors, inverse, *coords, lift)
+    assert torch.autograd.gradcheck(run, inputs)
+    want = torch.cat([anchors[0] @ lift @ coords[0], anchors[1] @ coords[1]], 1) * inverse / 0.3
+    torch.testing.assert_close(run(*inputs), want)
+
+
+def test_blockwise_info_nce_matches_autograd_of_the_explicit_form():
+    g, _counts, labels, blocks = _blocks_case(2)
+    logits = torch.randn(3, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    positive = labels == torch.arange(3).unsqueeze(1)
+    negative = ~positive & (torch.rand(3, 12, generator=g) < 0.8)
+    extra = ~positive & (torch.rand(3, 12, generator=g) < 0.3)
+    negative[2, 7:] = False  # anchor 2 has no ordinary negative in block 1 ...
+    extra[2, 7:] = False  # ... and no extra one: it drops out of that block
+    losses = CF.info_nce_from_logits(logits, positive, negative, extra, blocks)
+    assert torch.autograd.gradcheck(
+        lambda x: CF.info_nce_from_logits(x, positive, negative, extra, blocks), (logits,)
+    )
+    # The explicit form, block by block: log-sum-exp over the denominator with the extra
+    # negatives counted once more, mean over positives, mean over anchors that have both.
+    for s, (lo, hi) in enumerate(((0, 7), (7, 12))):
+        x, pos = logits[:, lo:hi], positive[:, lo:hi]
+        den = torch.cat([x.masked_fill(~negative[:, lo:hi], -math.inf),
+                         x.masked_fill(~extra[:, lo:hi], -math.inf)], 1)  # fmt: skip
+        terms = []
+        for a in range(3):
+            if pos[a].any() and torch.isfinite(den[a]).any():
+                lse = torch.logsumexp(den[a], 0)
+                terms.append(F.softplus(lse - x[a][pos[a]]).mean())
+        torch.testing.assert_close(losses[s], torch.stack(terms).mean())

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from contextrast import functional as CF
-from contextrast.contrast.projection import ProjectionHead, prepare_features
+from contextrast.contrast.projection import (
+    ProjectionHead,
+    is_finite,
+    prepare_features,
+    raise_if_nonfinite,
+)
 from contextrast.contrast.sampling import (
     BaneSampler,
     PerAnchorSampler,
@@ -205,7 +210,11 @@ class ContextrastLoss(nn.Module):
                 f"got {tuple(logits.shape)}"
             )
         dtype = next(self.heads.parameters()).dtype
-        features = prepare_features(features, self.in_channels, batch, dtype, self.training)
+        # NaN or inf in a feature map makes the loss non-finite: the loss is checked instead
+        # (one synchronisation, not one per map), and the maps only when it fails.
+        features = prepare_features(
+            features, self.in_channels, batch, dtype, self.training, check_finite=False
+        )
         CF.check_labels(target, self.num_classes, self.ignore_index, "target")
         return features
 
@@ -213,6 +222,11 @@ class ContextrastLoss(nn.Module):
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> ContextrastTerms:
         """Compute the loss and its per-layer terms.
+
+        Every layer's pixels are laid on one flat axis (``functional.LayerLayout``): labels,
+        BANE, the masks, the sampling and the InfoNCE run once for all layers, each layer's
+        terms kept apart by segment sums; only the projection heads and the products with
+        each layer's own coordinates are per layer.
 
         Args:
             features: I maps (B, C_i, h_i, w_i), lowest layer first, any resolutions.
@@ -228,90 +242,76 @@ class ContextrastLoss(nn.Module):
         factored = [head.factored(feature) for head, feature in zip(self.heads, features)]
         device = target.device
         dtype = CF.compute_dtype(*(coords for coords, _ in factored))
+        sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in factored)
+        layout = CF.layer_layout(target.shape[0], sizes, device)
+        blocks = layout.segments
         with torch.autocast(device_type=device.type, enabled=False):
-            layers, labels, anchors, present = [], [], [], []
+            labels = CF.gather_layers(target, layout)  # (M,)
+            layer_pred = CF.gather_layers(pred, layout)  # (M,)
+            # The labels were checked once in _validate; the prediction is an argmax.
+            hard = self.sampler(labels, layer_pred, num_classes=n, validate=False, layout=layout)
+            flats, lifts = [], []
             for coords, lift in factored:
-                size = coords.shape[-2:]
-                layer_labels = resize_labels(target, size).flatten(1)  # (B, P)
-                flat = coords.to(dtype).flatten(2)  # (B, K, P)
-                lift = None if lift is None else lift.to(dtype)
-                inverse_norm = CF.lifted_norm(flat, lift).reciprocal()  # (B, P)
-                one_hot = CF.class_one_hot(layer_labels, n, dtype)  # (B, N, P)
-                layer_anchors, layer_present = CF.anchors_from_flat(flat, one_hot, inverse_norm)
-                if lift is not None:
-                    layer_anchors = layer_anchors @ lift.t()  # (N, d)
-                layers.append((flat, lift, inverse_norm, size))
-                labels.append(layer_labels)
-                anchors.append(layer_anchors)
-                present.append(layer_present)
-            fused_anchors = CF.fuse_anchors(
-                anchors, present[-1], self.w_high, self.normalize_anchors
+                coords = coords if coords.dtype == dtype else coords.to(dtype)
+                flats.append(coords.transpose(0, 1).reshape(coords.shape[1], -1))  # (K, B·P)
+                lifts.append(lift if lift is None or lift.dtype == dtype else lift.to(dtype))
+            one_hot = CF.class_one_hot(labels, n, dtype)  # (N, M)
+            counts = CF.segment_sum(one_hot, blocks)  # (N, I)
+            inverse, sums = zip(
+                *(
+                    CF.layer_sums(flat, lift, part)
+                    for flat, lift, part in zip(flats, lifts, one_hot.split(blocks.counts, 1))
+                )
             )
-            layer_losses, hard_counts = [], []
-            for fused, layer, layer_labels in zip(fused_anchors, layers, labels):
-                if self.detach_anchors:
-                    fused = fused.detach()
-                loss, hard_count = self._layer_loss(fused, *layer, layer_labels, pred)
-                layer_losses.append(loss)
-                hard_counts.append(hard_count)
-            weights = torch.tensor(self.layer_weights, dtype=dtype, device=device)
-            stacked = torch.stack(layer_losses)  # (I,)
+            inverse_norm = torch.cat(inverse)  # (M,)
+            anchors = torch.stack(sums) / counts.t().clamp(min=1).unsqueeze(2)  # (I, N, d)
+            fused = CF.fuse_anchors(anchors, counts[:, -1] > 0, self.w_high, self.normalize_anchors)
+            if self.detach_anchors:
+                fused = fused.detach()
+            keep = self.subsampler(labels, priority=hard, blocks=blocks)
+            if keep is not None:
+                kept_counts = _kept(blocks.counts, self.subsampler.max_pixels)
+                local = keep - torch.repeat_interleave(
+                    torch.tensor(_starts(blocks.counts), device=device),
+                    torch.tensor(kept_counts, device=device),
+                    output_size=keep.numel(),
+                )
+                flats = [
+                    flat.index_select(1, part)
+                    for flat, part in zip(flats, local.split(kept_counts))
+                ]
+                labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
+                inverse_norm = inverse_norm[keep]
+                blocks = CF.segments(kept_counts, device)
+            similarity = CF.layer_similarity(
+                fused, flats, lifts, inverse_norm, self.temperature
+            )  # (N, M)
+            positive = labels.unsqueeze(0) == torch.arange(n, device=device).unsqueeze(1)
+            negative = (labels != self.ignore_index).unsqueeze(0) & ~positive  # (N, M)
+            extra = None
+            if self.bane_ratio > 0 and self.hard_negatives == "only":
+                negative = negative & CF.hard_negative_mask(hard, layer_pred, n, blocks=blocks)
+            elif self.bane_ratio > 0 and self.hard_negatives == "add":
+                # Selected pixels are errors: labelled and never of the row's class.
+                extra = CF.hard_negative_mask(hard, layer_pred, n, fallback=False)
+            if self.pair_sampler.active:
+                positive, negative, extra = self.pair_sampler(positive, negative, extra, blocks)
+            stacked = CF.info_nce_from_logits(similarity, positive, negative, extra, blocks)
+            weights = torch.tensor(self.layer_weights, dtype=stacked.dtype, device=device)
             total = (weights * stacked).sum() * self.loss_weight
+            hard_counts = CF.segment_sum(hard.unsqueeze(0), blocks)[0].round().long()  # (I,)
+        if not is_finite(total):
+            raise_if_nonfinite(features)
         return ContextrastTerms(
             loss=total,
             layer_losses=stacked.detach(),
-            hard_negatives=torch.stack(hard_counts),
+            hard_negatives=hard_counts,
         )
 
-    def _layer_loss(
-        self,
-        anchors: torch.Tensor,
-        flat: torch.Tensor,
-        lift: torch.Tensor | None,
-        inverse_norm: torch.Tensor,
-        size: torch.Size,
-        labels: torch.Tensor,
-        pred: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel-anchor loss of one layer.
 
-        anchors: (N, d) fused; flat: (B, K, P) coords of the embeddings ``lift @ flat``
-        (``lift`` (d, K) or ``None`` = identity); inverse_norm: (B, P) ``1/‖v‖``; size: the
-        layer's (h, w) with P = h·w; labels: (B, P); pred: (B, h', w') at the logits' size.
-        """
-        b, _, p = flat.shape
-        n = self.num_classes
-        layer_pred = resize_labels(pred, tuple(size))  # (B, h_i, w_i)
-        # The labels were checked once in _validate; the prediction is an argmax.
-        hard = self.sampler(labels.view(b, *size), layer_pred, num_classes=n, validate=False)
-        hard = hard.reshape(-1)  # (M,)
-        labels = labels.reshape(-1)  # (M,)
-        layer_pred = layer_pred.reshape(-1)  # (M,)
-        # â · v/‖v‖ = ((â lift) · c) / ‖v‖: the anchors move to the coords' space instead.
-        projected = anchors if lift is None else anchors @ lift  # (N, K)
-        keep = self.subsampler(labels, priority=hard)
-        if keep is None:
-            scale = inverse_norm.unsqueeze(1) / self.temperature  # (B, 1, P)
-            logits = torch.matmul(projected, flat) * scale  # (B, N, P)
-            logits = logits.permute(1, 0, 2).reshape(n, b * p)  # (N, M)
-        else:
-            picked = flat[keep // p, :, keep % p]  # (M', K)
-            scale = inverse_norm.reshape(-1)[keep] / self.temperature  # (M',)
-            logits = projected @ picked.t() * scale  # (N, M')
-            labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
-        mask = extra = positive = None
-        if self.bane_ratio > 0 and self.hard_negatives == "only":
-            mask = CF.hard_negative_mask(hard, layer_pred, n)
-        elif self.bane_ratio > 0 and self.hard_negatives == "add":
-            extra = CF.hard_negative_mask(hard, layer_pred, n, fallback=False)
-        if self.pair_sampler.active:
-            classes = torch.arange(n, device=labels.device).unsqueeze(1)  # (N, 1)
-            positive = labels.unsqueeze(0) == classes  # (N, M)
-            negative = (labels != self.ignore_index).unsqueeze(0) & ~positive  # (N, M)
-            if mask is not None:
-                negative = negative & mask
-            positive, mask, extra = self.pair_sampler(positive, negative, extra)
-        loss = CF.pixel_anchor_loss_from_logits(
-            logits, labels, mask, self.ignore_index, positive_mask=positive, extra_negative=extra
-        )
-        return loss, hard.sum()
+def _starts(counts: Sequence[int]) -> list[int]:
+    return [sum(counts[:i]) for i in range(len(counts))]
+
+
+def _kept(counts: Sequence[int], bound: int) -> tuple[int, ...]:
+    return tuple(min(count, bound) for count in counts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +23,7 @@ def prepare_features(
     batch: int,
     dtype: torch.dtype,
     training: bool,
+    check_finite: bool = True,
 ) -> list[torch.Tensor]:
     """Check a loss's feature maps once and cast them to its projection heads' ``dtype``.
 
@@ -32,6 +35,8 @@ def prepare_features(
             autocast are cast up (the loss's arithmetic stays in the heads' precision).
         training: in training mode a map with one value per channel (B = 1, 1×1) cannot
             pass the heads' BatchNorm.
+        check_finite: check for NaN and inf here (``False``: the caller checks its result
+            and calls :func:`raise_if_nonfinite` when that is not finite).
 
     Raises ``ValueError`` naming the map for a wrong type, shape or size, and
     :class:`NonFiniteError` when a map holds NaN or inf (one host sync for all maps).
@@ -65,11 +70,31 @@ def prepare_features(
         # Under autocast the heads' convolutions pick their own precision: no cast needed.
         autocast = torch.is_autocast_enabled(feature.device.type)
         prepared.append(feature if autocast or feature.dtype == dtype else feature.to(dtype))
-    finite = torch.stack([torch.isfinite(f).all() for f in prepared])  # (I,)
-    if not bool(finite.all()):
-        bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
-        raise NonFiniteError(f"features{bad} hold NaN or inf values")
+    if check_finite:
+        # One sum over all maps is finite iff every value is (x − x = 0 fails for NaN and
+        # inf); only when it is not are the maps checked one by one (a sum can overflow).
+        total = functools.reduce(operator.add, (_finite_probe(f) for f in prepared))
+        if not is_finite(total):
+            raise_if_nonfinite(prepared)
     return prepared
+
+
+def is_finite(scalar: torch.Tensor) -> bool:
+    """Whether a scalar tensor is finite (one host synchronisation)."""
+    return bool(scalar - scalar == 0)
+
+
+def raise_if_nonfinite(features: Sequence[torch.Tensor]) -> None:
+    """Raise :class:`NonFiniteError` naming the maps that hold NaN or inf (one sync per map)."""
+    bad = [i for i, f in enumerate(features) if not bool(torch.isfinite(f).all())]
+    if bad:
+        raise NonFiniteError(f"features{bad} hold NaN or inf values")
+
+
+def _finite_probe(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of a map, in float32 for half precisions (whose sums overflow early)."""
+    half = tensor.dtype in (torch.float16, torch.bfloat16)
+    return tensor.sum(dtype=torch.float32) if half else tensor.sum()
 
 
 class ProjectionHead(nn.Module):

@@ -76,18 +76,23 @@ class BaneSampler(PixelSampler):
         pred: torch.Tensor | None,
         num_classes: int | None = None,
         validate: bool = True,
+        layout: CF.LayerLayout | None = None,
     ) -> torch.Tensor:
         """Select hard negatives.
 
         Args:
-            labels: (B, H, W) ground truth at the layer's resolution.
-            pred: (B, H, W) predicted class ids at the same resolution.
+            labels: (B, H, W) ground truth at the layer's resolution; or, with ``layout``,
+                the (M,) flat axis of every layer's labels (``functional.gather_layers``),
+                selected per layer in one computation.
+            pred: predicted class ids of ``labels``' shape and layout.
             num_classes: N (required).
             validate: check the label ranges (``False`` when the caller already did).
+            layout: the :class:`~contextrast.functional.LayerLayout` of flat inputs.
 
         Returns:
-            (B, H, W) bool: the selected error pixels. Each is a hard negative for the anchor
-            of the class it was predicted as (see ``functional.hard_negative_mask``).
+            bool of ``labels``' shape: the selected error pixels. Each is a hard negative for
+            the anchor of the class it was predicted as (see
+            ``functional.hard_negative_mask``).
         """
         pred = _needs_prediction(pred, type(self).__name__)
         if num_classes is None:
@@ -95,14 +100,17 @@ class BaneSampler(PixelSampler):
         if self.ratio == 0:
             return torch.zeros_like(labels, dtype=torch.bool)
         errors = CF.error_labels(pred, labels, num_classes, self.ignore_index, validate)
-        return CF.bane_select_labels(
-            self.scores(errors, num_classes), errors, num_classes, self.ratio
-        )
+        scores = self.scores(errors, num_classes, layout)
+        blocks = None if layout is None else layout.segments
+        return CF.bane_select_labels(scores, errors, num_classes, self.ratio, blocks)
 
-    def scores(self, errors: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """errors: (B, H, W) error labels (N: none) -> (B, H, W) ranking keys, smaller first:
-        the distance of each error pixel to the edge of its class's error region (eq. 7)."""
-        return CF.error_distance(errors, num_classes)
+    def scores(
+        self, errors: torch.Tensor, num_classes: int, layout: CF.LayerLayout | None = None
+    ) -> torch.Tensor:
+        """errors: error labels (N: none) as :meth:`select` takes labels -> ranking keys of
+        the same shape, smaller first: the distance of each error pixel to the edge of its
+        class's error region (eq. 7)."""
+        return CF.error_distance(errors, num_classes, layout)
 
 
 class PixelSubsampler(PixelSampler):
@@ -128,17 +136,33 @@ class PixelSubsampler(PixelSampler):
         labels: torch.Tensor,
         pred: torch.Tensor | None = None,
         priority: torch.Tensor | None = None,
+        blocks: CF.Segments | None = None,
     ) -> torch.Tensor | None:
-        """labels: (M,); pred: unused; priority: optional (M,) bool, kept first. Returns
-        (M',) indices or None (= all)."""
-        valid = labels != self.ignore_index
-        if self.max_pixels is None or int(valid.sum()) <= self.max_pixels:
+        """labels: (M,); pred: unused; priority: optional (M,) bool, kept first; blocks:
+        optional :class:`~contextrast.functional.Segments` of the M pixels (the layers), each
+        bounded on its own.
+
+        Returns (M',) indices, block after block, each block's at most ``max_pixels``; or None
+        when no block exceeds the bound (= all). A block with more pixels but at most
+        ``max_pixels`` labelled ones keeps all of those (and some unlabelled ones, which
+        score nothing): the number of labelled pixels is never read back to the host.
+        """
+        counts = (labels.numel(),) if blocks is None else blocks.counts
+        if self.max_pixels is None or max(counts) <= self.max_pixels:
             return None
         score = torch.rand(labels.shape, device=labels.device)
         if priority is not None:
             score = score + priority.to(score.dtype)
-        score = score.masked_fill(~valid, -1.0)
-        return torch.topk(score, self.max_pixels, sorted=False).indices
+        score = score.masked_fill(labels == self.ignore_index, -1.0)
+        keep, start = [], 0
+        for count in counts:
+            if count <= self.max_pixels:
+                keep.append(torch.arange(start, start + count, device=labels.device))
+            else:
+                top = torch.topk(score[start : start + count], self.max_pixels, sorted=False)
+                keep.append(top.indices + start)
+            start += count
+        return torch.cat(keep)
 
 
 class PerAnchorSampler:
@@ -170,22 +194,32 @@ class PerAnchorSampler:
         positive: torch.Tensor,
         negative: torch.Tensor,
         extra_negative: torch.Tensor | None = None,
+        blocks: CF.Segments | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """positive, negative, extra_negative: (N, M) bool candidate masks; returns subsets."""
-        if self.max_positives is not None:
-            positive = CF.sample_per_row(positive, self.max_positives)
-        if self.max_negatives is not None:
-            negative = CF.sample_per_row(negative, self.max_negatives)
-            if extra_negative is not None:
-                extra_negative = CF.sample_per_row(extra_negative, self.max_negatives)
-        return positive, negative, extra_negative
+        """positive, negative, extra_negative: (N, M) bool candidate masks; returns subsets.
+        With ``blocks`` (the layers' pixels), the bounds hold per anchor and block."""
+        masks = [positive, negative] + ([] if extra_negative is None else [extra_negative])
+        everything = positive.shape[1]  # a bound that keeps every candidate
+        bounds = [self.max_positives or everything] + [self.max_negatives or everything] * (
+            len(masks) - 1
+        )
+        if all(b >= everything for b in bounds):
+            return positive, negative, extra_negative
+        # All masks in one sampling: row r of mask j is bounded by bounds[j].
+        rows = positive.shape[0]
+        index = torch.arange(rows * len(masks), device=positive.device).unsqueeze(1)
+        count = torch.where(index < rows, bounds[0], bounds[1])  # (R·masks, 1)
+        picked = CF.sample_per_row(torch.cat(masks), count, blocks).split(rows)
+        return picked[0], picked[1], picked[2] if extra_negative is not None else None
 
 
 class SemiHardSampler(BaneSampler):
     """Semi-hard negatives (Table 6 ablation): the same share of error pixels per class as
     BANE, chosen uniformly at random instead of nearest to the edge."""
 
-    def scores(self, errors: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def scores(
+        self, errors: torch.Tensor, num_classes: int, layout: CF.LayerLayout | None = None
+    ) -> torch.Tensor:
         return torch.rand(errors.shape, device=errors.device)
 
 

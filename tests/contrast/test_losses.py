@@ -188,11 +188,15 @@ def test_per_anchor_sampling_scores_the_sampled_pairs(monkeypatch, mode):
     sampler = module.pair_sampler
     kept = []
 
-    def recording(positive, negative, extra=None):
-        out = sampler(positive, negative, extra)
-        assert out[0].sum(1).max() <= 7 and out[1].sum(1).max() <= 9
+    def recording(positive, negative, extra=None, blocks=None):
+        # The loss samples every layer at once; its blocks are the layers' pixels.
+        out = sampler(positive, negative, extra, blocks)
         assert not (out[0] & ~positive).any() and not (out[1] & ~negative).any()
-        kept.append(tuple(None if m is None else m.numpy() for m in out))
+        for layer in zip(*(m.split(blocks.counts, dim=1) for m in out if m is not None)):
+            assert layer[0].sum(1).max() <= 7 and layer[1].sum(1).max() <= 9
+            if extra is None:
+                layer = (*layer, None)
+            kept.append(tuple(None if m is None else m.numpy() for m in layer))
         return out
 
     monkeypatch.setattr(module, "pair_sampler", recording)
@@ -436,3 +440,16 @@ def test_the_loss_waits_for_the_host_at_most_twice():
     syncs = ("aten::_local_scalar_dense", "aten::nonzero", "aten::unique", "aten::_unique2")
     assert sum(n in syncs for n in names) == 2
     assert len(names) <= 4000  # 3,922 today; issue 14 asks for 1,000
+
+
+@pytest.mark.parametrize("embed_dim", [3, 8])  # 8 > hidden + 1: the factored path
+@pytest.mark.parametrize("mode", ["add", "only"])
+def test_feature_gradients_match_finite_differences(embed_dim, mode):
+    """The loss's written-out gradients (functional's layer_sums, layer_similarity and
+    InfoNCE) against finite differences of the whole loss, in float64."""
+    features, logits, target = make_inputs(channels=(2, 3), sizes=((4, 5), (2, 3)), seed=3)
+    module = ContextrastLoss(
+        N, [2, 3], embed_dim=embed_dim, layer_weights=(0.4, 1.0), hard_negatives=mode
+    ).double()
+    assert module(features, logits, target).item() > 0
+    assert torch.autograd.gradcheck(lambda *f: module(list(f), logits, target), features)

@@ -37,8 +37,17 @@ def test_pixel_subsampler_keeps_priority_and_skips_ignore():
     assert keep.numel() == 4
     kept = set(keep.tolist())
     assert {3, 6} <= kept and not kept & {2, 5}
-    assert PixelSubsampler(max_pixels=6)(labels, priority=priority) is None  # 6 valid pixels fit
+    # 6 labelled pixels of 8 fit a bound of 6: all of them are kept, with no host sync to
+    # count them (so the pick is 6 indices, not "all").
+    fit = PixelSubsampler(max_pixels=6)(labels, priority=priority)
+    assert set(fit.tolist()) == {0, 1, 3, 4, 6, 7}
+    assert PixelSubsampler(max_pixels=8)(labels, priority=priority) is None
     assert PixelSubsampler(None)(labels) is None
+    # Per block: the first (5 pixels, 4 labelled) is cut to its 4 labelled ones, the second
+    # (3 pixels) fits and is kept whole.
+    blocks = CF.segments((5, 3), labels.device)
+    keep = PixelSubsampler(max_pixels=4)(labels, priority=priority, blocks=blocks)
+    assert set(keep[:4].tolist()) == {0, 1, 3, 4} and keep[4:].tolist() == [5, 6, 7]
 
 
 def test_projection_head_normalises():
