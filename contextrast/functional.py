@@ -21,6 +21,7 @@ import torch.nn.functional as F
 # The public functions; the losses, samplers, metrics and analyses import from these.
 __all__ = [
     "Canvas",
+    "LayerGroup",
     "LayerLayout",
     "Segments",
     "anchors_from_flat",
@@ -35,6 +36,7 @@ __all__ = [
     "error_labels",
     "fuse_anchors",
     "gather_layers",
+    "group_one_hot",
     "hard_negative_mask",
     "info_nce_from_logits",
     "layer_layout",
@@ -503,10 +505,46 @@ class _LayerSums(torch.autograd.Function):
         return grad_coords, grad_lift, None, None
 
 
+class LayerGroup(NamedTuple):
+    """Consecutive layers whose embeddings share one coordinate matrix: one factored layer
+    (``v = lift @ c``), or several layers whose d-dim embeddings are formed, side by side.
+
+    counts: the pixels M_i of each of its layers; coords: (K, Σ M_i), layer after layer;
+    lift: (D, K), or ``None`` (the coords are the embeddings).
+    """
+
+    counts: tuple[int, ...]
+    coords: torch.Tensor
+    lift: torch.Tensor | None
+
+
+@functools.lru_cache(maxsize=64)
+def _group_rows(
+    counts: tuple[int, ...], num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a group of layers with ``counts`` pixels: (rows (N, Σ M_i) int64, the row j·N + n
+    of anchor n of each column's layer j; mask (I_g·N, Σ M_i) float32, row j·N + n is 1 on
+    layer j's columns)."""
+    layer = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    rows = layer * num_classes + torch.arange(num_classes).unsqueeze(1)  # (N, M)
+    mask = layer == torch.arange(len(counts)).repeat_interleave(num_classes).unsqueeze(1)
+    return rows.to(device), mask.float().to(device)
+
+
+def group_one_hot(one_hot: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
+    """one_hot: (N, Σ M_i) class membership of a group's pixels -> (I_g·N, Σ M_i), row j·N + n
+    for the pixels of class n in layer j (what :func:`layer_sums` needs for per-layer sums)."""
+    if len(counts) == 1:
+        return one_hot
+    mask = _group_rows(counts, one_hot.shape[0], one_hot.device)[1]
+    return one_hot.repeat(len(counts), 1) * (
+        mask if mask.dtype == one_hot.dtype else mask.to(one_hot.dtype)
+    )
+
+
 def layer_similarity(
     anchors: torch.Tensor,
-    coords: Sequence[torch.Tensor],
-    lifts: Sequence[torch.Tensor | None],
+    groups: Sequence[LayerGroup],
     inverse: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
@@ -514,31 +552,40 @@ def layer_similarity(
 
     Args:
         anchors: (I, N, D) fused anchors.
-        coords: I tensors (K_i, M_i), each layer's coordinates (see :func:`layer_sums`).
-        lifts: I tensors (D, K_i) or ``None``.
+        groups: the :class:`LayerGroup` s of the I layers, in order.
         inverse: (M,) ``1/‖v‖`` of all layers' pixels, M = Σ M_i, layer after layer.
         temperature: τ.
 
     Returns:
         (N, M), with gradient (written out: :class:`_LayerSimilarity`). ``â · v`` is computed
-        as ``(â lift) · c``: the anchors move to each layer's coordinates.
+        as ``(â lift) · c``: the anchors move to each factored layer's coordinates; a group of
+        several layers scores all its layers' anchors against all its pixels at once and
+        keeps each pixel's own layer's rows.
     """
-    pairs = [t for pair in zip(coords, lifts) for t in pair]
-    return _LayerSimilarity.apply(anchors, inverse, temperature, *pairs)
+    pairs = [t for group in groups for t in (group.coords, group.lift)]
+    counts = tuple(group.counts for group in groups)
+    return _LayerSimilarity.apply(anchors, inverse, temperature, counts, *pairs)
 
 
 class _LayerSimilarity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchors, inverse, temperature, *pairs):
-        coords, lifts = pairs[0::2], pairs[1::2]
-        projected = [
-            anchor if lift is None else torch.mm(anchor, lift)  # (N, K_i)
-            for anchor, lift in zip(anchors, lifts)
-        ]
-        raw = torch.cat([torch.mm(q, c) for q, c in zip(projected, coords)], dim=1)  # (N, M)
+    def forward(ctx, anchors, inverse, temperature, counts, *pairs):
+        n = anchors.shape[1]
+        projected, parts, first = [], [], 0
+        for g, layer_counts in enumerate(counts):
+            coords, lift = pairs[2 * g], pairs[2 * g + 1]
+            group = anchors[first : first + len(layer_counts)].reshape(-1, anchors.shape[2])
+            q = group if lift is None else torch.mm(group, lift)  # (I_g·N, K)
+            full = torch.mm(q, coords)  # (I_g·N, M_g)
+            if len(layer_counts) > 1:
+                full = full.gather(0, _group_rows(layer_counts, n, full.device)[0])  # (N, M_g)
+            projected.append(q)
+            parts.append(full)
+            first += len(layer_counts)
+        raw = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (N, M)
         ctx.reciprocal_temperature = _constant(1.0 / temperature, raw.dtype, raw.device)
         scale = inverse * ctx.reciprocal_temperature  # (M,)
-        ctx.counts = [c.shape[1] for c in coords]
+        ctx.counts = counts
         ctx.save_for_backward(anchors, scale, raw, *pairs, *projected)
         return raw * scale
 
@@ -546,22 +593,31 @@ class _LayerSimilarity(torch.autograd.Function):
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         anchors, scale, raw = saved[:3]
-        layers = len(ctx.counts)
-        pairs, projected = saved[3 : 3 + 2 * layers], saved[3 + 2 * layers :]
+        groups = len(ctx.counts)
+        pairs, projected = saved[3 : 3 + 2 * groups], saved[3 + 2 * groups :]
         grad_inverse = (grad * raw).sum(0).mul_(ctx.reciprocal_temperature)  # (M,)
         grad_raw = grad * scale  # (N, M)
-        grad_anchors, grad_pairs = [], []
-        for i, part in enumerate(grad_raw.split(ctx.counts, dim=1)):
-            coords, lift = pairs[2 * i], pairs[2 * i + 1]
-            grad_projected = torch.mm(part, coords.transpose(0, 1))  # (N, K_i)
-            grad_pairs.append(torch.mm(projected[i].transpose(0, 1), part))  # (K_i, M_i)
+        n, d = anchors.shape[1:]
+        grad_anchors, grad_pairs, first = [], [], 0
+        parts = grad_raw.split([sum(c) for c in ctx.counts], dim=1)
+        for g, (part, layer_counts) in enumerate(zip(parts, ctx.counts)):
+            coords, lift = pairs[2 * g], pairs[2 * g + 1]
+            if len(layer_counts) > 1:  # back to every (layer, anchor) row
+                rows = _group_rows(layer_counts, n, part.device)[0]
+                full = part.new_zeros(len(layer_counts) * n, part.shape[1])
+                part = full.scatter_(0, rows, part)  # (I_g·N, M_g)
+            grad_projected = torch.mm(part, coords.transpose(0, 1))  # (I_g·N, K)
+            grad_pairs.append(torch.mm(projected[g].transpose(0, 1), part))  # (K, M_g)
             if lift is None:
                 grad_anchors.append(grad_projected)
                 grad_pairs.append(None)
             else:
-                grad_anchors.append(torch.mm(grad_projected, lift.transpose(0, 1)))  # (N, D)
-                grad_pairs.append(torch.mm(anchors[i].transpose(0, 1), grad_projected))
-        return torch.stack(grad_anchors), grad_inverse, None, *grad_pairs
+                grad_anchors.append(torch.mm(grad_projected, lift.transpose(0, 1)))
+                group = anchors[first : first + len(layer_counts)].reshape(-1, d)
+                grad_pairs.append(torch.mm(group.transpose(0, 1), grad_projected))
+            first += len(layer_counts)
+        grad_anchors = torch.cat(grad_anchors).view(anchors.shape)  # (I, N, D)
+        return grad_anchors, grad_inverse, None, None, *grad_pairs
 
 
 def info_nce_from_logits(
@@ -616,32 +672,40 @@ class _InfoNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, positive, negative, extra_negative, blocks):
-        weight = negative.to(logits.dtype)  # (A, C): each column's count in the denominator
+        dtype, device = logits.dtype, logits.device
+        zero = _constant(0.0, dtype, device)
+        # Each column's count in the denominator: 0, 1, or 2 for a negative that is also extra.
+        weight = negative.to(dtype)
+        denominator = negative
         if extra_negative is not None:
-            weight = weight + extra_negative.to(logits.dtype)
-        denominator = weight > 0
-        has_negative = segment_sum(weight, blocks) > 0  # (A, S)
-        masked = logits.masked_fill(~denominator, float("-inf"))
+            weight = weight + extra_negative
+            denominator = negative | extra_negative
+        has_negative = segment_sum(weight, blocks) > zero  # (A, S)
+        masked = torch.where(denominator, logits, _constant(float("-inf"), dtype, device))
         # The largest negative per (anchor, block) keeps exp() in range at any temperature.
-        shift = torch.full_like(has_negative, float("-inf"), dtype=logits.dtype)
+        shift = torch.full(has_negative.shape, float("-inf"), dtype=dtype, device=device)
         shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
-        shift = shift.masked_fill_(~has_negative, 0.0)  # (A, S)
+        no_negative = ~has_negative
+        shift.masked_fill_(no_negative, 0.0)  # (A, S)
         terms = weight * torch.exp(masked - shift.index_select(1, blocks.ids))  # (A, C)
         # A block without negatives sums to 0: log(1) keeps it finite (it is unused).
-        sums = segment_sum(terms, blocks).masked_fill_(~has_negative, 1.0)  # (A, S)
-        lse = shift + torch.log(sums)  # (A, S)
-        gap = lse.index_select(1, blocks.ids) - logits  # (A, C): z
-        positive = positive.to(logits.dtype)
+        sums = segment_sum(terms, blocks).masked_fill_(no_negative, 1.0)  # (A, S)
+        gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
+        positive = positive.to(dtype)
         num_positive = segment_sum(positive, blocks)  # (A, S)
-        used = (has_negative & (num_positive > 0)).to(logits.dtype)
+        used = has_negative & (num_positive > zero)  # (A, S)
         # Each anchor's share of its block's mean; anchors without a positive or a negative
         # are exact zeros (masking by multiplication: no host synchronisation).
-        share = used / (num_positive.clamp(min=1) * used.sum(0).clamp(min=1))  # (A, S)
+        one = _constant(1.0, dtype, device)
+        anchors_used = torch.maximum(used.sum(0), one)  # (S,)
+        share = torch.where(
+            used, (torch.maximum(num_positive, one) * anchors_used).reciprocal(), zero
+        )
         per_pair = F.softplus(gap) * positive  # (A, C)
-        losses = segment_sum((per_pair * share.index_select(1, blocks.ids)).sum(0, True), blocks)
+        weighted = (per_pair * share.index_select(1, blocks.ids)).sum(0, True)  # (1, C)
         ctx.blocks = blocks
         ctx.save_for_backward(share, terms / sums.index_select(1, blocks.ids), gap, positive)
-        return losses[0]  # (S,)
+        return segment_sum(weighted, blocks).view(-1)  # (S,)
 
     @staticmethod
     def backward(ctx, grad):

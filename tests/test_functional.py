@@ -471,20 +471,37 @@ def test_layer_sums_gradients_match_finite_differences(lifted):
 
 
 def test_layer_similarity_gradients_match_finite_differences():
-    g, _counts, _, _ = _blocks_case(1)
-    anchors = torch.randn(2, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    # Layer 0 factored (v = lift @ c), layers 1 and 2 formed and scored as one group.
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.randn(3, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
     coords = [torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True),
-              torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+              torch.randn(6, 8, generator=g, dtype=torch.float64, requires_grad=True)]  # fmt: skip
     lift = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    inverse = torch.rand(12, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
+    inverse = torch.rand(15, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
 
     def run(anchors, inverse, c0, c1, lift):
-        return CF.layer_similarity(anchors, [c0, c1], [lift, None], inverse, 0.3)
+        groups = [CF.LayerGroup((7,), c0, lift), CF.LayerGroup((5, 3), c1, None)]
+        return CF.layer_similarity(anchors, groups, inverse, 0.3)
 
     inputs = (anchors, inverse, *coords, lift)
     assert torch.autograd.gradcheck(run, inputs)
-    want = torch.cat([anchors[0] @ lift @ coords[0], anchors[1] @ coords[1]], 1) * inverse / 0.3
-    torch.testing.assert_close(run(*inputs), want)
+    want = torch.cat(
+        [
+            anchors[0] @ lift @ coords[0],
+            anchors[1] @ coords[1][:, :5],
+            anchors[2] @ coords[1][:, 5:],
+        ],
+        1,
+    )
+    torch.testing.assert_close(run(*inputs), want * inverse / 0.3)
+
+
+def test_group_one_hot_puts_each_layer_in_its_own_rows():
+    one_hot = CF.class_one_hot(torch.tensor([0, 1, 255, 1, 0]), 2, torch.float32)  # (2, 5)
+    rows = CF.group_one_hot(one_hot, (3, 2))  # layer 0: columns 0-2, layer 1: columns 3-4
+    want = [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 0]]
+    assert rows.tolist() == want
+    assert CF.group_one_hot(one_hot, (5,)) is one_hot
 
 
 def test_blockwise_info_nce_matches_autograd_of_the_explicit_form():

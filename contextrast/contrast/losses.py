@@ -191,6 +191,24 @@ class ContextrastLoss(nn.Module):
         """Weighted pixel-anchor loss ``α · L_PA``; see :meth:`terms` for the arguments."""
         return self.terms(features, logits, target).loss
 
+    def _embed(
+        self, features: Sequence[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each layer's unnormalised embeddings as ``(coords (B, K, h, w), lift (d, K))`` with
+        ``v = lift @ c`` (:meth:`ProjectionHead.factored`), or ``(v (B, d, h, w), None)``.
+
+        A layer is factored when it holds at least a quarter of all layers' pixels (the
+        stride-4 map of a feature pyramid): there the d-dim maps would dominate the loss's
+        memory. The smaller layers form their maps, which costs little memory and saves
+        operations: consecutive formed layers are scored as one group.
+        """
+        pixels = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
+        total = sum(pixels)
+        return [
+            head.factored(feature) if 4 * count >= total else (head.net(feature), None)
+            for head, feature, count in zip(self.heads, features, pixels)
+        ]
+
     def _validate(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> list[torch.Tensor]:
@@ -237,12 +255,10 @@ class ContextrastLoss(nn.Module):
         n = self.num_classes
         with torch.no_grad():
             pred = logits.argmax(dim=1)  # (B, h, w)
-        # Each layer's embeddings as lift @ coords, normalised lazily through a per-pixel
-        # 1/‖v‖: the d-dim maps are formed only where the head's hidden layer is as wide.
-        factored = [head.factored(feature) for head, feature in zip(self.heads, features)]
+        embedded = self._embed(features)
         device = target.device
-        dtype = CF.compute_dtype(*(coords for coords, _ in factored))
-        sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in factored)
+        dtype = CF.compute_dtype(*(coords for coords, _ in embedded))
+        sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in embedded)
         layout = CF.layer_layout(target.shape[0], sizes, device)
         blocks = layout.segments
         with torch.autocast(device_type=device.type, enabled=False):
@@ -250,42 +266,28 @@ class ContextrastLoss(nn.Module):
             layer_pred = CF.gather_layers(pred, layout)  # (M,)
             # The labels were checked once in _validate; the prediction is an argmax.
             hard = self.sampler(labels, layer_pred, num_classes=n, validate=False, layout=layout)
-            flats, lifts = [], []
-            for coords, lift in factored:
-                coords = coords if coords.dtype == dtype else coords.to(dtype)
-                flats.append(coords.transpose(0, 1).reshape(coords.shape[1], -1))  # (K, B·P)
-                lifts.append(lift if lift is None or lift.dtype == dtype else lift.to(dtype))
+            groups = _group_layers(embedded, blocks.counts, dtype)
             one_hot = CF.class_one_hot(labels, n, dtype)  # (N, M)
             counts = CF.segment_sum(one_hot, blocks)  # (N, I)
-            inverse, sums = zip(
-                *(
-                    CF.layer_sums(flat, lift, part)
-                    for flat, lift, part in zip(flats, lifts, one_hot.split(blocks.counts, 1))
+            inverse, sums = [], []
+            for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
+                group_inverse, group_sums = CF.layer_sums(
+                    group.coords, group.lift, CF.group_one_hot(part, group.counts)
                 )
-            )
-            inverse_norm = torch.cat(inverse)  # (M,)
-            anchors = torch.stack(sums) / counts.t().clamp(min=1).unsqueeze(2)  # (I, N, d)
+                inverse.append(group_inverse)  # (M_g,)
+                sums.append(group_sums)  # (I_g·N, d)
+            inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)
+            sums = (torch.cat(sums) if len(sums) > 1 else sums[0]).view(len(sizes), n, -1)
+            anchors = sums / counts.t().clamp(min=1).unsqueeze(2)  # (I, N, d)
             fused = CF.fuse_anchors(anchors, counts[:, -1] > 0, self.w_high, self.normalize_anchors)
             if self.detach_anchors:
                 fused = fused.detach()
             keep = self.subsampler(labels, priority=hard, blocks=blocks)
             if keep is not None:
-                kept_counts = _kept(blocks.counts, self.subsampler.max_pixels)
-                local = keep - torch.repeat_interleave(
-                    torch.tensor(_starts(blocks.counts), device=device),
-                    torch.tensor(kept_counts, device=device),
-                    output_size=keep.numel(),
-                )
-                flats = [
-                    flat.index_select(1, part)
-                    for flat, part in zip(flats, local.split(kept_counts))
-                ]
+                groups, blocks = _keep_columns(groups, keep, self.subsampler.max_pixels)
                 labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
                 inverse_norm = inverse_norm[keep]
-                blocks = CF.segments(kept_counts, device)
-            similarity = CF.layer_similarity(
-                fused, flats, lifts, inverse_norm, self.temperature
-            )  # (N, M)
+            similarity = CF.layer_similarity(fused, groups, inverse_norm, self.temperature)
             positive = labels.unsqueeze(0) == torch.arange(n, device=device).unsqueeze(1)
             negative = (labels != self.ignore_index).unsqueeze(0) & ~positive  # (N, M)
             extra = None
@@ -309,9 +311,49 @@ class ContextrastLoss(nn.Module):
         )
 
 
-def _starts(counts: Sequence[int]) -> list[int]:
-    return [sum(counts[:i]) for i in range(len(counts))]
+def _group_layers(
+    embedded: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    counts: Sequence[int],
+    dtype: torch.dtype,
+) -> list[CF.LayerGroup]:
+    """Each factored layer as its own group; each run of consecutive formed layers as one.
+
+    embedded: per layer, (coords (B, K, h, w), lift (d, K) or None) from the heads.
+    """
+    groups, run = [], []
+
+    def close_run():
+        if run:
+            coords = torch.cat([c for c, _ in run], dim=1) if len(run) > 1 else run[0][0]
+            groups.append(CF.LayerGroup(tuple(m for _, m in run), coords, None))
+            run.clear()
+
+    for (coords, lift), count in zip(embedded, counts):
+        coords = coords if coords.dtype == dtype else coords.to(dtype)
+        flat = coords.transpose(0, 1).reshape(coords.shape[1], -1)  # (K, B·h·w)
+        if lift is None:
+            run.append((flat, count))
+            continue
+        close_run()
+        groups.append(
+            CF.LayerGroup((count,), flat, lift if lift.dtype == dtype else lift.to(dtype))
+        )
+    close_run()
+    return groups
 
 
-def _kept(counts: Sequence[int], bound: int) -> tuple[int, ...]:
-    return tuple(min(count, bound) for count in counts)
+def _keep_columns(
+    groups: list[CF.LayerGroup], keep: torch.Tensor, bound: int
+) -> tuple[list[CF.LayerGroup], CF.Segments]:
+    """The groups restricted to the kept pixels (``keep``: flat indices, layer after layer,
+    at most ``bound`` per layer, as :class:`PixelSubsampler` returns them), and the kept
+    pixels' segments."""
+    kept, start, position, out = [], 0, 0, []
+    for group in groups:
+        layer_kept = tuple(min(count, bound) for count in group.counts)
+        part = keep[position : position + sum(layer_kept)] - start  # (M'_g,) group columns
+        out.append(CF.LayerGroup(layer_kept, group.coords.index_select(1, part), group.lift))
+        kept.extend(layer_kept)
+        start += sum(group.counts)
+        position += sum(layer_kept)
+    return out, CF.segments(tuple(kept), keep.device)

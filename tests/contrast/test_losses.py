@@ -442,14 +442,36 @@ def test_the_loss_waits_for_the_host_at_most_twice():
     assert len(names) <= 4000  # 3,922 today; issue 14 asks for 1,000
 
 
-@pytest.mark.parametrize("embed_dim", [3, 8])  # 8 > hidden + 1: the factored path
+@pytest.mark.parametrize("embed_dim", [3, 8])  # 8 > hidden + 1: the large layer is factored
 @pytest.mark.parametrize("mode", ["add", "only"])
-def test_feature_gradients_match_finite_differences(embed_dim, mode):
+@pytest.mark.parametrize("sizes", [((4, 5), (2, 3)), ((6, 8), (2, 3), (2, 2))])
+def test_feature_gradients_match_finite_differences(embed_dim, mode, sizes):
     """The loss's written-out gradients (functional's layer_sums, layer_similarity and
-    InfoNCE) against finite differences of the whole loss, in float64."""
-    features, logits, target = make_inputs(channels=(2, 3), sizes=((4, 5), (2, 3)), seed=3)
+    InfoNCE) against finite differences of the whole loss, in float64. With three layers the
+    two small ones are formed and scored as one group."""
+    channels = (2, 3, 2)[: len(sizes)]
+    features, logits, target = make_inputs(channels=channels, sizes=sizes, seed=3)
     module = ContextrastLoss(
-        N, [2, 3], embed_dim=embed_dim, layer_weights=(0.4, 1.0), hard_negatives=mode
-    ).double()
+        N, channels, embed_dim=embed_dim, layer_weights=(0.4, 0.7, 1.0)[-len(sizes) :],
+        hard_negatives=mode,
+    ).double()  # fmt: skip
     assert module(features, logits, target).item() > 0
     assert torch.autograd.gradcheck(lambda *f: module(list(f), logits, target), features)
+
+
+@pytest.mark.parametrize("embed_dim", [5, 16])
+def test_three_layers_with_a_formed_group_match_reference(embed_dim):
+    # Shares of pixels 0.79 / 0.20 / 0.06: the first layer is factored (embed_dim 16), the
+    # other two are formed and scored as one group; the loss is the paper's all the same.
+    features, logits, target = make_inputs(
+        channels=(4, 6, 5), sizes=((8, 10), (4, 5), (2, 3)), seed=11
+    )
+    module = ContextrastLoss(
+        N, [4, 6, 5], embed_dim=embed_dim, layer_weights=(0.1, 0.4, 1.0), hard_negatives="add"
+    ).double()
+    hard = module_hard_negatives(module, features, logits, target)
+    terms = module.terms(features, logits, target)
+    want, want_layers = reference_loss(module, features, logits, target, hard)
+    assert terms.loss.item() == pytest.approx(want, rel=1e-9)
+    np.testing.assert_allclose(terms.layer_losses.numpy(), want_layers, rtol=1e-9)
+    assert terms.hard_negatives.tolist() == [int(h.sum()) for h in hard]
