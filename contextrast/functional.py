@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
@@ -30,7 +31,9 @@ __all__ = [
     "check_labels",
     "class_error_maps",
     "class_one_hot",
+    "class_rows",
     "compute_dtype",
+    "constant",
     "distance_transform",
     "error_distance",
     "error_labels",
@@ -42,7 +45,6 @@ __all__ = [
     "layer_layout",
     "layer_similarity",
     "layer_sums",
-    "lifted_norm",
     "pixel_anchor_loss",
     "pixel_anchor_loss_from_logits",
     "representative_anchors",
@@ -84,8 +86,9 @@ def check_labels(
             f"ignore_index={ignore_index} collides with a class id; expected a value outside "
             f"[0, {num_classes})"
         )
-    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-    if bool(bad.any()):
+    # One pass: a value outside [0, N) that is not the ignore index (max of bool: any).
+    bad = (labels < 0).bitwise_or_(labels >= num_classes).bitwise_and_(labels != ignore_index)
+    if bool(bad.max()):
         values = torch.unique(labels[bad])[:5].tolist()
         raise ValueError(
             f"{name} contains values {values} outside [0, {num_classes}) and not the "
@@ -110,9 +113,9 @@ def _no_autocast(device: torch.device):
 
 
 @functools.lru_cache(maxsize=256)
-def _constant(value: float | int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A cached 0-dim tensor: an operand that, unlike a Python number, costs no conversion
-    per operation (the loss is counted in operator calls; issue 14)."""
+def constant(value: float | int | tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached tensor of ``value`` (a number: 0-dim): an operand that, unlike a Python
+    number, costs no conversion per operation (the loss is counted in operator calls)."""
     return torch.tensor(value, dtype=dtype, device=device)
 
 
@@ -183,8 +186,8 @@ class Canvas(NamedTuple):
     transform's (B, W_c, H_c) output; previous, following: (W_c,) the column left and right
     of each (itself at a layer's first and last column); first, last: (W_c,) bool, a layer's
     first and last column; start_code, end_code: (W_c,) ``2x + first``, ``2x + last``;
-    position: (W_c,) x; offsets: (H_c, H_c) ``(y − y')²``; dtype: float32, or float64 when
-    squared distances could exceed float32's exact integers.
+    before, after: (W_c,) x − 1 and x + 1; offsets: (H_c, H_c) ``(y − y')²``; dtype:
+    float32, or float64 when squared distances could exceed float32's exact integers.
     """
 
     shape: tuple[int, int, int]
@@ -196,7 +199,8 @@ class Canvas(NamedTuple):
     last: torch.Tensor
     start_code: torch.Tensor
     end_code: torch.Tensor
-    position: torch.Tensor
+    before: torch.Tensor
+    after: torch.Tensor
     offsets: torch.Tensor
     dtype: torch.dtype
 
@@ -270,7 +274,8 @@ def layer_layout(
         last=last.to(device),
         start_code=(2 * position + first).to(dtype).to(device),
         end_code=(2 * position + last).to(dtype).to(device),
-        position=position.to(dtype).to(device),
+        before=(position - 1).to(dtype).to(device),
+        after=(position + 1).to(dtype).to(device),
         offsets=(lines.unsqueeze(1) - lines).square().to(device),
         dtype=dtype,
     )
@@ -316,14 +321,20 @@ def gather_layers(maps: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def class_rows(num_classes: int, device: torch.device) -> torch.Tensor:
+    """(N, 1) int64 class ids, cached: ``labels == class_rows(N, device)`` is the (N, M)
+    class membership of (M,) labels."""
+    return torch.arange(num_classes, device=device).view(num_classes, 1)
+
+
 def class_one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """One-hot of class labels along a new second-to-last dim; ignore (any value outside the
     classes) is 0.
 
     labels: (B, P) or (M,) integer. Returns (B, N, P) or (N, M) of ``dtype``.
     """
-    classes = _arange(num_classes, labels.device).view(num_classes, 1)
-    return (labels.unsqueeze(-2) == classes).to(dtype)
+    return (labels.unsqueeze(-2) == class_rows(num_classes, labels.device)).to(dtype)
 
 
 def representative_anchors(
@@ -407,38 +418,10 @@ def fuse_anchors(
     layers = anchors.shape[0]
     mixed = torch.lerp(anchors, anchors[-1:], w_high)  # (I, N, D): (1 − w)·A_i + w·A_I
     # Fused are the lower layers' anchors of the classes present at the last layer.
-    lower = _arange(layers, anchors.device) < _constant(layers - 1, torch.long, anchors.device)
+    lower = _arange(layers, anchors.device) < constant(layers - 1, torch.long, anchors.device)
     fuse = lower.view(-1, 1, 1) & present.view(1, -1, 1)  # (I, N, 1)
     fused = torch.where(fuse, mixed, anchors)
     return F.normalize(fused, dim=2) if normalize else fused
-
-
-def lifted_norm(
-    coords: torch.Tensor, lift: torch.Tensor | None, eps: float = 1e-12, inverse: bool = False
-) -> torch.Tensor:
-    """Per-pixel norm ``max(‖lift @ c‖, eps)`` of factored embeddings (``F.normalize``'s rule).
-
-    Args:
-        coords: (K, M) coordinates c of each pixel, one column per pixel.
-        lift: (D, K), or ``None`` for the identity (the coords are the embeddings).
-        inverse: return ``1 / max(‖lift @ c‖, eps)`` instead (what normalising multiplies by).
-
-    Returns:
-        (M,).
-    """
-    _check_rank(coords, 2, "coords", "(K, M)")
-    if lift is None:
-        squared = (coords * coords).sum(0)  # (M,)
-    else:
-        _check_rank(lift, 2, "lift", "(D, K)")
-        if lift.shape[1] != coords.shape[0]:
-            raise ValueError(
-                f"lift has {lift.shape[1]} columns but coords have K={coords.shape[0]} channels"
-            )
-        # cᵀ G c with G = liftᵀ lift; rounding can make it slightly negative near zero.
-        squared = (coords * torch.mm(torch.mm(lift.t(), lift), coords)).sum(0)  # (M,)
-    squared = squared.clamp_min(eps * eps)
-    return squared.rsqrt() if inverse else squared.sqrt()
 
 
 def layer_sums(
@@ -456,6 +439,17 @@ def layer_sums(
         inverse: (M,) ``1 / max(‖v‖, eps)``; sums: (N, D) ``Σ_m one_hot[n, m] v_m / ‖v_m‖``,
         both with gradient (written out: :class:`_LayerSums`).
     """
+    _check_rank(coords, 2, "coords", "(K, M)")
+    if lift is not None:
+        _check_rank(lift, 2, "lift", "(D, K)")
+        if lift.shape[1] != coords.shape[0]:
+            raise ValueError(
+                f"lift has {lift.shape[1]} columns but coords have K={coords.shape[0]} channels"
+            )
+    if one_hot.dim() != 2 or one_hot.shape[1] != coords.shape[1]:
+        raise ValueError(
+            f"one_hot must have shape (N, M) with M={coords.shape[1]}, got {tuple(one_hot.shape)}"
+        )
     return _LayerSums.apply(coords, lift, one_hot, eps)
 
 
@@ -583,7 +577,7 @@ class _LayerSimilarity(torch.autograd.Function):
             parts.append(full)
             first += len(layer_counts)
         raw = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (N, M)
-        ctx.reciprocal_temperature = _constant(1.0 / temperature, raw.dtype, raw.device)
+        ctx.reciprocal_temperature = constant(1.0 / temperature, raw.dtype, raw.device)
         scale = inverse * ctx.reciprocal_temperature  # (M,)
         ctx.counts = counts
         ctx.save_for_backward(anchors, scale, raw, *pairs, *projected)
@@ -673,15 +667,15 @@ class _InfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, positive, negative, extra_negative, blocks):
         dtype, device = logits.dtype, logits.device
-        zero = _constant(0.0, dtype, device)
+        zero = constant(0.0, dtype, device)
         # Each column's count in the denominator: 0, 1, or 2 for a negative that is also extra.
         weight = negative.to(dtype)
         denominator = negative
         if extra_negative is not None:
-            weight = weight + extra_negative
-            denominator = negative | extra_negative
+            weight = torch.where(extra_negative, weight + constant(1.0, dtype, device), weight)
+            denominator = torch.bitwise_or(negative, extra_negative)
         has_negative = segment_sum(weight, blocks) > zero  # (A, S)
-        masked = torch.where(denominator, logits, _constant(float("-inf"), dtype, device))
+        masked = torch.where(denominator, logits, constant(float("-inf"), dtype, device))
         # The largest negative per (anchor, block) keeps exp() in range at any temperature.
         shift = torch.full(has_negative.shape, float("-inf"), dtype=dtype, device=device)
         shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
@@ -693,14 +687,12 @@ class _InfoNCE(torch.autograd.Function):
         gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
         positive = positive.to(dtype)
         num_positive = segment_sum(positive, blocks)  # (A, S)
-        used = has_negative & (num_positive > zero)  # (A, S)
+        used = (num_positive > zero).bitwise_and_(has_negative).to(dtype)  # (A, S)
         # Each anchor's share of its block's mean; anchors without a positive or a negative
         # are exact zeros (masking by multiplication: no host synchronisation).
-        one = _constant(1.0, dtype, device)
+        one = constant(1.0, dtype, device)
         anchors_used = torch.maximum(used.sum(0), one)  # (S,)
-        share = torch.where(
-            used, (torch.maximum(num_positive, one) * anchors_used).reciprocal(), zero
-        )
+        share = used / (torch.maximum(num_positive, one) * anchors_used)
         per_pair = F.softplus(gap) * positive  # (A, C)
         weighted = (per_pair * share.index_select(1, blocks.ids)).sum(0, True)  # (1, C)
         ctx.blocks = blocks
@@ -782,13 +774,13 @@ def sample_per_row(
     # keeps every block at its own positions, its candidates first in random order, so the
     # first ``count`` positions of each block that hold a candidate are the sample.
     device = mask.device
-    score = torch.rand(mask.shape, device=device).mul_(_constant(0.5, torch.float32, device))
-    keys = torch.where(mask, score, _constant(0.75, torch.float32, device)).add_(blocks.keys)
+    score = torch.rand(mask.shape, device=device).mul_(constant(0.5, torch.float32, device))
+    keys = torch.where(mask, score, constant(0.75, torch.float32, device)).add_(blocks.keys)
     keys, order = torch.sort(keys, dim=1)
     if isinstance(count, int):
-        count = _constant(count, torch.long, device)
-    candidate = keys < (blocks.keys + _constant(0.5, torch.float32, device))
-    chosen = (blocks.local < count) & candidate  # (R, M) in sorted order
+        count = constant(count, torch.long, device)
+    candidate = keys < (blocks.keys + constant(0.5, torch.float32, device))
+    chosen = candidate.bitwise_and_(blocks.local < count)  # (R, M) in sorted order
     return torch.zeros_like(mask).scatter_(1, order, chosen)
 
 
@@ -955,8 +947,9 @@ def error_labels(
         check_labels(target, num_classes, ignore_index, "target")
         if bool(((pred < 0) | (pred >= num_classes)).any()):
             raise ValueError(f"pred contains values outside [0, {num_classes})")
-    wrong = (target != pred) & (target != ignore_index)
-    return torch.where(wrong, target, num_classes).long()
+    wrong = (target != pred).bitwise_and_(target != ignore_index)
+    target = target if target.dtype == torch.long else target.long()
+    return torch.where(wrong, target, constant(num_classes, torch.long, target.device))
 
 
 def _other_label_squared_distance(values: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
@@ -978,31 +971,27 @@ def _other_label_squared_distance(values: torch.Tensor, layout: LayerLayout) -> 
         labels = values.view(k, h, w)
     else:
         labels = values.index_select(0, canvas.source).view(k, h, w)
-    # Runs start (end) where the label changes or at a layer's first (last) column.
-    starts = (labels != labels.index_select(2, canvas.previous)) | canvas.first  # (K, h, w)
-    ends = (labels != labels.index_select(2, canvas.following)) | canvas.last
+    # Runs start (end) where the label changes or at a layer's first (last) column; the row
+    # pass works on the (K·h, w) rows.
+    rows = labels.view(k * h, w)
+    starts = (rows != rows.index_select(1, canvas.previous)).bitwise_or_(canvas.first)
+    ends = (rows != rows.index_select(1, canvas.following)).bitwise_or_(canvas.last)
     # Codes 2·x + [x is an edge] grow with x: a running max (min from the right) of the codes
     # where runs start (end) gives each pixel its run's start (end) and whether it is an edge.
-    start = torch.where(starts, canvas.start_code, _constant(-1.0, dtype, device))
-    start = start.cummax(2).values
-    end = torch.where(ends, canvas.end_code, _constant(2.0 * w, dtype, device)).flip(2)
-    end = end.cummin(2).values.flip(2)
-    one, two = _constant(1.0, dtype, device), _constant(2.0, dtype, device)
-    inf = _constant(float("inf"), dtype, device)
-    left = torch.where(
-        start.remainder(two) == one,
-        inf,
-        (canvas.position + one) - start.div(two, rounding_mode="floor"),
-    )
-    right = torch.where(
-        end.remainder(two) == one,
-        inf,
-        end.div(two, rounding_mode="floor") - (canvas.position - one),
-    )
+    start = torch.where(starts, canvas.start_code, constant(-1.0, dtype, device))
+    start = start.cummax(1).values
+    end = torch.where(ends, canvas.end_code, constant(2.0 * w, dtype, device)).flip(1)
+    end = end.cummin(1).values.flip(1)
+    one, two = constant(1.0, dtype, device), constant(2.0, dtype, device)
+    inf = constant(float("inf"), dtype, device)
+    left = canvas.after - start.div(two, rounding_mode="floor")
+    left = torch.where(start.remainder(two) == one, inf, left)
+    right = end.div(two, rounding_mode="floor") - canvas.before
+    right = torch.where(end.remainder(two) == one, inf, right)
     row = torch.minimum(left, right)
-    row_squared = (row * row).transpose(1, 2)  # (K, w, h')
+    row_squared = (row * row).view(k, h, w).transpose(1, 2)  # (K, w, h')
     column_labels = labels.transpose(1, 2)  # (K, w, h')
-    zero = _constant(0.0, dtype, device)
+    zero = constant(0.0, dtype, device)
     per_chunk = max(1, DENSE_EDT_LIMIT // (h * h * w))
     chunks = [(row_squared, column_labels)]
     if per_chunk < k:
@@ -1044,8 +1033,8 @@ def error_distance(
         _check_rank(labels, 1, "labels", "(M,)")
     flat = labels.reshape(-1)
     squared = _other_label_squared_distance(flat, layout)
-    errors = flat < _constant(num_classes, flat.dtype, flat.device)
-    distance = torch.where(errors, squared.sqrt(), _constant(0.0, squared.dtype, flat.device))
+    errors = flat < constant(num_classes, flat.dtype, flat.device)
+    distance = torch.where(errors, squared.sqrt(), constant(0.0, squared.dtype, flat.device))
     return distance.view(labels.shape)
 
 
@@ -1185,10 +1174,11 @@ def distance_transform(mask: torch.Tensor, max_distance: float | None = None) ->
     return out
 
 
-def _ceil_fraction(ratio: float, counts: torch.Tensor) -> torch.Tensor:
-    """⌈ratio · count⌉ without float artefacts such as 0.7 · 10 = 7.000000000000001."""
-    product = ratio * counts.to(torch.float64)
-    return torch.ceil(product * (1.0 - 1e-12)).to(torch.long)
+@functools.lru_cache(maxsize=64)
+def _fraction(ratio: float) -> tuple[int, int]:
+    """ratio as p/q (the nearest fraction with q ≤ 10⁶: 0.7 is 7/10, not its binary float)."""
+    fraction = Fraction(ratio).limit_denominator(10**6)
+    return fraction.numerator, fraction.denominator
 
 
 def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -1253,7 +1243,7 @@ def bane_select_labels(
         raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
     flat_labels = labels.reshape(-1)  # (P,)
     device = labels.device
-    errors = flat_labels < _constant(num_classes, flat_labels.dtype, device)
+    errors = flat_labels < constant(num_classes, flat_labels.dtype, device)
     if ratio == 0:
         return torch.zeros_like(labels, dtype=torch.bool)
     if ratio == 1:
@@ -1262,7 +1252,7 @@ def bane_select_labels(
         # Class n of layer i becomes class i·N + n; the non-error pixels all become I·N.
         layers = len(blocks.counts)
         grouped = torch.add(flat_labels, blocks.ids, alpha=num_classes)
-        none = _constant(layers * num_classes, flat_labels.dtype, device)
+        none = constant(layers * num_classes, flat_labels.dtype, device)
         flat_labels = torch.where(errors, grouped, none)
         num_classes = layers * num_classes
     # Stable sorts: by distance, then by label, leave each class's pixels nearest-first and
@@ -1270,15 +1260,20 @@ def bane_select_labels(
     order = torch.sort(distance.reshape(-1), stable=True).indices
     sorted_labels, regroup = torch.sort(flat_labels.index_select(0, order), stable=True)
     order = order.index_select(0, regroup)
-    # Where each class's run starts in the sorted labels, and its length.
-    bounds = torch.searchsorted(sorted_labels, _arange(num_classes + 2, device))  # (N + 2,)
-    starts, counts = bounds[:-1], bounds[1:] - bounds[:-1]  # (N + 1,)
-    rank = _arange(order.numel(), device) - starts.index_select(0, sorted_labels)
-    # ⌈ratio · count⌉ without float artefacts such as 0.7 · 10 = 7.000000000000001.
-    quota = torch.ceil(counts * _constant(ratio * (1.0 - 1e-12), torch.float64, device))
-    chosen = (rank < quota.index_select(0, sorted_labels)) & (
-        sorted_labels < _constant(num_classes, sorted_labels.dtype, device)
-    )  # the non-error pixels are never chosen
+    # Each sorted position's class run: where it starts and how long it is.
+    first = torch.searchsorted(sorted_labels, sorted_labels)  # (P,)
+    count = torch.searchsorted(sorted_labels, sorted_labels, right=True) - first
+    rank = _arange(order.numel(), device) - first
+    # ⌈ratio · count⌉ = (count·p + q − 1) // q in integers for ratio = p/q: exact, without
+    # float artefacts such as 0.7 · 10 = 7.000000000000001.
+    p, q = _fraction(ratio)
+    quota = (count * constant(p, torch.long, device) + constant(q - 1, torch.long, device)).div(
+        constant(q, torch.long, device), rounding_mode="floor"
+    )
+    chosen = (rank < quota).bitwise_and_(
+        sorted_labels < constant(num_classes, sorted_labels.dtype, device)
+    )
+    # (the non-error pixels are never chosen)
     return torch.empty_like(errors).index_copy_(0, order, chosen).view(labels.shape)
 
 
@@ -1320,9 +1315,8 @@ def hard_negative_mask(
     Returns:
         (N, M) bool, for ``pixel_anchor_loss(negative_mask=...)``.
     """
-    classes = _arange(num_classes, pred.device).unsqueeze(1)  # (N, 1)
-    mask = (pred == classes) & hard  # (N, M)
+    mask = (pred == class_rows(num_classes, pred.device)).bitwise_and_(hard)  # (N, M)
     if fallback:
-        zero = _constant(0.0, torch.float32, pred.device)
-        mask = mask | ~_segment_expand(segment_sum(mask, blocks) > zero, blocks)
+        zero = constant(0.0, torch.float32, pred.device)
+        mask = mask.bitwise_or_(~_segment_expand(segment_sum(mask, blocks) > zero, blocks))
     return mask

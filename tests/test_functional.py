@@ -359,18 +359,22 @@ def test_distance_transform_cutoff_is_exact_below_and_inf_above(cutoff):
     assert torch.isinf(cut[~near]).all()
 
 
-def test_lifted_norm_hand_case_and_bad_shapes():
-    # v = L c with L = [[3, 0], [0, 4]]: c = (1, 1) gives v = (3, 4), norm 5.
+def test_layer_sums_hand_case_and_bad_shapes():
+    # v = L c with L = [[3, 0], [0, 4]]: c = (1, 1) gives v = (3, 4), norm 5; c = 0 gives v = 0.
     coords = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # (K=2, M=2): one column per pixel
     lift = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
-    norms = CF.lifted_norm(coords, lift)
-    assert norms[0].item() == pytest.approx(5.0)
-    assert norms[1].item() == pytest.approx(1e-12)  # v = 0: F.normalize's eps
-    assert CF.lifted_norm(coords, None)[0].item() == pytest.approx(2**0.5)
+    one_hot = torch.tensor([[1.0, 1.0]])  # both pixels in class 0
+    inverse, sums = CF.layer_sums(coords, lift, one_hot)
+    assert inverse[0].item() == pytest.approx(1 / 5)
+    assert inverse[1].item() == pytest.approx(1e12)  # v = 0: F.normalize's eps
+    assert sums[0].tolist() == pytest.approx([3 / 5, 4 / 5])  # v/‖v‖ of pixel 0, plus 0
+    assert CF.layer_sums(coords, None, one_hot)[0][0].item() == pytest.approx(2**-0.5)
     with pytest.raises(ValueError, match="lift has 3 columns but coords have K=2"):
-        CF.lifted_norm(coords, torch.ones(2, 3))
+        CF.layer_sums(coords, torch.ones(2, 3), one_hot)
     with pytest.raises(ValueError, match=r"coords must have shape \(K, M\)"):
-        CF.lifted_norm(torch.ones(1, 2, 2), lift)
+        CF.layer_sums(torch.ones(1, 2, 2), lift, one_hot)
+    with pytest.raises(ValueError, match=r"one_hot must have shape \(N, M\) with M=2"):
+        CF.layer_sums(coords, lift, one_hot[:, :1])
 
 
 def test_fuse_anchors_by_hand():

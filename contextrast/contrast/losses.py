@@ -267,7 +267,8 @@ class ContextrastLoss(nn.Module):
             # The labels were checked once in _validate; the prediction is an argmax.
             hard = self.sampler(labels, layer_pred, num_classes=n, validate=False, layout=layout)
             groups = _group_layers(embedded, blocks.counts, dtype)
-            one_hot = CF.class_one_hot(labels, n, dtype)  # (N, M)
+            is_class = labels == CF.class_rows(n, device)  # (N, M)
+            one_hot = is_class.to(dtype)
             counts = CF.segment_sum(one_hot, blocks)  # (N, I)
             inverse, sums = [], []
             for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
@@ -278,30 +279,33 @@ class ContextrastLoss(nn.Module):
                 sums.append(group_sums)  # (I_g·N, d)
             inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)
             sums = (torch.cat(sums) if len(sums) > 1 else sums[0]).view(len(sizes), n, -1)
-            anchors = sums / counts.t().clamp(min=1).unsqueeze(2)  # (I, N, d)
-            fused = CF.fuse_anchors(anchors, counts[:, -1] > 0, self.w_high, self.normalize_anchors)
+            one = CF.constant(1.0, dtype, device)
+            anchors = sums / torch.maximum(counts, one).transpose(0, 1).unsqueeze(2)  # (I, N, d)
+            present = counts[:, -1] >= one  # (N,) the classes of the last layer
+            fused = CF.fuse_anchors(anchors, present, self.w_high, self.normalize_anchors)
             if self.detach_anchors:
                 fused = fused.detach()
             keep = self.subsampler(labels, priority=hard, blocks=blocks)
             if keep is not None:
                 groups, blocks = _keep_columns(groups, keep, self.subsampler.max_pixels)
                 labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
-                inverse_norm = inverse_norm[keep]
+                inverse_norm, is_class = inverse_norm[keep], is_class[:, keep]
             similarity = CF.layer_similarity(fused, groups, inverse_norm, self.temperature)
-            positive = labels.unsqueeze(0) == torch.arange(n, device=device).unsqueeze(1)
-            negative = (labels != self.ignore_index).unsqueeze(0) & ~positive  # (N, M)
+            positive = is_class
+            labelled = labels != CF.constant(self.ignore_index, labels.dtype, device)
+            negative = (~positive).bitwise_and_(labelled)  # (N, M)
             extra = None
             if self.bane_ratio > 0 and self.hard_negatives == "only":
-                negative = negative & CF.hard_negative_mask(hard, layer_pred, n, blocks=blocks)
+                negative.bitwise_and_(CF.hard_negative_mask(hard, layer_pred, n, blocks=blocks))
             elif self.bane_ratio > 0 and self.hard_negatives == "add":
                 # Selected pixels are errors: labelled and never of the row's class.
                 extra = CF.hard_negative_mask(hard, layer_pred, n, fallback=False)
             if self.pair_sampler.active:
                 positive, negative, extra = self.pair_sampler(positive, negative, extra, blocks)
             stacked = CF.info_nce_from_logits(similarity, positive, negative, extra, blocks)
-            weights = torch.tensor(self.layer_weights, dtype=stacked.dtype, device=device)
-            total = (weights * stacked).sum() * self.loss_weight
-            hard_counts = CF.segment_sum(hard.unsqueeze(0), blocks)[0].round().long()  # (I,)
+            weights = tuple(self.loss_weight * w for w in self.layer_weights)  # α·λ_i
+            total = torch.dot(stacked, CF.constant(weights, stacked.dtype, device))
+            hard_counts = CF.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
         if not is_finite(total):
             raise_if_nonfinite(features)
         return ContextrastTerms(

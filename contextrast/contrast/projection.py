@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contextrast import functional as CF
+
 __all__ = ["NonFiniteError", "ProjectionHead", "prepare_features"]
 
 
@@ -81,7 +83,8 @@ def prepare_features(
 
 def is_finite(scalar: torch.Tensor) -> bool:
     """Whether a scalar tensor is finite (one host synchronisation)."""
-    return bool(scalar - scalar == 0)
+    difference = scalar - scalar  # NaN for NaN and for ±inf
+    return bool(difference == CF.constant(0.0, difference.dtype, difference.device))
 
 
 def raise_if_nonfinite(features: Sequence[torch.Tensor]) -> None:

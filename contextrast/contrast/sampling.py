@@ -207,9 +207,10 @@ class PerAnchorSampler:
             return positive, negative, extra_negative
         # All masks in one sampling: row r of mask j is bounded by bounds[j].
         rows = positive.shape[0]
-        index = torch.arange(rows * len(masks), device=positive.device).unsqueeze(1)
-        count = torch.where(index < rows, bounds[0], bounds[1])  # (R·masks, 1)
-        picked = CF.sample_per_row(torch.cat(masks), count, blocks).split(rows)
+        per_row = tuple((bound,) for bound in bounds for _ in range(rows))
+        count = CF.constant(per_row, torch.long, positive.device)  # (R·masks, 1)
+        picked = CF.sample_per_row(torch.cat(masks), count, blocks)
+        picked = picked.view(len(masks), rows, -1).unbind(0)  # (R, M) each
         return picked[0], picked[1], picked[2] if extra_negative is not None else None
 
 
