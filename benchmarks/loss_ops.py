@@ -8,12 +8,16 @@ upsampled to the labels), Contextrast with its defaults, its K = 0 form, the pap
 reading, and each peer — counts every ``aten::`` event of one forward + backward (nested ones
 included) and the host synchronisations among them (``_local_scalar_dense``, which
 ``.item()``, ``bool()`` and ``int()`` of a tensor end in, and the ops whose output size depends
-on the data). Counts are deterministic; no timing.
+on the data), and times one forward + backward (median of ``--repeats``, after the profiled
+call). Counts are deterministic at a given thread count (``--threads``, default 2: PyTorch
+runs the heads' batch-2 1×1 convolutions through a kernel with more sub-operations at one).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -55,19 +59,32 @@ LOSSES = {
 }
 
 
-def count(run) -> tuple[int, int]:
-    """(aten calls, host syncs) of one call of ``run`` after a warm-up call."""
+def measure(run, repeats: int) -> dict:
+    """Aten calls and host syncs of one call of ``run`` after a warm-up call, and the
+    median wall time of ``repeats`` more calls (ms)."""
     run()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
     events = [e.name for e in prof.events() if e.name.startswith("aten::")]
-    return len(events), sum(name in SYNCS for name in events)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(1000 * (time.perf_counter() - start))
+    return {
+        "calls": len(events),
+        "syncs": sum(name in SYNCS for name in events),
+        "ms": round(statistics.median(times), 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/loss_ops.json")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     classes = 19
     model = create_model("hrnetv2_w18_small", classes)
@@ -84,21 +101,19 @@ def main() -> None:
         up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         F.cross_entropy(up, target, ignore_index=255).backward()
 
-    rows = [{"loss": "CE only (reference)", **dict(zip(("calls", "syncs"), count(cross_entropy)))}]
+    rows = [{"loss": "CE only (reference)", **measure(cross_entropy, args.repeats)}]
     for name, make in LOSSES.items():
         loss = make(classes, channels)
-        calls, syncs = count(lambda loss=loss: loss(features, logits.detach(), target).backward())
-        rows.append({"loss": name, "calls": calls, "syncs": syncs})
-    print("one forward + backward; hrnetv2_w18_small features, 2x3x256x512, 19 classes, CPU")
-    print(f"{'loss':<30}{'aten calls':>12}{'host syncs':>12}")
-    for row in rows:
-        print(f"{row['loss']:<30}{row['calls']:>12}{row['syncs']:>12}")
-    write_result(
-        args.out,
-        "loss_ops",
-        rows,
-        setting="hrnetv2_w18_small features, 2x3x256x512, 19 classes, CPU profiler",
+        run = lambda loss=loss: loss(features, logits.detach(), target).backward()  # noqa: E731
+        rows.append({"loss": name, **measure(run, args.repeats)})
+    setting = (
+        f"hrnetv2_w18_small features, 2x3x256x512, 19 classes, CPU profiler, {args.threads} threads"
     )
+    print(f"one forward + backward; {setting}")
+    print(f"{'loss':<30}{'aten calls':>12}{'host syncs':>12}{'fwd+bwd ms':>12}")
+    for row in rows:
+        print(f"{row['loss']:<30}{row['calls']:>12}{row['syncs']:>12}{row['ms']:>12.1f}")
+    write_result(args.out, "loss_ops", rows, setting=setting)
 
 
 if __name__ == "__main__":

@@ -313,7 +313,8 @@ def gather_layers(maps: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
     if maps.shape[0] != layout.batch:
         raise ValueError(f"maps have batch {maps.shape[0]}, the layout {layout.batch}")
     index = _gather_index(layout.batch, tuple(maps.shape[1:]), layout.sizes, maps.device)
-    return maps.reshape(-1).index_select(0, index)
+    flat = maps.view(-1) if maps.is_contiguous() else maps.reshape(-1)
+    return flat.index_select(0, index)
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,12 +675,16 @@ class _InfoNCE(torch.autograd.Function):
         if extra_negative is not None:
             weight = torch.where(extra_negative, weight + constant(1.0, dtype, device), weight)
             denominator = torch.bitwise_or(negative, extra_negative)
-        has_negative = segment_sum(weight, blocks) > zero  # (A, S)
-        masked = torch.where(denominator, logits, constant(float("-inf"), dtype, device))
-        # The largest negative per (anchor, block) keeps exp() in range at any temperature.
-        shift = torch.full(has_negative.shape, float("-inf"), dtype=dtype, device=device)
+        minus_inf = constant(float("-inf"), dtype, device)
+        masked = torch.where(denominator, logits, minus_inf)
+        # The largest negative per (anchor, block) keeps exp() in range at any temperature;
+        # it stays -inf where the block has no negative.
+        shift = torch.full(
+            (logits.shape[0], len(blocks.counts)), float("-inf"), dtype=dtype, device=device
+        )
         shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
-        no_negative = ~has_negative
+        no_negative = shift == minus_inf  # (A, S)
+        has_negative = ~no_negative
         shift.masked_fill_(no_negative, 0.0)  # (A, S)
         terms = weight * torch.exp(masked - shift.index_select(1, blocks.ids))  # (A, C)
         # A block without negatives sums to 0: log(1) keeps it finite (it is unused).
@@ -1031,11 +1036,11 @@ def error_distance(
         layout = layer_layout(labels.shape[0], (tuple(labels.shape[-2:]),), labels.device)
     else:
         _check_rank(labels, 1, "labels", "(M,)")
-    flat = labels.reshape(-1)
+    flat = labels if labels.dim() == 1 else labels.reshape(-1)
     squared = _other_label_squared_distance(flat, layout)
     errors = flat < constant(num_classes, flat.dtype, flat.device)
     distance = torch.where(errors, squared.sqrt(), constant(0.0, squared.dtype, flat.device))
-    return distance.view(labels.shape)
+    return distance if labels.dim() == 1 else distance.view(labels.shape)
 
 
 def _row_runs_distance(true_index: torch.Tensor, width: int) -> torch.Tensor:
@@ -1241,7 +1246,7 @@ def bane_select_labels(
     """
     if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
         raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
-    flat_labels = labels.reshape(-1)  # (P,)
+    flat_labels = labels if labels.dim() == 1 else labels.reshape(-1)  # (P,)
     device = labels.device
     errors = flat_labels < constant(num_classes, flat_labels.dtype, device)
     if ratio == 0:
@@ -1257,7 +1262,7 @@ def bane_select_labels(
         num_classes = layers * num_classes
     # Stable sorts: by distance, then by label, leave each class's pixels nearest-first and
     # the non-error pixels (label N) last; every size is fixed, so nothing waits for the host.
-    order = torch.sort(distance.reshape(-1), stable=True).indices
+    order = torch.sort(distance.view(-1), stable=True).indices
     sorted_labels, regroup = torch.sort(flat_labels.index_select(0, order), stable=True)
     order = order.index_select(0, regroup)
     # Each sorted position's class run: where it starts and how long it is.
@@ -1274,7 +1279,8 @@ def bane_select_labels(
         sorted_labels < constant(num_classes, sorted_labels.dtype, device)
     )
     # (the non-error pixels are never chosen)
-    return torch.empty_like(errors).index_copy_(0, order, chosen).view(labels.shape)
+    selected = torch.empty_like(errors).index_copy_(0, order, chosen)
+    return selected if labels.dim() == 1 else selected.view(labels.shape)
 
 
 def semi_hard_select(
