@@ -13,7 +13,7 @@ from contextrast.contrast import (
     RegionContrastLoss,
 )
 from contextrast.evaluation import metrics
-from contextrast.models import SegmentationOutput, create_model, list_models
+from contextrast.models import FeatureTap, SegmentationOutput, create_model, list_models
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "BaneSampler",
     "ContextrastLoss",
     "ContextrastTerms",
+    "FeatureTap",
     "MultiScaleCrossScaleLoss",
     "PixelContrastLoss",
     "PixelContrastMemory",

@@ -10,12 +10,14 @@ from contextrast.models.segmentor import (
     convert_sync_batchnorm,
     export_inference,
 )
+from contextrast.models.tap import FeatureTap, preset_layers
 
 __all__ = [
     "GENERIC_PREFIX",
     "MODELS",
     "ASPPHead",
     "FCNHead",
+    "FeatureTap",
     "HRNetV2Head",
     "OCRHead",
     "SegmentationInference",
@@ -27,4 +29,5 @@ __all__ = [
     "export_inference",
     "list_models",
     "load_state_dict_file",
+    "preset_layers",
 ]

@@ -1,0 +1,201 @@
+"""Encoder features of a model you already have, collected by forward hooks.
+
+Models as people train them return logits only: torchvision's segmentation models (a dict
+with ``out``), segmentation_models_pytorch's (a tensor), a timm backbone under a head of
+your own. :class:`FeatureTap` hooks named submodules and hands their outputs of the model's
+own forward pass to a contrastive loss, without editing the model::
+
+    tap = FeatureTap(model)                      # a preset for the model's family, or
+    tap = FeatureTap(model, ["backbone.layer1", "backbone.layer2", ...])
+    loss = ContextrastLoss(num_classes, tap.channels(images[:2]))
+    logits = model(images)["out"]                # the model's own forward
+    loss(tap.features(), logits, target)         # the hooked outputs, lowest layer first
+    tap.remove()                                 # nothing left on the model
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["FeatureTap", "preset_layers"]
+
+#: "name[i]" taps item i of a module that returns a list or tuple (an smp encoder, a timm
+#: ``features_only`` backbone): several layers may come from one module.
+_ITEM = re.compile(r"^(?P<name>.*?)\[(?P<index>-?\d+)\]$")
+
+
+def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model inside DistributedDataParallel / DataParallel / torch.compile, and the
+    prefix its submodules' names carry in the wrapper."""
+    prefix = ""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model, prefix = model.module, prefix + "module."
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model, prefix = model._orig_mod, prefix + "_orig_mod."
+        else:
+            return model, prefix
+
+
+def preset_layers(model: nn.Module) -> list[str]:
+    """The four layers (strides 4, 8, 16, 32 or the deepest) that a contrastive loss takes,
+    for the model families people train.
+
+    - torchvision segmentation models (``deeplabv3_*``, ``fcn_*``, ``lraspp_*``): ResNet
+      backbones ``backbone.layer1`` … ``backbone.layer4``; MobileNetV3 backbones the last
+      block of each resolution (``backbone.3``, ``.6``, ``.12``, ``.16`` for -large);
+    - segmentation_models_pytorch models: the last four items of ``encoder``'s feature list;
+    - a timm ``features_only`` backbone (the model itself or a submodule): the last four
+      items of its feature list.
+
+    Raises ``ValueError`` naming what was found when the model is none of these.
+    """
+    inner, prefix = _unwrap(model)
+    backbone = getattr(inner, "backbone", None)
+    if backbone is not None and type(backbone).__name__ == "IntermediateLayerGetter":
+        children = dict(backbone.named_children())
+        if all(f"layer{i}" in children for i in range(1, 5)):
+            return [f"{prefix}backbone.layer{i}" for i in range(1, 5)]
+        names = list(children)
+        # MobileNet: the block before each stride change (torchvision marks those "_is_cn")
+        # ends a resolution; the last block ends the deepest one.
+        ends = [names[i - 1] for i, n in enumerate(names) if getattr(children[n], "_is_cn", 0)]
+        ends.append(names[-1])
+        if len(ends) >= 4:
+            return [f"{prefix}backbone.{name}" for name in ends[-4:]]
+    encoder = getattr(inner, "encoder", None)
+    if encoder is not None and hasattr(encoder, "out_channels") and hasattr(inner, "decoder"):
+        return [f"{prefix}encoder[{i}]" for i in range(-4, 0)]
+    for name, module in [("", inner), *inner.named_modules()]:
+        if type(module).__name__ in ("FeatureListNet", "FeatureDictNet", "FeatureHooks") or (
+            hasattr(module, "feature_info") and type(module).__name__.startswith("Feature")
+        ):
+            at = f"{prefix}{name}" if name else prefix.rstrip(".")
+            return [f"{at}[{i}]" for i in range(-4, 0)]
+    raise ValueError(
+        f"no preset for {type(inner).__name__}: pass layers=[...] (the names of the four "
+        "submodules whose outputs are the features, lowest layer first; "
+        "FeatureTap.names(model) lists them)"
+    )
+
+
+class FeatureTap:
+    """Collect the outputs of named submodules during a model's own forward pass.
+
+    Args:
+        model: any ``nn.Module`` (also wrapped in DistributedDataParallel or
+            ``torch.compile``: hooks go on the inner modules).
+        layers: submodule names, lowest layer first (``model.named_modules()`` names;
+            ``"name[i]"`` takes item i of a module that returns a sequence). ``None``: the
+            preset of the model's family (:func:`preset_layers`).
+
+    Each forward of ``model`` first drops what the previous one left, then records the
+    tapped outputs (with their graph: gradients reach the hooked layers). :meth:`features`
+    hands them over and forgets them, so no step keeps another step's activations alive.
+    The hooks add no parameter or buffer (``state_dict()`` is unchanged); :meth:`remove`
+    (or leaving a ``with`` block) takes them off, and an exported or scripted inference
+    model never sees them.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.layers = list(preset_layers(model) if layers is None else layers)
+        if not self.layers or not all(isinstance(n, str) for n in self.layers):
+            raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
+        modules = dict(model.named_modules())
+        self._model = model
+        self._outputs: dict[str, object] = {}
+        self._handles = []
+        tapped: dict[str, nn.Module] = {}
+        for layer in self.layers:
+            match = _ITEM.match(layer)
+            name = match["name"] if match else layer
+            if name not in modules:
+                raise ValueError(_unknown(name, modules))
+            tapped[name] = modules[name]
+        for name, module in tapped.items():
+            self._handles.append(module.register_forward_hook(self._recorder(name)))
+        self._handles.append(model.register_forward_pre_hook(self._reset))
+
+    @staticmethod
+    def names(model: nn.Module) -> list[str]:
+        """Every submodule name that ``layers`` may hold."""
+        return [name for name, _ in model.named_modules() if name]
+
+    def _recorder(self, name: str):
+        def record(module, inputs, output):
+            self._outputs[name] = output
+
+        return record
+
+    def _reset(self, module, inputs) -> None:
+        self._outputs.clear()
+
+    def features(self) -> list[torch.Tensor]:
+        """The tapped outputs of the last forward, lowest layer first, as (B, C, h, w)
+        tensors; forgets them. Raises ``RuntimeError`` when no forward ran since the last
+        call (or the tapped modules did not run)."""
+        out = []
+        for layer in self.layers:
+            match = _ITEM.match(layer)
+            name = match["name"] if match else layer
+            if name not in self._outputs:
+                raise RuntimeError(
+                    f"no output of {name!r} recorded: call the model before features() "
+                    "(each forward's features can be taken once)"
+                )
+            value = self._outputs[name]
+            if match:
+                if not isinstance(value, (list, tuple)):
+                    raise ValueError(
+                        f"layer {layer!r}: {name!r} returned a {type(value).__name__}, not a "
+                        f"list or tuple; drop the [{match['index']}]"
+                    )
+                value = value[int(match["index"])]
+            if not isinstance(value, torch.Tensor) or value.dim() != 4:
+                got = getattr(value, "shape", type(value).__name__)
+                raise ValueError(f"layer {layer!r} gave {got}, expected a (B, C, h, w) tensor")
+            out.append(value)
+        self._outputs.clear()
+        return out
+
+    @torch.no_grad()
+    def channels(self, sample: torch.Tensor) -> list[int]:
+        """The channels of the tapped features, from one forward of ``sample`` in eval mode
+        (the model's train/eval mode and its BatchNorm statistics are left as they were)."""
+        model = self._model
+        training = model.training
+        model.eval()
+        try:
+            model(sample)
+            return [f.shape[1] for f in self.features()]
+        finally:
+            model.train(training)
+
+    def remove(self) -> None:
+        """Take every hook off the model and forget the recorded outputs."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._outputs.clear()
+
+    def __enter__(self) -> FeatureTap:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _unknown(name: str, modules: dict[str, nn.Module]) -> str:
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    shown = names if len(names) <= 40 else [n for n in names if "." not in n]
+    hint = f"; close: {close}" if close else ""
+    where = "available" if len(names) <= 40 else f"top-level ({len(names)} in all)"
+    return f"unknown layer {name!r}{hint}; {where}: {shown}"

@@ -1,0 +1,195 @@
+"""FeatureTap on the models people already train (CPU, no pretrained weights)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contextrast import ContextrastLoss, FeatureTap, PixelContrastLoss
+from contextrast.models import preset_layers
+
+smp = pytest.importorskip("segmentation_models_pytorch")
+timm = pytest.importorskip("timm")
+segmentation = pytest.importorskip("torchvision.models.segmentation")
+
+N = 3
+
+
+class TimmWithHead(nn.Module):
+    """A timm features_only backbone under a head of the user's own."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = timm.create_model("resnet18", features_only=True, pretrained=False)
+        self.head = nn.Conv2d(self.backbone.feature_info.channels()[-1], N, 1)
+
+    def forward(self, x):
+        return self.head(self.backbone(x)[-1])
+
+
+def torchvision_mobilenet():
+    return segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=N
+    )
+
+
+def torchvision_resnet():
+    return segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=N, aux_loss=False
+    )
+
+
+FAMILIES = {
+    "torchvision-mobilenet": (
+        torchvision_mobilenet,
+        lambda out: out["out"],
+        ["backbone.3", "backbone.6", "backbone.12", "backbone.16"],
+        "backbone.3",
+    ),
+    "torchvision-resnet": (
+        torchvision_resnet,
+        lambda out: out["out"],
+        [f"backbone.layer{i}" for i in range(1, 5)],
+        "backbone.layer1",
+    ),
+    "smp-unet": (
+        lambda: smp.Unet("resnet18", encoder_weights=None, classes=N),
+        lambda out: out,
+        [f"encoder[{i}]" for i in range(-4, 0)],
+        "encoder.layer1",
+    ),
+    "timm-features-only": (
+        TimmWithHead,
+        lambda out: out,
+        [f"backbone[{i}]" for i in range(-4, 0)],
+        "backbone.layer1",
+    ),
+}
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 64, 64, generator=g), torch.randint(0, N, (2, 64, 64), generator=g)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_loss_trains_a_model_it_only_hooks(family):
+    make, logits_of, layers, first_stage = FAMILIES[family]
+    torch.manual_seed(0)
+    model = make()
+    keys = list(model.state_dict())
+    images, target = batch()
+    tap = FeatureTap(model)
+    assert tap.layers == layers == preset_layers(model)
+    channels = tap.channels(images)
+    loss = ContextrastLoss(N, channels)
+    logits = logits_of(model(images))
+    features = tap.features()
+    assert [f.shape[1] for f in features] == channels
+    assert [f.shape[-1] for f in features] == sorted((f.shape[-1] for f in features), reverse=True)
+    value = loss(features, logits, target)
+    assert torch.isfinite(value) and value.item() > 0
+    value.backward()
+    hooked = dict(model.named_modules())[first_stage]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hooked.parameters())
+    # Nothing was added to the model, and nothing stays on it.
+    assert list(model.state_dict()) == keys
+    tap.remove()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    model(images)
+    with pytest.raises(RuntimeError, match="call the model before features"):
+        tap.features()
+
+
+def test_features_are_handed_over_once_and_never_kept_past_a_step():
+    model = smp.Unet("resnet18", encoder_weights=None, classes=N)
+    images, _ = batch()
+    with FeatureTap(model) as tap:
+        model(images)
+        first = tap.features()
+        with pytest.raises(RuntimeError, match="call the model before features"):
+            tap.features()  # taken already: nothing is held
+        model(images)
+        model(images)  # a forward whose features nobody takes: dropped by the next one
+        assert tap._outputs and all(
+            a is not b for a, b in zip(first, tap.features())
+        )  # the newest forward's tensors
+    assert not tap._outputs
+
+
+def test_a_wrong_layer_name_lists_the_names_to_choose_from():
+    model = TimmWithHead()
+    with pytest.raises(ValueError, match=r"unknown layer 'backbone.layer9'; close: \[") as err:
+        FeatureTap(model, ["backbone.layer1", "backbone.layer9"])
+    assert "'backbone.layer4'" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="no preset for Sequential"):
+        FeatureTap(nn.Sequential(nn.Conv2d(3, 4, 1)))
+    tap = FeatureTap(model, ["head[0]"])
+    model(batch()[0])
+    with pytest.raises(ValueError, match=r"'head' returned a Tensor, not a list or tuple"):
+        tap.features()
+
+
+def test_under_autocast_and_torch_compile_the_tap_sees_the_same_features():
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=N)
+    images, target = batch()
+    tap = FeatureTap(model)
+    loss = ContextrastLoss(N, tap.channels(images))
+    eager_logits = model(images)
+    eager = tap.features()
+    compiled = torch.compile(model, backend="aot_eager")
+    logits = compiled(images)
+    features = tap.features()
+    assert torch.allclose(logits, eager_logits, atol=1e-5)
+    for a, b in zip(features, eager):
+        assert torch.allclose(a, b, atol=1e-5)
+    loss(features, logits, target).backward()
+    assert model.encoder.layer1[0].conv1.weight.grad.abs().sum() > 0
+    # A tap on the compiled wrapper names the same layers through it.
+    assert FeatureTap(compiled).layers == [f"_orig_mod.encoder[{i}]" for i in range(-4, 0)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images)
+        features = tap.features()
+        assert features[0].dtype == torch.bfloat16
+        value = loss(features, logits, target)
+    value.backward()
+    assert torch.isfinite(value)
+
+
+def test_every_peer_loss_takes_tapped_features():
+    model = smp.Unet("resnet18", encoder_weights=None, classes=N)
+    images, target = batch()
+    tap = FeatureTap(model)
+    peer = PixelContrastLoss(N, tap.channels(images))
+    logits = model(images)
+    value = peer(tap.features(), logits, target)
+    assert torch.isfinite(value)
+
+
+def _ddp_worker(rank, world, store, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)  # the same initial weights on both ranks
+    model = nn.parallel.DistributedDataParallel(TimmWithHead())
+    tap = FeatureTap(model)  # through the wrapper: "module.backbone[-4]", ...
+    images, target = batch(seed=rank)  # each rank its own data
+    loss = ContextrastLoss(N, tap.channels(images))
+    logits = model(images)
+    value = F.cross_entropy(F.interpolate(logits, target.shape[-2:]), target)
+    value = value + loss(tap.features(), logits, target)
+    value.backward()
+    grad = model.module.backbone.conv1.weight.grad  # (timm zero-inits each block's last BN)
+    torch.save({"layers": tap.layers, "grad": grad}, results / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_under_ddp_the_tapped_layers_get_the_all_reduced_gradient(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, tmp_path / "store", tmp_path), nprocs=2)
+    first, second = (torch.load(tmp_path / f"{r}.pt") for r in range(2))
+    assert first["layers"] == [f"module.backbone[{i}]" for i in range(-4, 0)]
+    assert first["grad"].abs().sum() > 0
+    assert torch.equal(first["grad"], second["grad"])  # DDP averaged them
