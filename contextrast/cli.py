@@ -37,7 +37,7 @@ from contextrast.evaluation.report import (
     predict_files,
     save_grid,
 )
-from contextrast.models import GENERIC_PREFIX, MODELS, export_inference
+from contextrast.models import GENERIC_PREFIX, MODELS, ONNX_OPSET, export_inference, export_onnx
 from contextrast.utils.checkpoint import load_weights
 from contextrast.utils.distributed import cleanup, init_distributed
 
@@ -177,7 +177,15 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     run = engine.load_run(args.checkpoint, overrides=args.set)
     height, width = args.size if args.size else run.config.data.crop_size
-    path = export_inference(run.model, args.out, torch.zeros(1, 3, height, width))
+    example = torch.zeros(1, 3, height, width)
+    if args.format == "onnx":
+        path = export_onnx(run.model, args.out, example)
+        print(
+            f"wrote {path} (inference model only; ONNX opset {ONNX_OPSET}, input 'images' "
+            "(B, 3, H, W) with any batch and H, W multiples of 32, output 'logits')"
+        )
+        return 0
+    path = export_inference(run.model, args.out, example)
     print(f"wrote {path} (inference model only; load with torch.export.load(path).module())")
     return 0
 
@@ -363,11 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="export the inference model (torch.export .pt2)",
+        help="export the inference model (torch.export .pt2 or ONNX)",
         description="Export the inference model of a checkpoint; no projection or aux head.",
     )
     export.add_argument("--checkpoint", required=True)
-    export.add_argument("--out", required=True, help="output .pt2 file")
+    export.add_argument("--out", required=True, help="output .pt2 or .onnx file")
+    export.add_argument(
+        "--format",
+        choices=["pt2", "onnx"],
+        default="pt2",
+        help=f"pt2: torch.export program; onnx: ONNX opset {ONNX_OPSET} (default: pt2)",
+    )
     export.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example size")
     export.add_argument("--set", **overrides)
     export.set_defaults(handler=_export)

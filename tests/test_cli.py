@@ -139,6 +139,16 @@ def test_eval_predict_export(trained, capsys):
     x = torch.randn(3, 3, 64, 96)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model.eval().inference()(x), atol=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    onnx_file = tmp / "model.onnx"
+    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(onnx_file), "--format", "onnx"]
+    assert cli.main(argv) == 0
+    assert "ONNX opset 18" in capsys.readouterr().out
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model.inference()(x).numpy()
+    got = session.run(["logits"], {"images": x.numpy()})[0]
+    assert abs(got - want).max() <= 1e-4 * abs(want).max()
 
 
 @pytest.mark.parametrize(

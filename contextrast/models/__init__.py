@@ -4,17 +4,20 @@ from contextrast.models.encoders import TimmEncoder, load_state_dict_file
 from contextrast.models.factory import GENERIC_PREFIX, MODELS, create_model, list_models
 from contextrast.models.heads import ASPPHead, FCNHead, HRNetV2Head, OCRHead
 from contextrast.models.segmentor import (
+    ONNX_OPSET,
     SegmentationInference,
     SegmentationOutput,
     Segmentor,
     convert_sync_batchnorm,
     export_inference,
+    export_onnx,
 )
 from contextrast.models.tap import FeatureTap, preset_layers
 
 __all__ = [
     "GENERIC_PREFIX",
     "MODELS",
+    "ONNX_OPSET",
     "ASPPHead",
     "FCNHead",
     "FeatureTap",
@@ -27,6 +30,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "create_model",
     "export_inference",
+    "export_onnx",
     "list_models",
     "load_state_dict_file",
     "preset_layers",

@@ -89,6 +89,35 @@ class SegmentationInference(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+#: The ONNX opset ``export_onnx`` writes (onnxruntime ≥ 1.14, TensorRT ≥ 8.6, OpenVINO ≥ 2023).
+ONNX_OPSET = 18
+
+
+def _export_plan(
+    example: torch.Tensor, dynamic: bool
+) -> tuple[torch.Tensor, dict[str, dict[int, object]] | None]:
+    """The example to trace with and the dynamic shapes: any batch size, any H and W that
+    are multiples of 32 from 64 up."""
+    if not dynamic:
+        return example, None
+    height, width = example.shape[-2:]
+    if height % 32 or width % 32:
+        raise ValueError(
+            f"export: example size {height}x{width} must be a multiple of 32 for a dynamic "
+            "export (or pass dynamic=False)"
+        )
+    if example.shape[0] < 2 or min(height, width) < 64:
+        # torch.export specialises a traced size of 1 (a batch of 1, or a 1-pixel map at
+        # stride 32) to a constant: trace with at least 2 images of 64 × 64.
+        example = example.new_zeros(
+            max(2, example.shape[0]), example.shape[1], max(64, height), max(64, width)
+        )
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = 32 * torch.export.Dim("height_32", min=2, max=512)
+    width = 32 * torch.export.Dim("width_32", min=2, max=512)
+    return example, {"images": {0: batch, 2: height, 3: width}}
+
+
 def export_inference(
     model: Segmentor,
     path: str | os.PathLike,
@@ -107,28 +136,10 @@ def export_inference(
     Returns:
         The path written. Load with ``torch.export.load(path).module()``.
     """
-    if dynamic:
-        height, width = example.shape[-2:]
-        if height % 32 or width % 32:
-            raise ValueError(
-                f"export: example size {height}x{width} must be a multiple of 32 for a dynamic "
-                "export (or pass dynamic=False)"
-            )
-        if example.shape[0] < 2 or min(height, width) < 64:
-            # torch.export specialises a traced size of 1 (a batch of 1, or a 1-pixel map at
-            # stride 32) to a constant: trace with at least 2 images of 64 × 64.
-            example = example.new_zeros(
-                max(2, example.shape[0]), example.shape[1], max(64, height), max(64, width)
-            )
+    example, shapes = _export_plan(example, dynamic)
     inference = model.inference()
     was_training = model.training
     model.eval()
-    shapes = None
-    if dynamic:
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        height = 32 * torch.export.Dim("height_32", min=2, max=512)
-        width = 32 * torch.export.Dim("width_32", min=2, max=512)
-        shapes = {"images": {0: batch, 2: height, 3: width}}
     try:
         with torch.no_grad():
             program = torch.export.export(inference, (example,), dynamic_shapes=shapes)
@@ -137,6 +148,60 @@ def export_inference(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, path)
+    return path
+
+
+def export_onnx(
+    model: Segmentor,
+    path: str | os.PathLike,
+    example: torch.Tensor,
+    dynamic: bool = True,
+    opset: int = ONNX_OPSET,
+) -> Path:
+    """Export ``model.inference()`` to ONNX (``torch.onnx.export`` through ``torch.export``,
+    the ``onnxscript`` translator), for onnxruntime, TensorRT, OpenVINO.
+
+    Args:
+        model: the trained segmentor (exported in eval mode; its mode is restored).
+        path: output ``.onnx`` file; the weights are inside it.
+        example: (B, 3, H, W) example input; H and W multiples of 32.
+        dynamic: dynamic batch, height and width (multiples of 32 from 64 up); ``False``
+            fixes the example's shape.
+        opset: the ONNX opset (default :data:`ONNX_OPSET`).
+
+    Returns:
+        The path written: one input ``images`` (B, 3, H, W) float32, one output ``logits``
+        (B, N, H, W). No projection or auxiliary head is in it.
+    """
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's translator; a clear error if missing)
+    except ImportError:
+        raise ValueError(
+            "export --format onnx needs the 'onnxscript' and 'onnx' packages "
+            "(pip install onnx onnxscript)"
+        ) from None
+    example, shapes = _export_plan(example, dynamic)
+    inference = model.inference()
+    was_training = model.training
+    model.eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                inference,
+                (example,),
+                str(path),
+                dynamo=True,
+                dynamic_shapes=shapes,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        model.train(was_training)
     return path
 
 

@@ -128,3 +128,39 @@ def test_sync_batchnorm_conversion_only_for_cuda():
     converted = convert_sync_batchnorm(model, torch.device("cuda", 0))
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == batchnorms
     assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_onnx_export_runs_in_onnxruntime_like_pytorch(name, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from contextrast import ContextrastLoss
+    from contextrast.models import ONNX_OPSET, export_onnx
+
+    torch.manual_seed(1)
+    model = create_model(name, num_classes=3, aux=name.startswith("deeplabv3"))
+    path = export_onnx(model, tmp_path / "model.onnx", torch.randn(1, 3, 64, 64))
+    assert model.training  # restored
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    model.eval()
+    for shape in [(2, 3, 64, 64), (1, 3, 96, 128)]:  # dynamic batch, height and width
+        images = torch.randn(shape)
+        with torch.no_grad():
+            want = model.inference()(images).numpy()
+        got = session.run(["logits"], {"images": images.numpy()})[0]
+        assert got.shape == want.shape
+        # The ONNX graph folds BatchNorm into the convolutions: float32 rounding only.
+        assert abs(got - want).max() <= 1e-4 * abs(want).max()
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version == ONNX_OPSET
+    # Only inference weights: every stored value is the inference model's (or a small folded
+    # constant), and none of the loss heads or the auxiliary head is there.
+    inference = model.inference().state_dict()
+    loss_heads = ContextrastLoss(3, [f.shape[1] for f in model(torch.randn(2, 3, 64, 64)).features])
+    training_only = (set(model.state_dict()) - set(inference)) | set(loss_heads.state_dict())
+    stored = {t.name: t for t in graph.graph.initializer}
+    assert not set(stored) & training_only
+    assert all(n in inference or n.startswith("val_") for n in stored)
+    size = sum(int(torch.tensor(t.dims).prod()) for t in stored.values())
+    assert size <= sum(v.numel() for v in inference.values())
