@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import sys
@@ -39,7 +40,7 @@ from contextrast.evaluation.report import (
 )
 from contextrast.models import GENERIC_PREFIX, MODELS, ONNX_OPSET, export_inference, export_onnx
 from contextrast.utils.checkpoint import load_weights
-from contextrast.utils.distributed import cleanup, init_distributed
+from contextrast.utils.distributed import cleanup, init_distributed, slurm_environment
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -336,14 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
         "metavar": "KEY=VALUE",
         "help": "override a config value, e.g. --set optim.lr=0.02 (repeatable)",
     }
+    launcher = {
+        "choices": ["torchrun", "slurm"],
+        "default": "torchrun",
+        "help": "torchrun: read torchrun's variables (one process without them); slurm: one "
+        "process per srun task, process group from SLURM's variables",
+    }
     train = commands.add_parser(
         "train",
         help="train a model from a YAML config",
-        description="Train from a YAML config (run with torchrun for several processes).",
+        description="Train from a YAML config (torchrun or srun for several processes).",
     )
     train.add_argument("config", help="YAML config: a path or a packaged name (cityscapes/...yaml)")
     train.add_argument("--set", **overrides)
     train.add_argument("--resume", action="store_true", help="continue from <run dir>/last.pt")
+    train.add_argument("--launcher", **launcher)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
@@ -356,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="dataset split (default: data.val_split)")
     evaluate.add_argument("--out", help="metrics JSON (default: next to the checkpoint)")
     evaluate.add_argument("--set", **overrides)
+    evaluate.add_argument("--launcher", **launcher)
     evaluate.set_defaults(handler=_eval)
 
     predict = commands.add_parser(
@@ -441,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "launcher", None) == "slurm":
+            os.environ.update(slurm_environment(os.environ))
         return args.handler(args)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as error:
         print(f"contextrast {args.command}: error: {error}", file=sys.stderr)

@@ -166,6 +166,10 @@ def test_eval_predict_export(trained, capsys):
         ),
         (["eval", "{config}", "--checkpoint", "/no.pt"], "checkpoint /no.pt: no such file"),
         (
+            ["train", "{config}", "--launcher", "slurm"],
+            "--launcher slurm: SLURM_PROCID is None, expected a number; start each process",
+        ),
+        (
             ["predict", "--checkpoint", "{checkpoint}", "/no.png", "--out", "/tmp/x"],
             "input /no.png: no such file",
         ),

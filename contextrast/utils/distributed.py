@@ -1,8 +1,11 @@
-"""Process-group setup for ``torchrun`` (gloo on CPU, nccl on CUDA) and reductions."""
+"""Process-group setup for ``torchrun`` and SLURM's ``srun`` (gloo on CPU, nccl on CUDA),
+and reductions."""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +17,13 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "cleanup",
+    "first_host",
     "init_distributed",
+    "slurm_environment",
 ]
+
+#: The rendezvous port when neither MASTER_PORT nor the caller names one (torchrun's default).
+DEFAULT_PORT = 29500
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,56 @@ def init_distributed(device: str) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
     return DistInfo(rank, world, local, torch_device)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``"gpu[07-09,12],cpu3"`` → ``"gpu07"``."""
+    first = re.match(r"([^,\[]*)(\[([^\]]*)\])?", nodelist.strip())
+    if not nodelist.strip() or first is None or (not first.group(1) and not first.group(3)):
+        raise ValueError(f"SLURM node list {nodelist!r}: expected e.g. 'node[01-04],gpu7'")
+    prefix, ranges = first.group(1), first.group(3)
+    if ranges is None:
+        return prefix
+    start = ranges.split(",")[0].split("-")[0]
+    return prefix + start
+
+
+def slurm_environment(environ: Mapping[str, str], port: int = DEFAULT_PORT) -> dict[str, str]:
+    """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT) from SLURM's, for processes that ``srun`` started, one task per GPU, as
+    mmsegmentation's ``--launcher slurm``: rank ``SLURM_PROCID``, world ``SLURM_NTASKS``,
+    local rank ``SLURM_LOCALID``, master the first host of the job's node list (unless
+    MASTER_ADDR is set), port MASTER_PORT or ``port``.
+
+    Raises ``ValueError`` naming the missing variable outside a SLURM step.
+    """
+    needed = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+    for name in needed:
+        if not environ.get(name, "").isdigit():
+            raise ValueError(
+                f"--launcher slurm: {name} is {environ.get(name)!r}, expected a number; start "
+                "each process with srun (one task per GPU)"
+            )
+    master = environ.get("MASTER_ADDR")
+    if not master:
+        nodes = next(
+            (environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+             if environ.get(k)),
+            None,
+        )  # fmt: skip
+        if nodes is None:
+            raise ValueError("--launcher slurm: no SLURM_JOB_NODELIST and no MASTER_ADDR")
+        master = first_host(nodes)
+    per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    local_world = per_node if per_node.isdigit() else environ.get("SLURM_NTASKS")
+    return {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": environ["SLURM_NTASKS"],
+        "LOCAL_RANK": environ["SLURM_LOCALID"],
+        "LOCAL_WORLD_SIZE": local_world,
+        "MASTER_ADDR": master,
+        "MASTER_PORT": environ.get("MASTER_PORT") or str(port),
+    }
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -200,6 +200,62 @@ def test_two_process_gloo_run(workspace):
     assert log.count("1 batch(es) without labelled pixels (CE 0)") == empty_shares
 
 
+SLURM_TASK = """
+import os, sys, torch
+from contextrast.config import load_config
+from contextrast.engine import Trainer
+from contextrast.utils.distributed import cleanup, slurm_environment
+
+os.environ.update(slurm_environment(os.environ))  # what `contextrast train --launcher slurm` does
+trainer = Trainer(load_config(sys.argv[1]))
+trainer.fit()
+# The parameters (BatchNorm running statistics are per process on CPU: no SyncBatchNorm).
+state = {k: v.detach().cpu() for k, v in trainer.model.named_parameters()}
+torch.save(state, os.path.join(sys.argv[2], "rank" + os.environ["RANK"] + ".pt"))
+cleanup()
+"""
+
+
+def test_two_slurm_tasks_without_torchrun_end_with_identical_weights(workspace):
+    import socket
+
+    with socket.socket() as probe:  # a free rendezvous port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (workspace / "cfg.yaml").write_text(json.dumps(config(workspace, "slurm", optim={"iters": 2})))
+    torchrun_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    base = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
+    tasks = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLURM_TASK, str(workspace / "cfg.yaml"), str(workspace)],
+            env={
+                **base,
+                "OMP_NUM_THREADS": "1",
+                "SLURM_PROCID": str(rank),
+                "SLURM_NTASKS": "2",
+                "SLURM_LOCALID": str(rank),
+                "SLURM_JOB_NODELIST": "localhost",
+                "MASTER_PORT": str(port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [task.communicate(timeout=300) for task in tasks]
+    for task, (_, err) in zip(tasks, outputs):
+        assert task.returncode == 0, err[-2000:]
+    assert "2 process(es)" in outputs[0][0]
+    first, second = (torch.load(workspace / f"rank{r}.pt") for r in (0, 1))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    state = ckpt.load_checkpoint(workspace / "runs" / "slurm" / "last.pt")
+    assert state["iteration"] == 2
+    # The ranks seed differently (run.seed + rank) and train on different images: equal
+    # weights mean DDP broadcast the initial ones and averaged every gradient.
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains(workspace, amp):
     c = config_from_dict(config(workspace, f"amp_{amp}", optim={"iters": 2, "amp": amp}))
