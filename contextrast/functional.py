@@ -757,42 +757,33 @@ def pixel_anchor_loss_from_logits(
 
 
 @torch.no_grad()
-def sample_per_row(
-    mask: torch.Tensor, count: int | torch.Tensor, blocks: Segments | None = None
-) -> torch.Tensor:
+def sample_per_row(mask: torch.Tensor, count: int, blocks: Segments | None = None) -> torch.Tensor:
     """At most ``count`` True entries per row of ``mask`` (per row and block of columns, with
-    ``blocks``), chosen uniformly at random.
+    ``blocks``), chosen uniformly at random, independently for every row.
 
-    Args:
-        mask: (R, M) bool.
-        count: the bound, or (R, 1) int64 bounds per row (several masks sampled at once).
-        blocks: optional :class:`Segments` of the M columns.
-
-    Returns (R, M) bool, a subset of ``mask``; rows (blocks) with at most their bound of True
-    entries are kept whole. Uses the global RNG of ``mask``'s device; no host sync.
+    mask: (R, M) bool; blocks: optional :class:`Segments` of the M columns. Returns (R, M)
+    bool, a subset of ``mask``; rows (blocks) with at most ``count`` True entries are kept
+    whole. Uses the global RNG of ``mask``'s device; no host sync.
     """
-    largest = count if isinstance(count, int) else None
-    if largest is not None and largest < 1:
-        raise ValueError(f"count must be >= 1, got {count!r}")
-    if blocks is None:
-        blocks = segments((mask.shape[1],), mask.device)
-    if largest is not None and max(blocks.counts) <= largest:
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be >= 1 (an int), got {count!r}")
+    sizes = (mask.shape[1],) if blocks is None else blocks.counts
+    if max(sizes) <= count:
         return mask.clone()
-    # One random order of the columns within each block, shared by the rows: a row's first
-    # ``count`` candidates of a block in that order are a uniform sample of its candidates
-    # there (O(R·M) work and one sort of M keys, instead of a sort of every row).
     device = mask.device
-    order = torch.sort(torch.rand(mask.shape[1], device=device).add_(blocks.keys)).indices
-    permuted = mask.index_select(1, order)  # (R, M); blocks keep their columns
-    seen = permuted.cumsum(1)  # (R, M) candidates so far, this one included
-    # Rank within the block: subtract what the row saw before the block's first column.
-    first = blocks.first
-    rank = seen - seen.index_select(1, first) + permuted.index_select(1, first)
-    if isinstance(count, int):
-        count = constant(count, torch.long, device)
-    chosen = permuted.bitwise_and_(rank <= count)  # (R, M) in the shuffled order
-    inverse = torch.empty_like(order).scatter_(0, order, _arange(order.numel(), device))
-    return chosen.index_select(1, inverse)
+    # Independent uniform scores, -1 off the candidates: each row's ``count`` largest in a
+    # block are a uniform sample of its candidates there (top-k per block, O(M) per row).
+    score = torch.rand(mask.shape, device=device).masked_fill_(~mask, -1.0)
+    picked = mask.clone()
+    zero = constant(0.0, torch.float32, device)
+    start = 0
+    for size in sizes:
+        if size > count:
+            top = score.narrow(1, start, size).topk(count, dim=1, sorted=False)
+            part = picked.narrow(1, start, size).zero_()
+            part.scatter_(1, top.indices, top.values >= zero)
+        start += size
+    return picked
 
 
 def supervised_contrastive_loss(

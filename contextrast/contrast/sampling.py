@@ -199,19 +199,20 @@ class PerAnchorSampler:
         """positive, negative, extra_negative: (N, M) bool candidate masks; returns subsets.
         With ``blocks`` (the layers' pixels), the bounds hold per anchor and block."""
         masks = [positive, negative] + ([] if extra_negative is None else [extra_negative])
-        everything = positive.shape[1]  # a bound that keeps every candidate
-        bounds = [self.max_positives or everything] + [self.max_negatives or everything] * (
-            len(masks) - 1
-        )
-        if all(b >= everything for b in bounds):
-            return positive, negative, extra_negative
-        # All masks in one sampling: row r of mask j is bounded by bounds[j].
-        rows = positive.shape[0]
-        per_row = tuple((bound,) for bound in bounds for _ in range(rows))
-        count = CF.constant(per_row, torch.long, positive.device)  # (R·masks, 1)
-        picked = CF.sample_per_row(torch.cat(masks), count, blocks)
-        picked = picked.view(len(masks), rows, -1).unbind(0)  # (R, M) each
-        return picked[0], picked[1], picked[2] if extra_negative is not None else None
+        bounds = [self.max_positives] + [self.max_negatives] * (len(masks) - 1)
+        # Masks with the same bound are sampled in one call (rows stacked, each independent).
+        out: list[torch.Tensor | None] = list(masks)
+        for bound in {b for b in bounds if b is not None}:
+            chosen = [i for i, b in enumerate(bounds) if b == bound]
+            rows = positive.shape[0]
+            stacked = (
+                masks[chosen[0]] if len(chosen) == 1 else torch.cat([masks[i] for i in chosen])
+            )
+            picked = CF.sample_per_row(stacked, bound, blocks)
+            parts = [picked] if len(chosen) == 1 else picked.view(len(chosen), rows, -1).unbind(0)
+            for i, part in zip(chosen, parts):
+                out[i] = part
+        return out[0], out[1], out[2] if extra_negative is not None else None
 
 
 class SemiHardSampler(BaneSampler):
