@@ -190,7 +190,9 @@ class Canvas(NamedTuple):
     of each (itself at a layer's first and last column); first, last: (W_c,) bool, a layer's
     first and last column; start_code, end_code: (W_c,) ``2x + first``, ``2x + last``;
     before, after: (W_c,) x − 1 and x + 1; offsets: (H_c, H_c) ``(y − y')²``; dtype:
-    float32, or float64 when squared distances could exceed float32's exact integers.
+    float32, or float64 when squared distances could exceed float32's exact integers;
+    small: when every finite squared distance of the layers is below it, the min-plus runs in
+    int16 with this value standing for "beyond" (half the memory of float32), else None.
     """
 
     shape: tuple[int, int, int]
@@ -206,6 +208,7 @@ class Canvas(NamedTuple):
     after: torch.Tensor
     offsets: torch.Tensor
     dtype: torch.dtype
+    small: int | None
 
 
 class LayerLayout(NamedTuple):
@@ -266,6 +269,12 @@ def layer_layout(
     dtype = torch.float32 if rows * rows + width * width < 2**24 else torch.float64
     position = torch.arange(width)
     lines = torch.arange(rows, dtype=dtype)
+    # int16 holds a candidate g² + (y − y')² exactly when g² is capped at ``small`` and every
+    # finite squared distance within a layer (at most c² + r² on its canvas block) is below.
+    small = 2**15 - 1 - (rows - 1) ** 2
+    exact = all(c * c + r * r < small for r, c in maps)
+    offsets = (lines.unsqueeze(1) - lines).square()
+    offsets = offsets.to(torch.int16) if exact else offsets
     identity = len(sizes) == 1 and not turned
     canvas = Canvas(
         shape=(batch, rows, width),
@@ -279,8 +288,9 @@ def layer_layout(
         end_code=(2 * position + last).to(dtype).to(device),
         before=(position - 1).to(dtype).to(device),
         after=(position + 1).to(dtype).to(device),
-        offsets=(lines.unsqueeze(1) - lines).square().to(device),
+        offsets=offsets.to(device),
         dtype=dtype,
+        small=small if exact else None,
     )
     return LayerLayout(
         batch=batch,
@@ -689,7 +699,8 @@ class _InfoNCE(torch.autograd.Function):
         no_negative = shift == minus_inf  # (A, S)
         has_negative = ~no_negative
         shift.masked_fill_(no_negative, 0.0)  # (A, S)
-        terms = weight * torch.exp(masked - shift.index_select(1, blocks.ids))  # (A, C)
+        # In place where a temporary would double the (A, C) memory.
+        terms = masked.sub_(shift.index_select(1, blocks.ids)).exp_().mul_(weight)  # (A, C)
         # A block without negatives sums to 0: log(1) keeps it finite (it is unused).
         sums = segment_sum(terms, blocks).masked_fill_(no_negative, 1.0)  # (A, S)
         gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
@@ -701,8 +712,8 @@ class _InfoNCE(torch.autograd.Function):
         one = constant(1.0, dtype, device)
         anchors_used = torch.maximum(used.sum(0), one)  # (S,)
         share = used / (torch.maximum(num_positive, one) * anchors_used)
-        per_pair = F.softplus(gap) * positive  # (A, C)
-        weighted = (per_pair * share.index_select(1, blocks.ids)).sum(0, True)  # (1, C)
+        per_pair = F.softplus(gap).mul_(positive)  # (A, C)
+        weighted = per_pair.mul_(share.index_select(1, blocks.ids)).sum(0, True)  # (1, C)
         ctx.blocks = blocks
         ctx.save_for_backward(share, terms / sums.index_select(1, blocks.ids), gap, positive)
         return segment_sum(weighted, blocks).view(-1)  # (S,)
@@ -991,9 +1002,12 @@ def _other_label_squared_distance(values: torch.Tensor, layout: LayerLayout) -> 
     right = end.div(two, rounding_mode="floor") - canvas.before
     right = torch.where(end.remainder(two) == one, inf, right)
     row = torch.minimum(left, right)
-    row_squared = (row * row).view(k, h, w).transpose(1, 2)  # (K, w, h')
+    row_squared = row * row
+    if canvas.small is not None:  # exact in int16: half the memory of the min-plus below
+        row_squared = row_squared.clamp_max_(canvas.small).to(torch.int16)
+    row_squared = row_squared.view(k, h, w).transpose(1, 2)  # (K, w, h')
     column_labels = labels.transpose(1, 2)  # (K, w, h')
-    zero = constant(0.0, dtype, device)
+    zero = constant(0, row_squared.dtype, device)
     per_chunk = max(1, DENSE_EDT_LIMIT // (h * h * w))
     chunks = [(row_squared, column_labels)]
     if per_chunk < k:
@@ -1001,10 +1015,15 @@ def _other_label_squared_distance(values: torch.Tensor, layout: LayerLayout) -> 
     parts = []
     for g2, own in chunks:
         other = own.unsqueeze(3) != own.unsqueeze(2)  # (k, w, h, h'): another label at y'
-        candidate = torch.where(other, zero, g2.unsqueeze(2)) + canvas.offsets  # (k, w, h, h')
-        parts.append(candidate.amin(3))  # (k, w, h)
+        candidate = torch.where(other, zero, g2.unsqueeze(2))  # (k, w, h, h')
+        parts.append(candidate.add_(canvas.offsets).amin(3))  # (k, w, h); in place: memory
     squared = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return squared.view(-1).index_select(0, canvas.result_index)  # (M,)
+    squared = squared.view(-1).index_select(0, canvas.result_index)  # (M,)
+    if canvas.small is None:
+        return squared
+    # Back to floats; the cap (no other label in reach: a map without one) is +inf.
+    beyond = squared >= constant(canvas.small, torch.int16, device)
+    return squared.to(dtype).masked_fill_(beyond, float("inf"))
 
 
 def error_distance(

@@ -255,17 +255,20 @@ class ContextrastLoss(nn.Module):
         n = self.num_classes
         with torch.no_grad():
             pred = logits.argmax(dim=1)  # (B, h, w)
-        embedded = self._embed(features)
         device = target.device
-        dtype = CF.compute_dtype(*(coords for coords, _ in embedded))
-        sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in embedded)
+        sizes = tuple(tuple(f.shape[-2:]) for f in features)
         layout = CF.layer_layout(target.shape[0], sizes, device)
         blocks = layout.segments
         with torch.autocast(device_type=device.type, enabled=False):
             labels = CF.gather_layers(target, layout)  # (M,)
             layer_pred = CF.gather_layers(pred, layout)  # (M,)
-            # The labels were checked once in _validate; the prediction is an argmax.
+            # BANE first: its distance transform's temporaries then never meet the heads'
+            # activations (a lower peak). The labels were checked once in _validate; the
+            # prediction is an argmax.
             hard = self.sampler(labels, layer_pred, num_classes=n, validate=False, layout=layout)
+        embedded = self._embed(features)
+        dtype = CF.compute_dtype(*(coords for coords, _ in embedded))
+        with torch.autocast(device_type=device.type, enabled=False):
             groups = _group_layers(embedded, blocks.counts, dtype)
             is_class = labels == CF.class_rows(n, device)  # (N, M)
             one_hot = is_class.to(dtype)
