@@ -48,6 +48,7 @@ __all__ = [
     "pixel_anchor_loss",
     "pixel_anchor_loss_from_logits",
     "representative_anchors",
+    "resize_labels",
     "sample_per_row",
     "segment_sum",
     "segments",
@@ -300,20 +301,31 @@ def layer_layout(
     )
 
 
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a label map, by indexing (no float round trip).
+
+    labels: (B, H, W) integer. Returns (B, h, w); the sample for output pixel (y, x) is input
+    pixel (⌊y·H/h⌋, ⌊x·W/w⌋), the rule of ``F.interpolate(mode="nearest")``.
+    """
+    _, h_in, w_in = labels.shape
+    h, w = size
+    if (h, w) == (h_in, w_in):
+        return labels
+    if h_in % h == 0 and w_in % w == 0:  # the usual strides: every (H/h)-th row, one copy
+        return labels[:, :: h_in // h, :: w_in // w].contiguous()
+    rows = torch.div(torch.arange(h, device=labels.device) * h_in, h, rounding_mode="floor")
+    cols = torch.div(torch.arange(w, device=labels.device) * w_in, w, rounding_mode="floor")
+    return labels.index_select(1, rows).index_select(2, cols)
+
+
 @functools.lru_cache(maxsize=64)
 def _gather_index(
     batch: int, source: tuple[int, int], sizes: tuple[tuple[int, int], ...], device: torch.device
 ) -> torch.Tensor:
     """(M,) flat index into (B, H, W) of each layer pixel's nearest-neighbour sample."""
-    height, width = source
-    parts = []
-    for h, w in sizes:
-        # Output pixel (y, x) samples (⌊y·H/h⌋, ⌊x·W/w⌋): F.interpolate(mode="nearest")'s rule.
-        rows = torch.div(torch.arange(h) * height, h, rounding_mode="floor").view(1, h, 1)
-        cols = torch.div(torch.arange(w) * width, w, rounding_mode="floor").view(1, 1, w)
-        image = torch.arange(batch).view(batch, 1, 1)
-        parts.append((image * height * width + rows * width + cols).flatten())
-    return torch.cat(parts).to(device)
+    # Each pixel's own flat index, resized by the one nearest-neighbour rule.
+    index = torch.arange(batch * source[0] * source[1]).view(batch, *source)
+    return torch.cat([resize_labels(index, size).flatten() for size in sizes]).to(device)
 
 
 def gather_layers(maps: torch.Tensor, layout: LayerLayout) -> torch.Tensor:

@@ -21,6 +21,7 @@ from contextrast.contrast.sampling import (
     PixelSubsampler,
     SemiHardSampler,
 )
+from contextrast.functional import resize_labels
 
 __all__ = ["ContextrastLoss", "ContextrastTerms", "resize_labels"]
 
@@ -39,23 +40,6 @@ class ContextrastTerms(NamedTuple):
     loss: torch.Tensor
     layer_losses: torch.Tensor
     hard_negatives: torch.Tensor
-
-
-def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a label map, by indexing (no float round trip).
-
-    labels: (B, H, W) integer. Returns (B, h, w); the sample for output pixel (y, x) is input
-    pixel (⌊y·H/h⌋, ⌊x·W/w⌋), the rule of ``F.interpolate(mode="nearest")``.
-    """
-    _, h_in, w_in = labels.shape
-    h, w = size
-    if (h, w) == (h_in, w_in):
-        return labels
-    if h_in % h == 0 and w_in % w == 0:  # the usual strides: every (H/h)-th row, one copy
-        return labels[:, :: h_in // h, :: w_in // w].contiguous()
-    rows = torch.div(torch.arange(h, device=labels.device) * h_in, h, rounding_mode="floor")
-    cols = torch.div(torch.arange(w, device=labels.device) * w_in, w, rounding_mode="floor")
-    return labels.index_select(1, rows).index_select(2, cols)
 
 
 def _check_fraction(name: str, value: float) -> float:

@@ -202,7 +202,7 @@ class PerAnchorSampler:
         bounds = [self.max_positives] + [self.max_negatives] * (len(masks) - 1)
         # Masks with the same bound are sampled in one call (rows stacked, each independent).
         out: list[torch.Tensor | None] = list(masks)
-        for bound in {b for b in bounds if b is not None}:
+        for bound in dict.fromkeys(b for b in bounds if b is not None):  # a fixed order
             chosen = [i for i, b in enumerate(bounds) if b == bound]
             rows = positive.shape[0]
             stacked = (

@@ -72,9 +72,7 @@ def preset_layers(model: nn.Module) -> list[str]:
     if encoder is not None and hasattr(encoder, "out_channels") and hasattr(inner, "decoder"):
         return [f"{prefix}encoder[{i}]" for i in range(-4, 0)]
     for name, module in [("", inner), *inner.named_modules()]:
-        if type(module).__name__ in ("FeatureListNet", "FeatureDictNet", "FeatureHooks") or (
-            hasattr(module, "feature_info") and type(module).__name__.startswith("Feature")
-        ):
+        if type(module).__name__ in ("FeatureListNet", "FeatureDictNet", "FeatureHooks"):
             at = f"{prefix}{name}" if name else prefix.rstrip(".")
             return [f"{at}[{i}]" for i in range(-4, 0)]
     raise ValueError(
@@ -112,15 +110,16 @@ class FeatureTap:
         self._model = model
         self._outputs: dict[str, object] = {}
         self._handles = []
-        tapped: dict[str, nn.Module] = {}
+        # (module name, item index or None) per layer, parsed once.
+        self._parsed: list[tuple[str, int | None]] = []
         for layer in self.layers:
             match = _ITEM.match(layer)
-            name = match["name"] if match else layer
+            name, index = (match["name"], int(match["index"])) if match else (layer, None)
             if name not in modules:
                 raise ValueError(_unknown(name, modules))
-            tapped[name] = modules[name]
-        for name, module in tapped.items():
-            self._handles.append(module.register_forward_hook(self._recorder(name)))
+            self._parsed.append((name, index))
+        for name in dict.fromkeys(name for name, _ in self._parsed):
+            self._handles.append(modules[name].register_forward_hook(self._recorder(name)))
         self._handles.append(model.register_forward_pre_hook(self._reset))
 
     @staticmethod
@@ -142,22 +141,20 @@ class FeatureTap:
         tensors; forgets them. Raises ``RuntimeError`` when no forward ran since the last
         call (or the tapped modules did not run)."""
         out = []
-        for layer in self.layers:
-            match = _ITEM.match(layer)
-            name = match["name"] if match else layer
+        for layer, (name, index) in zip(self.layers, self._parsed):
             if name not in self._outputs:
                 raise RuntimeError(
                     f"no output of {name!r} recorded: call the model before features() "
                     "(each forward's features can be taken once)"
                 )
             value = self._outputs[name]
-            if match:
+            if index is not None:
                 if not isinstance(value, (list, tuple)):
                     raise ValueError(
                         f"layer {layer!r}: {name!r} returned a {type(value).__name__}, not a "
-                        f"list or tuple; drop the [{match['index']}]"
+                        f"list or tuple; drop the [{index}]"
                     )
-                value = value[int(match["index"])]
+                value = value[index]
             if not isinstance(value, torch.Tensor) or value.dim() != 4:
                 got = getattr(value, "shape", type(value).__name__)
                 raise ValueError(f"layer {layer!r} gave {got}, expected a (B, C, h, w) tensor")
