@@ -3,6 +3,8 @@
     python benchmarks/accuracy.py --config configs/inia19/contextrast.yaml --seeds 0 1 2
     python benchmarks/accuracy.py [--seeds 0 1 2] [--methods ce contextrast ...]   # digits
     python benchmarks/accuracy.py --k-sweep 0 0.1 0.3 0.5 0.7 1 --seeds 0
+    python benchmarks/accuracy.py --config configs/inia19/contextrast.yaml \
+        --methods ce ce+lovasz ce+dice contextrast contextrast+lovasz --protocol ema
     python benchmarks/accuracy.py --methods ce contextrast \
         --variant "detach:loss.contrast.detach_anchors=true" --set run.device=cuda --jobs 8
 
@@ -16,6 +18,14 @@ the paired difference to CE; writes JSON (``--out``).
 ``--variant NAME:KEY=VALUE,...`` adds a Contextrast run with config overrides; ``--set`` applies
 overrides to every run (and names the run folders apart); ``--jobs`` trains runs in parallel
 processes (for a GPU, where one small run leaves the device mostly idle).
+
+A method ``BASE+REGION`` (``ce+lovasz``, ``contextrast+dice``) is the loss BASE with the region
+term ``loss.region.name=REGION`` added (weight: ``loss.region.weight``, its constructor's
+default unless ``--set``). ``--protocol`` picks the reading each run is scored by:
+``final`` (the trained weights' last evaluation: what a single run reports), ``ema`` (the
+weights' moving average, ``train.ema_decay``, at the end), ``lastK`` / ``ema_lastK`` (the mean
+of the last K evaluations of either). ``--noise`` prints, for every protocol the runs allow,
+the paired differences' spread and standard error (the noise a comparison has to beat).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
@@ -44,9 +55,11 @@ PEER_SETTINGS = {
 
 
 def config_for(config: Path, method: str, seed: int, extra: list[str], tag: str, iters: int | None):
+    method, _, region = method.partition("+")
     loss = "contextrast" if method.startswith("contextrast") else method
     overrides = [
         f"loss.name={loss}",
+        *([f"loss.region.name={region}"] if region else []),
         f"run.seed={seed}",
         f"run.name={tag}_s{seed}",
         f"run.output_dir=runs/bench_{config.parent.name}",
@@ -75,7 +88,39 @@ def run(
 
 
 def tag_of(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "p" if c == "." else "" for c in name)
+    return "".join(
+        c if c.isalnum() or c in "-_" else "p" if c == "." else "_" if c == "+" else ""
+        for c in name
+    )
+
+
+def evaluations(config: Path, method: str, seed: int, extra: list[str], tag: str, iters):
+    """Every evaluation the run wrote (metrics.jsonl), oldest first."""
+    path = config_for(config, method, seed, extra, tag, iters).run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def reading(history: list[dict], protocol: str) -> dict[str, float] | None:
+    """(mIoU, B-mIoU 5 px) of a run under ``protocol``; None when the run cannot give it
+    (``ema`` without ``train.ema_decay``, fewer than K evaluations)."""
+    ema = protocol == "ema" or protocol.startswith("ema_")
+    rest = "final" if protocol == "ema" else protocol.removeprefix("ema_")
+    match = re.fullmatch(r"final|last([1-9][0-9]*)", rest)
+    if match is None:
+        raise SystemExit(f"--protocol {protocol!r}: expected final, ema, lastK or ema_lastK")
+    count = int(match.group(1)) if match.group(1) else 1
+    if len(history) < count:
+        return None
+    picked = []
+    for entry in history[-count:]:
+        if ema and "raw" not in entry:
+            return None
+        source = entry if ema or "raw" not in entry else entry["raw"]
+        picked.append((source["miou"], source["boundary_miou"]["5"]))
+    return {
+        "miou": statistics.mean(p[0] for p in picked),
+        "boundary_miou_5": statistics.mean(p[1] for p in picked),
+    }
 
 
 def summary(values: list[float]) -> str:
@@ -129,6 +174,14 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="tabulate finished runs, train nothing"
     )
+    parser.add_argument(
+        "--protocol",
+        default="final",
+        help="final, ema, lastK, ema_lastK: how a run is scored (default: final)",
+    )
+    parser.add_argument(
+        "--noise", action="store_true", help="also print the paired noise of every protocol"
+    )
     args = parser.parse_args()
     prepare_weights()
     if args.k_sweep:
@@ -157,17 +210,22 @@ def main() -> None:
             finished = list(pool.map(train_one, jobs))
     else:
         finished = [train_one(job) for job in jobs]
-    for name, seed, metrics in finished:
+    reading(histories := [], args.protocol)  # validates the name before reporting
+    for (config, name, seed, method, extra, tag, iters, *_), (_, _, metrics) in zip(jobs, finished):
         if metrics is None:
             continue
-        results[name][seed] = {
-            "miou": metrics["miou"],
-            "boundary_miou_5": metrics["boundary_miou"]["5"],
-            "seconds_per_iter": metrics["seconds_per_iter"],
-        }
+        history = evaluations(config, method, seed, extra, tag, iters)
+        histories.append((name, seed, history))
+        scored = reading(history, args.protocol)
+        if scored is None:
+            raise SystemExit(
+                f"{name} seed {seed}: its run has no {args.protocol!r} reading (train.ema_decay "
+                "for ema, enough evaluations for lastK)"
+            )
+        results[name][seed] = {**scored, "seconds_per_iter": metrics["seconds_per_iter"]}
     reference = "ce" if "ce" in results else next(iter(results))
     print(
-        f"{args.config}, seeds {args.seeds}: mean ± sd over seeds; "
+        f"{args.config}, seeds {args.seeds}, protocol {args.protocol}: mean ± sd over seeds; "
         f"Δ = paired difference to {reference}"
     )
     print(
@@ -196,9 +254,55 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": str(args.config), "overrides": args.set, "iters": args.iters,
         "variants": {name: extra for name, (_, extra) in variants.items()},
-        "seeds": args.seeds, "rows": rows,
+        "seeds": args.seeds, "protocol": args.protocol, "rows": rows,
+        "evaluations": {
+            f"{name}/{seed}": [
+                {"iteration": e["iteration"], "miou": e["miou"],
+                 "boundary_miou_5": e["boundary_miou"]["5"],
+                 **({"raw_miou": e["raw"]["miou"],
+                     "raw_boundary_miou_5": e["raw"]["boundary_miou"]["5"]}
+                    if "raw" in e else {})}
+                for e in history
+            ]
+            for name, seed, history in histories
+        },
     }, indent=2) + "\n")  # fmt: skip
+    if args.noise:
+        print_noise(histories, reference)
     print(f"wrote {out}")
+
+
+def print_noise(histories: list[tuple[str, int, list[dict]]], reference: str) -> None:
+    """Per protocol: the paired Δ mIoU to ``reference`` of every other method (mean ± sd,
+    standard error sd/√n), and their pooled sd: the noise of one paired comparison."""
+    by_run = {(name, seed): history for name, seed, history in histories}
+    methods = sorted({name for name, _ in by_run if name != reference})
+    seeds = sorted({seed for _, seed in by_run})
+    candidates = ["final", "last2", "last4", "ema", "ema_last2", "ema_last4"]
+    print(f"\npaired Δ mIoU to {reference} per protocol: mean ± sd (standard error)")
+    print(f"{'protocol':<12}" + "".join(f"{m:>26}" for m in methods) + f"{'pooled sd':>12}")
+    for protocol in candidates:
+        cells, squares, dof = [], 0.0, 0
+        for method in methods:
+            deltas = []
+            for seed in seeds:
+                a = by_run.get((method, seed))
+                b = by_run.get((reference, seed))
+                ra = reading(a, protocol) if a else None
+                rb = reading(b, protocol) if b else None
+                if ra is not None and rb is not None:
+                    deltas.append((ra["miou"] - rb["miou"]) * 100)
+            if len(deltas) < 2:
+                cells.append("—")
+                continue
+            sd = statistics.stdev(deltas)
+            squares += sd**2 * (len(deltas) - 1)
+            dof += len(deltas) - 1
+            mean = statistics.mean(deltas)
+            cells.append(f"{mean:+.2f} ± {sd:.2f} ({sd / len(deltas) ** 0.5:.2f})")
+        if dof:
+            pooled = f"{(squares / dof) ** 0.5:.2f}"
+            print(f"{protocol:<12}" + "".join(f"{c:>26}" for c in cells) + f"{pooled:>12}")
 
 
 if __name__ == "__main__":

@@ -265,7 +265,10 @@ def _analyze_grid(args: argparse.Namespace) -> int:
             f"{outside or list(indices)}"
         )
     models = [(r.model, r.palette, engine.predict_options(r.config)) for r in runs]
-    path = save_grid(comparison_rows(models, dataset, indices), Path(args.out), scale=args.scale)
+    titles = ["image", "ground truth", *(r.config.run.name for r in runs)]
+    legend = list(zip(runs[0].classes, runs[0].palette))
+    rows = comparison_rows(models, dataset, indices)
+    path = save_grid(rows, Path(args.out), scale=args.scale, titles=titles, legend=legend)
     print(f"wrote {path} (image | ground truth | " + " | ".join(map(str, args.checkpoints)) + ")")
     return 0
 

@@ -26,6 +26,7 @@ from contextrast.contrast import (
     PixelContrastLoss,
     PixelContrastMemory,
     RegionContrastLoss,
+    RegionLoss,
 )
 
 __all__ = [
@@ -118,6 +119,8 @@ PixelContrastConfig = loss_section(
 )
 MultiScaleConfig = loss_section("MultiScaleConfig", MultiScaleCrossScaleLoss)
 RegionContrastConfig = loss_section("RegionContrastConfig", RegionContrastLoss)
+#: the region term on the logits (Lovász, Dice, Jaccard), added to CE with any ``loss.name``
+RegionConfig = loss_section("RegionConfig", RegionLoss)
 
 
 @dataclass
@@ -130,6 +133,7 @@ class LossConfig:
     pixel_contrast: PixelContrastConfig = field(default_factory=PixelContrastConfig)
     ms_cs: MultiScaleConfig = field(default_factory=MultiScaleConfig)
     region_contrast: RegionContrastConfig = field(default_factory=RegionContrastConfig)
+    region: RegionConfig = field(default_factory=RegionConfig)
 
 
 @dataclass
@@ -154,6 +158,9 @@ class TrainConfig:
     log_interval: int = 50
     eval_interval: int = 4000
     checkpoint_interval: int = 2000
+    #: keep an exponential moving average of the weights (timm's ModelEmaV3, its decay
+    #: warm-up 1 − (1 + t)^−2/3 capped at this value) and report and deploy it; null: off
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -278,6 +285,11 @@ def _check(config: Config) -> Config:
         ("train.log_interval", config.train.log_interval >= 1, "must be >= 1"),
         ("train.eval_interval", config.train.eval_interval >= 1, "must be >= 1"),
         ("train.checkpoint_interval", config.train.checkpoint_interval >= 1, "must be >= 1"),
+        (
+            "train.ema_decay",
+            config.train.ema_decay is None or 0 < config.train.ema_decay < 1,
+            "must be in (0, 1) or null",
+        ),
         ("data.hflip", 0 <= config.data.hflip <= 1, "must be in [0, 1]"),
         ("data.num_workers", config.data.num_workers >= 0, "must be >= 0"),
         ("run.seed", 0 <= config.run.seed < 2**32, "must be in [0, 2**32)"),

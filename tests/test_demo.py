@@ -1,30 +1,49 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from contextrast import demo
 
 
-def test_evidence_lines_give_paired_differences(tmp_path):
-    path = tmp_path / "bench.json"
+def test_evidence_lines_give_paired_differences_and_pick_the_best_region_loss(tmp_path):
+    path = tmp_path / "evidence.json"
     rows = [
         {"method": "ce", "miou": [0.40, 0.50, 0.30], "boundary_miou_5": [0.2, 0.2, 0.2]},
+        {"method": "ce+dice", "miou": [0.41, 0.52, 0.30], "boundary_miou_5": [0.2, 0.2, 0.2]},
+        {"method": "ce+lovasz", "miou": [0.45, 0.55, 0.38], "boundary_miou_5": [0.3, 0.3, 0.3]},
         {"method": "contextrast", "miou": [0.42, 0.49, 0.33], "boundary_miou_5": [0.3, 0.2, 0.1]},
+        {"method": "contextrast+lovasz", "miou": [0.46, 0.56, 0.37], "boundary_miou_5": [0] * 3},
     ]
-    path.write_text(json.dumps({"seeds": [0, 1, 2], "rows": rows}))
+    data = {"source": "here", "protocol_text": "by hand", "orientations": {}}
+    data["orientations"]["coronal"] = {"seeds": [0, 1, 2], "rows": rows}
+    data["orientations"]["axial"] = {"seeds": [0, 1, 2], "rows": rows[:1] + rows[3:4]}
+    path.write_text(json.dumps(data))
     lines = demo.evidence_lines(path)
-    assert lines[0].startswith(f"Evidence — {path} (3 paired seeds")
-    # Δ mIoU per seed: +2, −1, +3 → mean 1.33, sd 2.08
+    assert lines[0].startswith("Evidence (here; by hand)")
+    # Δ per seed: Lovász +5, +5, +8 (mean 6, sd 1.73) beats Dice (+1, +2, 0); Contextrast +2,
+    # −1, +3 (mean 1.33, sd 2.08); Contextrast + Lovász +6, +6, +7 (mean 6.33, sd 0.58).
     assert lines[1] == (
-        "  mIoU: CE 40.00, Contextrast 41.33; paired Δ +1.33 ± 2.08 (+2.00, -1.00, +3.00)"
+        "  coronal (3 seeds): CE 40.00; CE + Lovász 46.00 (+6.00 ± 1.73); "
+        "Contextrast 41.33 (+1.33 ± 2.08); Contextrast + Lovász 46.33 (+6.33 ± 0.58)"
     )
-    assert "paired Δ +0.00 ± 10.00 (+10.00, +0.00, -10.00)" in lines[2]
+    assert lines[2] == "  axial (3 seeds): CE 40.00; Contextrast 41.33 (+1.33 ± 2.08)"
     assert "no multi-seed benchmark result" in demo.evidence_lines(tmp_path / "none.json")[0]
+
+
+def test_the_packaged_evidence_is_read_from_inside_the_package():
+    assert demo.EVIDENCE.is_relative_to(Path(demo.__file__).parent)
+    lines = demo.evidence_lines()
+    assert lines[0].startswith("Evidence (docs/benchmarks.md")
+    assert any(line.startswith("  coronal (") and "CE + " in line for line in lines[1:])
 
 
 def test_demo_trains_the_builtin_slices_with_seed_zero():
     overrides = demo.demo_overrides("inia19", "ce", ["optim.iters=2"])
     assert overrides[:3] == ["data.dataset=inia19", "data.root=null", "run.seed=0"]
+    region = demo.method_config("inia19", "ce+lovasz", [])
+    assert (region.loss.name, region.loss.region.name) == ("ce", "lovasz")
+    assert region.run.name == "inia19_ce_lovasz"
     assert overrides[-1] == "optim.iters=2"
     config = demo.load_config(demo.SETS["inia19"][0] / "ce.yaml", overrides)
     assert (config.data.dataset, config.data.root, config.run.name) == ("inia19", None, "inia19_ce")

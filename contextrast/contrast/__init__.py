@@ -1,4 +1,4 @@
-"""Contrastive learning: projection heads, samplers and losses."""
+"""Contrastive learning: projection heads, samplers and losses; the region losses beside them."""
 
 from contextrast.contrast.losses import ContextrastLoss, ContextrastTerms
 from contextrast.contrast.memory import ClassQueue
@@ -9,6 +9,7 @@ from contextrast.contrast.peers import (
     RegionContrastLoss,
 )
 from contextrast.contrast.projection import NonFiniteError, ProjectionHead, prepare_features
+from contextrast.contrast.region import REGION_LOSSES, RegionLoss
 from contextrast.contrast.sampling import (
     BalancedRandomSampler,
     BaneSampler,
@@ -19,6 +20,7 @@ from contextrast.contrast.sampling import (
 )
 
 __all__ = [
+    "REGION_LOSSES",
     "BalancedRandomSampler",
     "BaneSampler",
     "ClassQueue",
@@ -33,6 +35,7 @@ __all__ = [
     "PixelSubsampler",
     "ProjectionHead",
     "RegionContrastLoss",
+    "RegionLoss",
     "SemiHardSampler",
     "prepare_features",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from contextrast.config import Config, ConfigError
-from contextrast.contrast import ContextrastLoss
+from contextrast.contrast import ContextrastLoss, RegionLoss
 from contextrast.contrast.peers import (
     MultiScaleCrossScaleLoss,
     PixelContrastLoss,
@@ -26,6 +26,7 @@ __all__ = [
     "build_dataset",
     "build_evaluator",
     "build_model",
+    "build_region",
     "eval_options",
     "predict_options",
 ]
@@ -132,6 +133,17 @@ def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.
         return cls(num_classes, channels, **kwargs)
     except ValueError as error:
         raise ConfigError(f"loss.{section}: {error}") from None
+
+
+def build_region(config: Config) -> RegionLoss | None:
+    """The region term of ``loss.region`` (None when its name is "none")."""
+    kwargs = dataclasses.asdict(config.loss.region)
+    if kwargs["name"] == "none":
+        return None
+    try:
+        return RegionLoss(**kwargs)
+    except (ValueError, ImportError) as error:
+        raise ConfigError(f"loss.region: {error}") from None
 
 
 def build_evaluator(config: Config, dataset: SegmentationDataset) -> Evaluator:

@@ -76,7 +76,9 @@ def load_run(
     count = num_classes if num_classes is not None else len(classes)
     check_compatible(state, checkpoint, config, count)
     model = build_model(config, count, pretrained=False)
-    load_weights(model, state["model"], checkpoint, "model")
+    # A run trained with train.ema_decay reported the average's metrics: deploy the average.
+    weights = state.get("ema", state["model"])
+    load_weights(model, weights, checkpoint, "model")
     return Run(config, model.eval(), classes, state.get("palette", []), state)
 
 

@@ -1,4 +1,5 @@
-"""One training step's loss: CE (+ auxiliary CE) + the contrastive term, as one module."""
+"""One training step's loss: CE (+ auxiliary CE) + a region term + the contrastive term, as
+one module."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contextrast.contrast.region import RegionLoss
 from contextrast.models import Segmentor
 
 __all__ = ["LossTerms", "TrainingModule"]
@@ -15,12 +17,14 @@ __all__ = ["LossTerms", "TrainingModule"]
 
 class LossTerms(NamedTuple):
     """total: the optimised scalar; ce, aux, contrast: its (unweighted-by-switch) parts;
-    unlabelled: 1.0 when the batch (this rank's share) has no labelled pixel, else 0.0."""
+    region: the weighted region term (0 without one); unlabelled: 1.0 when the batch (this
+    rank's share) has no labelled pixel, else 0.0."""
 
     total: torch.Tensor
     ce: torch.Tensor
     aux: torch.Tensor
     contrast: torch.Tensor
+    region: torch.Tensor
     unlabelled: torch.Tensor
 
 
@@ -32,6 +36,8 @@ class TrainingModule(nn.Module):
         model: the segmentor.
         contrast: a contrastive loss module or None (CE baseline).
         aux_weight: weight of the auxiliary CE.
+        region: a :class:`~contextrast.contrast.region.RegionLoss` on the main logits, or
+            None.
     """
 
     def __init__(
@@ -40,19 +46,20 @@ class TrainingModule(nn.Module):
         contrast: nn.Module | None,
         aux_weight: float = 0.4,
         ignore_index: int = 255,
+        region: RegionLoss | None = None,
     ):
         super().__init__()
         self.model = model
         self.contrast = contrast
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.region = region if region is not None and region.active else None
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor):
         """Mean CE over the labelled pixels; exactly 0 (with a graph) when there are none.
 
-        logits: (B, N, h, w); target: (B, H, W); labelled: () their count.
+        logits: (B, N, H, W) at the labels' size; target: (B, H, W); labelled: () their count.
         """
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         # "mean" would divide by zero on a crop without labels (sky-only, ignore borders).
         total = F.cross_entropy(
             logits.float(), target, ignore_index=self.ignore_index, reduction="sum"
@@ -65,11 +72,21 @@ class TrainingModule(nn.Module):
         """images: (B, 3, H, W); target: (B, H, W). ``contrast_scale`` 0 keeps the term in the
         graph with zero weight (warm-up), identically on one process and on many."""
         out = self.model(images)
+        size = target.shape[-2:]
         labelled = (target != self.ignore_index).sum()
-        ce = self._ce(out.logits, target, labelled)
+        logits = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)
+        ce = self._ce(logits, target, labelled)
         zero = ce.new_zeros(())
-        aux = self._ce(out.aux_logits, target, labelled) if out.aux_logits is not None else zero
+        aux = zero
+        if out.aux_logits is not None:
+            aux_logits = F.interpolate(
+                out.aux_logits, size=size, mode="bilinear", align_corners=False
+            )
+            aux = self._ce(aux_logits, target, labelled)
+        region = self.region(logits, target) if self.region is not None else zero
         contrast = self.contrast(out.features, out.logits, target) if self.contrast else zero
-        total = ce + self.aux_weight * aux + contrast_scale * contrast
+        total = ce + self.aux_weight * aux + region + contrast_scale * contrast
         unlabelled = (labelled == 0).to(ce.dtype)
-        return LossTerms(total, ce.detach(), aux.detach(), contrast.detach(), unlabelled)
+        return LossTerms(
+            total, ce.detach(), aux.detach(), contrast.detach(), region.detach(), unlabelled
+        )

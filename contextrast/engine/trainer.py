@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -27,6 +28,7 @@ from contextrast.engine.builders import (
     build_dataset,
     build_evaluator,
     build_model,
+    build_region,
     eval_options,
 )
 from contextrast.engine.runs import check_compatible
@@ -139,12 +141,21 @@ class Trainer:
                 f"stride of {c.model.name}'s features"
             )
         contrast = build_contrast(c, num_classes, model.feature_channels)
+        region = build_region(c)
+        # Copied before compiling: a copy of a compiled module would call the original's graph.
+        self.ema = (
+            ModelEmaV3(model, decay=c.train.ema_decay, use_warmup=True)
+            if c.train.ema_decay is not None
+            else None
+        )
         if c.optim.compile:
             # In place: the state dict keeps its keys, so checkpoints load either way.
             backend = "inductor" if c.optim.compile is True else c.optim.compile
             model.compile(backend=backend)
         self.model, self.contrast = model, contrast
-        net = TrainingModule(model, contrast, c.model.aux_weight).to(self.device)
+        net = TrainingModule(model, contrast, c.model.aux_weight, region=region).to(self.device)
+        if self.ema is not None:
+            self.ema.to(self.device)
         if self.dist.world_size > 1:
             net = convert_sync_batchnorm(net, self.device)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -230,6 +241,8 @@ class Trainer:
             "iteration": iteration,
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
+            # What eval, predict and export load when present (engine.load_run).
+            **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
             "contrast": self.contrast.state_dict() if self.contrast is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -252,6 +265,10 @@ class Trainer:
                 )
         check_compatible(state, path, self.config, self.train_set.num_classes)
         load_weights(self.model, state["model"], path, "model")
+        if self.ema is not None:
+            # A run that had no average yet starts it from the weights it resumes.
+            ema = state.get("ema", state["model"])
+            load_weights(self.ema.module, ema, path, "model (EMA)")
         if self.contrast is not None:
             load_weights(self.contrast, state["contrast"], path, f"{self.config.loss.name} loss")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -299,17 +316,24 @@ class Trainer:
             generator=torch.Generator().manual_seed(sample_seed(c.run.seed, 0, self.start_iter, 4)),
         )
 
-    def _evaluate(self, iteration: int, seconds_per_iter: float) -> dict[str, Any]:
-        evaluator = build_evaluator(self.config, self.val_set)
-        metrics = evaluate(
-            self.model,
+    def _score(self, model: nn.Module) -> dict[str, Any]:
+        return evaluate(
+            model,
             self.val_set,
-            evaluator,
+            build_evaluator(self.config, self.val_set),
             self.device,
             **eval_options(self.config),
             rank=self.dist.rank,
             world=self.dist.world_size,
         )
+
+    def _evaluate(self, iteration: int, seconds_per_iter: float) -> dict[str, Any]:
+        """The model's metrics; with ``train.ema_decay``, the average's, and the trained
+        weights' own under ``"raw"`` (as timm reports both)."""
+        metrics = self._score(self.model)
+        if self.ema is not None:
+            raw = {k: metrics[k] for k in ("miou", "pixel_accuracy", "boundary_miou")}
+            metrics = {**self._score(self.ema.module), "raw": raw}
         metrics.update({"iteration": iteration, "seconds_per_iter": seconds_per_iter})
         if self.dist.is_main:
             path = self.run_dir / "metrics" / f"iter_{iteration:07d}.json"
@@ -318,13 +342,20 @@ class Trainer:
                 handle.write(metrics_json(metrics) + "\n")
             if self.writer is not None:
                 self.writer.add_scalar("val/miou", metrics["miou"], iteration)
+                if "raw" in metrics:
+                    self.writer.add_scalar("val/miou_raw", metrics["raw"]["miou"], iteration)
                 self.writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], iteration)
                 for width, value in metrics["boundary_miou"].items():
                     self.writer.add_scalar(f"val/boundary_miou_{width}px", value, iteration)
             boundary = ", ".join(f"{w}px {v:.4f}" for w, v in metrics["boundary_miou"].items())
+            raw = (
+                f" (EMA weights; trained weights {metrics['raw']['miou']:.4f})"
+                if "raw" in metrics
+                else ""
+            )
             self._say(
-                f"eval @ {iteration}: mIoU {metrics['miou']:.4f}, pixel acc "
-                f"{metrics['pixel_accuracy']:.4f}, boundary mIoU {boundary}"
+                f"eval @ {iteration}: mIoU {metrics['miou']:.4f}{raw}"
+                f", pixel acc {metrics['pixel_accuracy']:.4f}, boundary mIoU {boundary}"
             )
         return metrics
 
@@ -421,6 +452,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.net.parameters(), c.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model, step=iteration + 1)
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             iteration += 1
@@ -476,19 +509,25 @@ class Trainer:
     ) -> float:
         """Log the window's mean terms (one all-reduce, one host sync); returns the mean loss."""
         totals = all_reduce_sum(sums.clone()).tolist()
-        loss, ce, aux, contrast = (value / (count * self.dist.world_size) for value in totals[:4])
-        unlabelled = round(totals[4])
+        loss, ce, aux, contrast, region = (
+            value / (count * self.dist.world_size) for value in totals[:5]
+        )
+        unlabelled = round(totals[5])
         self.unlabelled_batches += unlabelled
         seconds = (time.perf_counter() - start) / max(1, count)
         eta = seconds * (total - iteration)
         if self.writer is not None:
-            for name, value in (("loss", loss), ("ce", ce), ("aux", aux), ("contrast", contrast)):
+            for name, value in (
+                ("loss", loss), ("ce", ce), ("aux", aux), ("contrast", contrast), ("region", region)
+            ):  # fmt: skip
                 self.writer.add_scalar(f"train/{name}", value, iteration)
             self.writer.add_scalar("train/lr", lr, iteration)
         hours, rest = divmod(int(eta), 3600)
         self._say(
             f"it {iteration}/{total} | loss {loss:.4f} (ce {ce:.4f}, aux {aux:.4f}, "
-            f"contrast {contrast:.4f}) | lr {lr:.2e} | {seconds:.3f} s/it | "
+            f"contrast {contrast:.4f}"
+            + (f", region {region:.4f}" if self.config.loss.region.name != "none" else "")
+            + f") | lr {lr:.2e} | {seconds:.3f} s/it | "
             f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}"
             + (f" | {unlabelled} batch(es) without labelled pixels (CE 0)" if unlabelled else "")
         )
@@ -521,6 +560,11 @@ class Trainer:
         weights = f" (weights no longer finite, first: {broken})" if broken else ""
         if parts is None or not (math.isfinite(parts["ce"]) and math.isfinite(parts["aux"])):
             return f"{head}: the model's outputs are not finite{weights}; {hint}"
+        if not math.isfinite(parts["region"]):
+            return (
+                f"{head}: the region loss ({self.config.loss.region.name}) is not finite while "
+                "CE is; lower loss.region.weight, or report it with this config"
+            )
         return (
             f"{head}: the {self.config.loss.name!r} loss is not finite while CE is; lower its "
             "loss_weight or raise its temperature, or report it with this config"
@@ -542,8 +586,8 @@ class Trainer:
                 f"the loss became non-finite on another process before iteration "
                 f"{self.iteration}; see that process's log"
             )
-        total, ce, aux, contrast, _ = watch.terms.tolist()
-        parts = {"ce": ce, "aux": aux, "contrast": contrast}
+        total, ce, aux, contrast, region, _ = watch.terms.tolist()
+        parts = {"ce": ce, "aux": aux, "contrast": contrast, "region": region}
         shown = ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
         head = f"loss is {total} at iteration {iteration} ({shown})"
         bad = watch.indices[watch.samples].tolist()

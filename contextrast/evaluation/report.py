@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from contextrast.data.datasets import IMAGE_SUFFIXES, SegmentationDataset, read_image
 from contextrast.data.transforms import normalize
@@ -114,8 +114,18 @@ def predict_files(
     return written
 
 
-def save_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, scale: int = 2) -> Path:
-    """rows of equally sized (H, W, 3) uint8 panels -> one PNG, 2-px white gutters."""
+def save_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    path: Path,
+    scale: int = 2,
+    titles: Sequence[str] = (),
+    legend: Sequence[tuple[str, Sequence[int]]] = (),
+) -> Path:
+    """rows of equally sized (H, W, 3) uint8 panels -> one PNG, 2-px white gutters.
+
+    titles: one per column, written above it; legend: (class name, RGB colour) pairs, drawn
+    as swatches below the panels, so that the picture reads without the printed text.
+    """
     gutter = 2
     height, width = rows[0][0].shape[:2]
     columns = max(len(r) for r in rows)
@@ -131,9 +141,47 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, scale: int = 2) 
     image = Image.fromarray(canvas)
     if scale != 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    if titles or legend:
+        image = _annotate(image, (width + gutter) * scale, titles, legend)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def _annotate(
+    panels: Image.Image,
+    column: int,
+    titles: Sequence[str],
+    legend: Sequence[tuple[str, Sequence[int]]],
+) -> Image.Image:
+    """panels with a title band above (one title per ``column`` pixels) and legend rows
+    below (a swatch and a name per class, wrapped to the picture's width)."""
+    font = ImageFont.load_default(size=14)
+    line = 20
+    swatch, spacing = 12, 8
+    entries = []  # (row, x) of each legend entry, wrapped to the width
+    row, x = 0, 4
+    measure = ImageDraw.Draw(panels)
+    for name, _ in legend:
+        width = swatch + 4 + round(measure.textlength(name, font=font)) + spacing
+        if x + width > panels.width and x > 4:
+            row, x = row + 1, 4
+        entries.append((row, x))
+        x += width
+    top = line if titles else 0
+    bottom = (row + 1) * line + 4 if legend else 0
+    out = Image.new("RGB", (panels.width, top + panels.height + bottom), "white")
+    out.paste(panels, (0, top))
+    draw = ImageDraw.Draw(out)
+    for c, title in enumerate(titles):
+        centre = c * column + column // 2
+        draw.text((centre, line // 2), title, fill="black", font=font, anchor="mm")
+    base = top + panels.height + 4
+    for (name, colour), (r, x) in zip(legend, entries):
+        y = base + r * line
+        draw.rectangle((x, y + 2, x + swatch, y + 2 + swatch), fill=tuple(colour), outline="black")
+        draw.text((x + swatch + 4, y + 1), name, fill="black", font=font)
+    return out
 
 
 @torch.no_grad()

@@ -335,3 +335,77 @@ def test_an_inductor_compiled_model_trains_as_the_eager_one(workspace):
 def test_an_unknown_compile_backend_is_a_config_error():
     with pytest.raises(ConfigError, match=r"optim\.compile: unknown backend 'fast'"):
         config_from_dict({"optim": {"compile": "fast"}})
+
+
+def _float_tensors(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+
+
+def test_weight_average_is_timms_ema_and_is_what_the_run_reports_and_deploys(workspace):
+    trained = []
+    c = config_from_dict(
+        config(
+            workspace,
+            loss={"name": "ce"},
+            optim={"iters": 4},
+            train={"ema_decay": 0.5, "eval_interval": 2, "checkpoint_interval": 2},
+        )
+    )
+    trainer = Trainer(c, on_iteration=lambda _: trained.append(_float_tensors(model.state_dict())))
+    model = trainer.model
+    metrics = trainer.fit()
+    # ModelEmaV3 with warm-up: step t (1-based) uses decay min(1 - t^(-2/3), cap) from t = 2,
+    # and the first step copies the weights.
+    expected = trained[0]
+    for t, weights in enumerate(trained[1:], start=2):
+        decay = min(1 - t ** (-2 / 3), 0.5)
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    state = ckpt.load_checkpoint(c.run_dir / "last.pt")
+    for key, value in expected.items():
+        torch.testing.assert_close(state["ema"][key], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(state["ema"][key], state["model"][key])  # it is not the last step
+    # Reported: the average's metrics, with the trained weights' own beside them.
+    assert set(metrics["raw"]) == {"miou", "pixel_accuracy", "boundary_miou"}
+    lines = (c.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [2, 4]
+    # Deployed: eval, predict and export load the average.
+    from contextrast.engine import load_run
+
+    run = load_run(c.run_dir / "last.pt")
+    for key, value in run.model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.equal(value, state["ema"][key]), key
+
+
+def test_resume_continues_the_weight_average(workspace):
+    ema = {"ema_decay": 0.9, "eval_interval": 100, "checkpoint_interval": 2}
+    Trainer(config_from_dict(config(workspace, "full", loss={"name": "ce"}, train=ema))).fit()
+
+    def crash(iteration):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    crashed = config_from_dict(config(workspace, "crashed", loss={"name": "ce"}, train=ema))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(crashed, on_iteration=crash).fit()
+    Trainer(crashed, resume=True).fit()
+    a = ckpt.load_checkpoint(workspace / "runs" / "full" / "last.pt")["ema"]
+    b = ckpt.load_checkpoint(crashed.run_dir / "last.pt")["ema"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_ema_decay_outside_zero_one_is_a_config_error():
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=r"train.ema_decay: must be in \(0, 1\) or null"):
+            config_from_dict({"train": {"ema_decay": bad}})
+
+
+def test_a_region_term_trains_beside_any_loss_and_is_logged(workspace, capsys):
+    c = config_from_dict(
+        config(workspace, loss={"name": "ce", "region": {"name": "dice"}}, optim={"iters": 2})
+    )
+    Trainer(c).fit()
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("it ")]
+    region = [float(x.split("region ")[1].split(")")[0]) for x in lines]
+    assert len(region) == 2 and all(0 < r < 1 for r in region)  # a Dice loss lies in (0, 1)

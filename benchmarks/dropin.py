@@ -1,0 +1,135 @@
+"""The practitioner's path: Contextrast added to a model and loop of one's own, on INIA19.
+
+    python benchmarks/dropin.py --model unet --seeds 0 1 2 [--root data/inia19/coronal]
+
+A segmentation_models_pytorch model (``unet``: ``smp.Unet``, ``deeplabv3plus``:
+``smp.DeepLabV3Plus``) on the same ImageNet-pretrained EfficientNet-Lite0 encoder as the
+project's benchmark, trained by the short loop below (the README's snippet with an optimiser
+and a schedule): CE alone and CE + the default ``ContextrastLoss`` through ``FeatureTap``,
+paired per seed (same initial weights, same batches and augmentations as the project's
+trainer draws for that seed), scored like the trainer (whole val slices, mIoU and boundary
+mIoU at 5 px) with the final weights. Writes JSON (``--out``) and prints the paired table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contextrast import ContextrastLoss, FeatureTap
+from contextrast.data import EvalTransform, Folder, TrainTransform
+from contextrast.demo import prepare_weights
+from contextrast.engine.sampler import IterationBatchSampler
+from contextrast.evaluation.evaluator import Evaluator, evaluate
+
+MODELS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus}
+MEAN = STD = (0.5, 0.5, 0.5)  # what the EfficientNet-Lite0 weights were trained with
+
+
+class Deployed(nn.Module):
+    """What ``evaluate`` calls: the plain model's logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def inference(self):
+        return self.model
+
+
+def build(name: str, classes: int, weights: Path) -> nn.Module:
+    model = MODELS[name]("tu-efficientnet_lite0", encoder_weights=None, classes=classes)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, _ = model.encoder.model.load_state_dict(state, strict=False)
+    if missing:
+        raise SystemExit(f"{weights}: the encoder lacks {missing[:3]}")
+    return model
+
+
+def train_one(args, seed: int, contrast_on: bool) -> dict:
+    torch.manual_seed(seed)
+    train = Folder(args.root, "train", TrainTransform((128, 160), (0.75, 1.25), 0.5,
+                   (0.2, 0.2, 0.2, 0.0), MEAN, STD), seed=seed)  # fmt: skip
+    val = Folder(args.root, "val", EvalTransform(MEAN, STD))
+    classes = train.num_classes
+    model = build(args.model, classes, prepare_weights())
+    sampler = IterationBatchSampler(len(train), 8, 0, 1, seed, 0, args.iters)
+    loader = torch.utils.data.DataLoader(train, batch_sampler=sampler)
+
+    # --- the practitioner's loop: the README's lines plus an optimiser and a schedule ---
+    tap = FeatureTap(model)
+    contrast = ContextrastLoss(classes, tap.channels(next(iter(loader)).image[:2]))
+    params = [*model.parameters(), *contrast.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, args.iters, power=0.9)
+    model.train()
+    for step, batch in enumerate(loader, 1):
+        logits = model(batch.image)
+        loss = F.cross_entropy(logits, batch.label, ignore_index=255)
+        features = tap.features()
+        if contrast_on:
+            loss = loss + contrast(features, logits, batch.label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0:
+            print(f"{args.model} seed {seed} contrast {contrast_on}: it {step} loss {loss:.4f}")
+    tap.remove()
+    # ------------------------------------------------------------------------------------
+
+    metrics = evaluate(Deployed(model), val, Evaluator(val.classes, 255, boundary_widths=[5]),
+                       torch.device("cpu"))  # fmt: skip
+    return {"miou": metrics["miou"], "boundary_miou_5": metrics["boundary_miou"]["5"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="unet")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--root", type=Path, default=Path("data/inia19/coronal"))
+    parser.add_argument("--iters", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--arm", choices=["ce", "contextrast"], help="train one arm only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = args.out or Path(f"benchmarks/results/dropin_{args.model}_{args.root.name}.json")
+    done = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
+    for seed in args.seeds:
+        for arm in ("ce", "contextrast"):
+            key = f"{arm}/{seed}"
+            if key in done["runs"] or (args.arm and arm != args.arm):
+                continue
+            done["runs"][key] = train_one(args, seed, arm == "contextrast")
+            done.update(model=args.model, root=str(args.root), iters=args.iters,
+                        date=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(done, indent=2) + "\n")  # after each run: resumable
+    runs = done["runs"]
+    seeds = sorted(int(k.split("/")[1]) for k in runs if k.startswith("ce/"))
+    seeds = [s for s in seeds if f"contextrast/{s}" in runs]
+    print(f"{args.model} on {args.root}, seeds {seeds}: mean ± sd; Δ paired to CE")
+    for metric in ("miou", "boundary_miou_5"):
+        ce = [runs[f"ce/{s}"][metric] * 100 for s in seeds]
+        cx = [runs[f"contextrast/{s}"][metric] * 100 for s in seeds]
+        deltas = [b - a for a, b in zip(ce, cx)]
+        sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
+        print(f"{metric}: CE {statistics.mean(ce):.2f}, Contextrast {statistics.mean(cx):.2f}, "
+              f"Δ {statistics.mean(deltas):+.2f} ± {sd:.2f} "
+              f"({', '.join(f'{d:+.2f}' for d in deltas)})")  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

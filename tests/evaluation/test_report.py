@@ -1,0 +1,37 @@
+import numpy as np
+from PIL import Image
+
+from contextrast.evaluation.report import save_grid
+
+
+def test_grid_titles_each_column_and_draws_a_swatch_per_class(tmp_path):
+    panel = np.full((10, 12, 3), 200, dtype=np.uint8)
+    palette = [(255, 0, 0), (0, 128, 255), (10, 200, 30)]
+    path = save_grid(
+        [[panel, panel, panel]],
+        tmp_path / "g.png",
+        scale=3,
+        titles=["image", "truth", "CE"],
+        legend=list(zip(["a", "bb", "ccc"], palette)),
+    )
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    width = (3 * 14 - 2) * 3
+    assert picture.shape[1] == width
+    band, panels = picture[:20], picture[20 : 20 + 30]
+    # the panels sit under the title band, unchanged
+    assert (panels[:, :36] == 200).all()
+    # each column's title writes dark pixels above that column, and only there
+    column = 14 * 3
+    for c in range(3):
+        assert (band[:, c * column : (c + 1) * column] < 100).any(), c
+    # every class colour appears in the legend below the panels, nowhere above it
+    legend = picture[50:]
+    for colour in palette:
+        assert (legend == colour).all(-1).any(), colour
+        assert not (picture[:50] == colour).all(-1).any(), colour
+
+
+def test_grid_without_titles_or_legend_is_just_the_panels(tmp_path):
+    panel = np.zeros((4, 5, 3), dtype=np.uint8)
+    path = save_grid([[panel, panel], [panel, panel]], tmp_path / "g.png", scale=2)
+    assert Image.open(path).size == ((2 * 7 - 2) * 2, (2 * 6 - 2) * 2)
