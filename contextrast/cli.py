@@ -22,6 +22,7 @@ import torch
 import contextrast
 from contextrast import engine
 from contextrast.config import CONFIG_DIR, load_config, packaged_configs
+from contextrast.contrast import REGION_LOSSES
 from contextrast.data import DATASETS, check_dataset
 from contextrast.data.inia19 import DEFAULT_SOURCE, ORIENTATIONS, prepare_inia19
 from contextrast.evaluation.analysis import (
@@ -204,6 +205,9 @@ def _losses(_: argparse.Namespace) -> int:
     print(
         "\nchoose one with --set loss.name=NAME; its options are under loss.<section> in a config"
     )
+    print("\nregion terms, added to any of them (--set loss.region.name=NAME, loss.region.weight):")
+    for name, (_, _, text) in REGION_LOSSES.items():
+        print(f"{name:<17}{text} (segmentation_models_pytorch's)")
     return 0
 
 

@@ -231,3 +231,16 @@ def test_analyze_commands(trained, capsys, tmp_path):
     ce = ["analyze", "boundary-similarity", "--checkpoint", str(checkpoint), "--out", str(out)]
     assert cli.main([*ce, "--set", "loss.name=ce"]) == 2
     assert "needs a Contextrast run's projection heads" in capsys.readouterr().err
+
+
+def test_losses_lists_every_loss_name_and_region_term_a_config_accepts(capsys):
+    import typing
+
+    from contextrast.config import LossConfig, RegionConfig
+
+    assert cli.main(["losses"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines() if line and not line[0].isspace()]
+    accepted = typing.get_args(typing.get_type_hints(LossConfig)["name"])
+    region = typing.get_args(typing.get_type_hints(RegionConfig)["name"])
+    assert set(accepted) <= set(names) and set(region) - {"none"} <= set(names)

@@ -70,3 +70,18 @@ def test_the_smp_example_trains_and_evaluates():
     spec.loader.exec_module(example)
     result = example.main(["--iters", "2", "--batch", "2", "--val-images", "2"])
     assert result["contrast"] > 0 and 0 <= result["miou"] <= 100
+
+
+def test_readme_region_loss_snippet_runs_on_the_upsampled_logits():
+    block = re.search(
+        r"```python\n(from contextrast.contrast import RegionLoss.*?)```", README.read_text(), re.S
+    )
+    assert block, "README lost its region-loss example"
+    up = torch.randn(2, 19, 16, 16, requires_grad=True)
+    target = torch.randint(0, 19, (2, 16, 16))
+    scope = {"torch": torch, "F": F, "up": up, "target": target}
+    exec(block.group(1), scope)
+    ce = F.cross_entropy(up, target, ignore_index=255)
+    assert scope["loss"].item() > ce.item()  # the Lovász term is positive on random logits
+    scope["loss"].backward()
+    assert up.grad is not None and torch.isfinite(up.grad).all()

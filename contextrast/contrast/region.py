@@ -25,11 +25,11 @@ from torch import nn
 
 __all__ = ["REGION_LOSSES", "RegionLoss"]
 
-#: ``name`` → (smp class name, the extra keyword arguments smp needs for it)
-REGION_LOSSES: dict[str, tuple[str, dict]] = {
-    "lovasz": ("LovaszLoss", {"per_image": False}),
-    "dice": ("DiceLoss", {}),
-    "jaccard": ("JaccardLoss", {}),
+#: ``name`` → (smp class name, the extra keyword arguments smp needs for it, what it is)
+REGION_LOSSES: dict[str, tuple[str, dict, str]] = {
+    "lovasz": ("LovaszLoss", {"per_image": False}, "Lovász-softmax, Berman et al. CVPR18"),
+    "dice": ("DiceLoss", {}, "soft Dice, Milletari et al. 3DV16"),
+    "jaccard": ("JaccardLoss", {}, "soft Jaccard (IoU) loss"),
 }
 
 
@@ -67,7 +67,7 @@ class RegionLoss(nn.Module):
         self.name, self.weight, self.ignore_index = name, float(weight), ignore_index
         self.loss: nn.Module | None = None
         if name != "none":
-            cls_name, kwargs = REGION_LOSSES[name]
+            cls_name, kwargs, _ = REGION_LOSSES[name]
             cls = getattr(_smp_losses(), cls_name)
             self.loss = cls("multiclass", ignore_index=ignore_index, **kwargs)
 
