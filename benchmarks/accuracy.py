@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--noise", action="store_true", help="also print the paired noise of every protocol"
     )
+    parser.add_argument("--reference", help="the method Δ is paired to (default: ce)")
     args = parser.parse_args()
     prepare_weights()
     if args.k_sweep:
@@ -223,7 +224,9 @@ def main() -> None:
                 "for ema, enough evaluations for lastK)"
             )
         results[name][seed] = {**scored, "seconds_per_iter": metrics["seconds_per_iter"]}
-    reference = "ce" if "ce" in results else next(iter(results))
+    reference = args.reference or ("ce" if "ce" in results else next(iter(results)))
+    if reference not in results:
+        raise SystemExit(f"--reference {reference!r}: not one of the methods {list(results)}")
     print(
         f"{args.config}, seeds {args.seeds}, protocol {args.protocol}: mean ± sd over seeds; "
         f"Δ = paired difference to {reference}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,15 @@ def save_grid(
     return path
 
 
+def _ascii(text: str) -> str:
+    folded = unicodedata.normalize("NFKD", text)
+    return (
+        "".join(c for c in folded if not unicodedata.combining(c))
+        .encode("ascii", "replace")
+        .decode()
+    )
+
+
 def _annotate(
     panels: Image.Image,
     column: int,
@@ -157,6 +167,9 @@ def _annotate(
     """panels with a title band above (one title per ``column`` pixels) and legend rows
     below (a swatch and a name per class, wrapped to the picture's width)."""
     font = ImageFont.load_default(size=14)
+    # Pillow's built-in font has ASCII glyphs only: "Lovász" is drawn as "Lovasz".
+    titles = [_ascii(t) for t in titles]
+    legend = [(_ascii(name), colour) for name, colour in legend]
     line = 20
     swatch, spacing = 12, 8
     entries = []  # (row, x) of each legend entry, wrapped to the width

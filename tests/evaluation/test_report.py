@@ -35,3 +35,10 @@ def test_grid_without_titles_or_legend_is_just_the_panels(tmp_path):
     panel = np.zeros((4, 5, 3), dtype=np.uint8)
     path = save_grid([[panel, panel], [panel, panel]], tmp_path / "g.png", scale=2)
     assert Image.open(path).size == ((2 * 7 - 2) * 2, (2 * 6 - 2) * 2)
+
+
+def test_accented_titles_are_drawn_in_the_fonts_ascii(tmp_path):
+    panel = np.zeros((8, 40, 3), dtype=np.uint8)
+    a = save_grid([[panel]], tmp_path / "a.png", titles=["CE + Lovász"])
+    b = save_grid([[panel]], tmp_path / "b.png", titles=["CE + Lovasz"])
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
