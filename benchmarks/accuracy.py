@@ -184,6 +184,9 @@ def main() -> None:
     )
     parser.add_argument("--reference", help="the method Δ is paired to (default: ce)")
     args = parser.parse_args()
+    reading([], args.protocol)  # a misspelt protocol stops here, not after the training
+    if not args.methods and not args.k_sweep and not args.variant:
+        raise SystemExit("--methods: give at least one method")
     prepare_weights()
     if args.k_sweep:
         variants = {
@@ -211,7 +214,7 @@ def main() -> None:
             finished = list(pool.map(train_one, jobs))
     else:
         finished = [train_one(job) for job in jobs]
-    reading(histories := [], args.protocol)  # validates the name before reporting
+    histories: list[tuple[str, int, list[dict]]] = []
     for (config, name, seed, method, extra, tag, iters, *_), (_, _, metrics) in zip(jobs, finished):
         if metrics is None:
             continue
@@ -224,9 +227,15 @@ def main() -> None:
                 "for ema, enough evaluations for lastK)"
             )
         results[name][seed] = {**scored, "seconds_per_iter": metrics["seconds_per_iter"]}
-    reference = args.reference or ("ce" if "ce" in results else next(iter(results)))
+    reference = args.reference if args.reference is not None else "ce"
+    reference = reference if reference in results or args.reference else next(iter(results))
     if reference not in results:
         raise SystemExit(f"--reference {reference!r}: not one of the methods {list(results)}")
+    if not results[reference]:
+        raise SystemExit(
+            f"{reference}: no finished run for seeds {args.seeds} under these --set overrides "
+            "(train them, or check --set and --seeds)"
+        )
     print(
         f"{args.config}, seeds {args.seeds}, protocol {args.protocol}: mean ± sd over seeds; "
         f"Δ = paired difference to {reference}"

@@ -258,6 +258,10 @@ def _analyze_boundary(args: argparse.Namespace) -> int:
 
 
 def _analyze_grid(args: argparse.Namespace) -> int:
+    if args.scale < 1:
+        raise ValueError(f"--scale: must be >= 1, got {args.scale}")
+    if Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"--out {args.out}: the grid is written as PNG; give a .png file")
     runs = [engine.load_run(path) for path in args.checkpoints]
     config = runs[0].config
     dataset = engine.build_dataset(config, args.split or config.data.val_split, train=False)
@@ -268,8 +272,18 @@ def _analyze_grid(args: argparse.Namespace) -> int:
             f"--indices/--count: need image indices in [0, {len(dataset)}), got "
             f"{outside or list(indices)}"
         )
+    for path, run in zip(args.checkpoints[1:], runs[1:]):
+        if run.classes != runs[0].classes:
+            raise ValueError(
+                f"checkpoint {path} was trained on other classes than {args.checkpoints[0]} "
+                f"({len(run.classes)} vs {len(runs[0].classes)}): one grid compares models "
+                "of one dataset"
+            )
     models = [(r.model, r.palette, engine.predict_options(r.config)) for r in runs]
-    titles = ["image", "ground truth", *(r.config.run.name for r in runs)]
+    names = [r.config.run.name for r in runs]
+    if len(set(names)) < len(names) or not all(names):
+        names = [str(path) for path in args.checkpoints]  # tells the columns apart
+    titles = ["image", "ground truth", *names]
     legend = list(zip(runs[0].classes, runs[0].palette))
     rows = comparison_rows(models, dataset, indices)
     path = save_grid(rows, Path(args.out), scale=args.scale, titles=titles, legend=legend)

@@ -11,6 +11,7 @@ import collections.abc
 import copy
 import dataclasses
 import inspect
+import math
 import os
 import types
 import typing
@@ -298,6 +299,11 @@ def _check(config: Config) -> Config:
         ("optim.warmup_ratio", 0 <= config.optim.warmup_ratio <= 1, "must be in [0, 1]"),
         ("model.aux_weight", config.model.aux_weight >= 0, "must be >= 0"),
         ("loss.contrast_warmup_iters", config.loss.contrast_warmup_iters >= 0, "must be >= 0"),
+        (
+            "loss.region.weight",
+            math.isfinite(config.loss.region.weight) and config.loss.region.weight >= 0,
+            "must be a finite number >= 0",
+        ),
         ("eval.scales", all(s > 0 for s in config.eval.scales), "must all be > 0"),
         ("eval.boundary_widths", all(w >= 1 for w in config.eval.boundary_widths), "must be >= 1"),
         (

@@ -223,6 +223,12 @@ def test_analyze_commands(trained, capsys, tmp_path):
     # band and above a legend of the classes.
     picture = np.asarray(Image.open(grid).convert("RGB"))
     assert picture.shape[1] == (4 * 10 - 2) * 2 and picture.shape[0] > 20 + (2 * 8 - 2) * 2
+    for bad, message in (
+        (["--scale", "0", "--out", str(grid)], "--scale: must be >= 1, got 0"),
+        (["--out", str(tmp_path / "grid.jpg")], "the grid is written as PNG"),
+    ):
+        assert cli.main([*argv, *bad]) == 2
+        assert message in capsys.readouterr().err
     sweep = ["analyze", "sweep", str(config), "--param", "optim.lr", "--values", "0.01", "0.02"]
     assert cli.main([*sweep, "--set", "optim.iters=1", "--out", str(tmp_path / "s.json")]) == 0
     table = json.loads((tmp_path / "s.json").read_text())

@@ -18,6 +18,7 @@ What each computes on a batch (softmax probabilities p, one-hot labels y, labell
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -62,8 +63,15 @@ class RegionLoss(nn.Module):
         super().__init__()
         if name != "none" and name not in REGION_LOSSES:
             raise ValueError(f"name: unknown region loss {name!r}; choose from {self.choices()}")
-        if not weight >= 0:  # also refuses NaN
-            raise ValueError(f"weight: must be >= 0, got {weight}")
+        if not (
+            isinstance(weight, (int, float))
+            and not isinstance(weight, bool)
+            and math.isfinite(weight)
+            and weight >= 0
+        ):
+            raise ValueError(f"weight: must be a finite number >= 0, got {weight!r}")
+        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+            raise ValueError(f"ignore_index: must be an int, got {ignore_index!r}")
         self.name, self.weight, self.ignore_index = name, float(weight), ignore_index
         self.loss: nn.Module | None = None
         if name != "none":
@@ -79,16 +87,35 @@ class RegionLoss(nn.Module):
     def active(self) -> bool:
         return self.loss is not None and self.weight > 0
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """logits: (B, N, H, W) at the labels' size; target: (B, H, W) class indices or
-        ``ignore_index``. Returns the weighted loss, a scalar (0 with a graph when inactive
-        or when no pixel is labelled)."""
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, validate: bool = True
+    ) -> torch.Tensor:
+        """logits: (B, N, H, W) at the labels' size; target: (B, H, W) integer class indices
+        or ``ignore_index``. Returns the weighted loss, a scalar (0 with a graph when inactive
+        or when no pixel is labelled).
+
+        ``validate`` checks that every label is in [0, N) or ``ignore_index`` (one host
+        sync); the trainer, which checks every label file before training, turns it off.
+        """
         if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
             raise ValueError(
                 f"logits must be (B, N, H, W) and target (B, H, W) of the same B, H, W; got "
                 f"{tuple(logits.shape)} and {tuple(target.shape)}"
             )
-        if not self.active:
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"target: must hold integer class indices, got {target.dtype}")
+        classes = logits.shape[1]
+        if classes < 2:
+            raise ValueError(f"logits: a region loss needs N >= 2 classes, got {classes}")
+        if validate and target.numel():
+            outside = (target != self.ignore_index) & ((target < 0) | (target >= classes))
+            if bool(outside.any()):
+                bad = int(target[outside][0])
+                raise ValueError(
+                    f"target: labels must be in [0, {classes}) or ignore_index "
+                    f"{self.ignore_index}; found {bad}"
+                )
+        if not self.active or target.numel() == 0:
             return logits.sum() * 0.0
         # smp's Lovász sorts and sums in the logits' dtype: float32 under autocast.
         value = self.loss(logits.float(), target.long())

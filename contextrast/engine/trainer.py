@@ -265,10 +265,17 @@ class Trainer:
                 )
         check_compatible(state, path, self.config, self.train_set.num_classes)
         load_weights(self.model, state["model"], path, "model")
+        saved_decay = saved.get("train", {}).get("ema_decay")
+        if "ema" in state and self.ema is None:
+            raise ConfigError(
+                f"train.ema_decay: the checkpoint {path} keeps a moving average of the weights "
+                f"(decay {saved_decay}), which its metrics and best.pt are based on and eval and "
+                "export deploy; set train.ema_decay to continue it"
+            )
+        new_average = self.ema is not None and "ema" not in state
         if self.ema is not None:
             # A run that had no average yet starts it from the weights it resumes.
-            ema = state.get("ema", state["model"])
-            load_weights(self.ema.module, ema, path, "model (EMA)")
+            load_weights(self.ema.module, state.get("ema", state["model"]), path, "model (EMA)")
         if self.contrast is not None:
             load_weights(self.contrast, state["contrast"], path, f"{self.config.loss.name} loss")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -281,8 +288,16 @@ class Trainer:
             _seed_everything(self.config.run.seed + self.dist.rank + state["iteration"])
         self.start_iter = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
+        if new_average:
+            # best.pt so far was chosen on the trained weights' scores, not the average's.
+            self.best_miou = -math.inf
         self.unlabelled_batches = int(state.get("unlabelled_batches", 0))
         self._say(f"resumed from {path} at iteration {self.start_iter}")
+        if new_average:
+            self._say(
+                "train.ema_decay: the checkpoint had no moving average; it starts from the "
+                "resumed weights, and best.pt is chosen among the averages from now on"
+            )
 
     def _checkpoint(self, iteration: int, best: bool) -> None:
         if not self.dist.is_main:

@@ -188,6 +188,8 @@ def _annotate(
     draw = ImageDraw.Draw(out)
     for c, title in enumerate(titles):
         centre = c * column + column // 2
+        while len(title) > 1 and draw.textlength(title, font=font) > column - 4:
+            title = title[: -4 if title.endswith("...") else -1].rstrip() + "..."
         draw.text((centre, line // 2), title, fill="black", font=font, anchor="mm")
     base = top + panels.height + 4
     for (name, colour), (r, x) in zip(legend, entries):

@@ -69,12 +69,35 @@ def test_a_batch_without_labelled_pixels_gives_zero_with_a_graph(name):
 def test_bad_arguments_are_one_line_errors():
     with pytest.raises(ValueError, match=r"unknown region loss 'focal'; choose from \['none'"):
         RegionLoss("focal")
-    with pytest.raises(ValueError, match=r"weight: must be >= 0, got -1"):
-        RegionLoss("dice", weight=-1)
-    with pytest.raises(ValueError, match=r"weight: must be >= 0, got nan"):
-        RegionLoss("dice", weight=math.nan)
+    for weight in (-1, math.nan, math.inf, "1", None, True):
+        with pytest.raises(ValueError, match=r"weight: must be a finite number >= 0, got"):
+            RegionLoss("dice", weight=weight)
+    for ignore in (2.5, None, "x"):
+        with pytest.raises(ValueError, match=r"ignore_index: must be an int, got"):
+            RegionLoss("dice", ignore_index=ignore)
     with pytest.raises(ValueError, match=r"logits must be \(B, N, H, W\) and target \(B, H, W\)"):
         RegionLoss("dice")(logits(), torch.zeros(1, 2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["lovasz", "dice", "jaccard"])
+def test_bad_targets_are_refused_not_scored(name):
+    loss = RegionLoss(name)
+    for bad in (7, 3, -1):  # 3 classes: 3 is out of range; 255 is ignore
+        target = TARGET.clone()
+        target[0, 0, 0] = bad
+        with pytest.raises(ValueError, match=rf"labels must be in \[0, 3\) or ignore_index 255; "
+                           rf"found {bad}"):  # fmt: skip
+            loss(logits(), target)
+    for dtype in (torch.float32, torch.bool):
+        with pytest.raises(ValueError, match=r"target: must hold integer class indices"):
+            loss(logits(), TARGET.clamp(max=1).to(dtype))
+    with pytest.raises(ValueError, match=r"needs N >= 2 classes, got 1"):
+        loss(torch.zeros(1, 1, 1, 3), torch.zeros(1, 1, 3, dtype=torch.long))
+    # uint8 labels with 255 score as the int64 ones; an empty batch is 0
+    same = loss(logits(), TARGET.to(torch.uint8)).item()
+    assert same == pytest.approx(loss(logits(), TARGET).item())
+    empty = loss(torch.zeros(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long))
+    assert empty.item() == 0.0
 
 
 def test_config_reaches_the_constructor_and_names_a_bad_value():
@@ -83,8 +106,9 @@ def test_config_reaches_the_constructor_and_names_a_bad_value():
     assert region.name == "lovasz" and region.weight == RegionLoss().weight
     with pytest.raises(ConfigError, match=r"loss.region.name: 'focal' is not one of"):
         config_from_dict({"loss": {"region": {"name": "focal"}}})
-    with pytest.raises(ConfigError, match=r"loss.region: weight: must be >= 0"):
-        build_region(config_from_dict({"loss": {"region": {"name": "dice", "weight": -0.5}}}))
+    for weight in (-0.5, math.inf):  # refused when the config is read, whatever the name
+        with pytest.raises(ConfigError, match=r"loss.region.weight: must be a finite number"):
+            config_from_dict({"loss": {"region": {"name": "none", "weight": weight}}})
 
 
 def test_training_module_adds_the_region_term_on_the_upsampled_logits():

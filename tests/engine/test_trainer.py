@@ -409,3 +409,25 @@ def test_a_region_term_trains_beside_any_loss_and_is_logged(workspace, capsys):
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("it ")]
     region = [float(x.split("region ")[1].split(")")[0]) for x in lines]
     assert len(region) == 2 and all(0 < r < 1 for r in region)  # a Dice loss lies in (0, 1)
+
+
+def test_resume_never_drops_or_mixes_a_weight_average(workspace, capsys):
+    ema = {"ema_decay": 0.9, "eval_interval": 2, "checkpoint_interval": 2}
+    with_ema = config(workspace, "with", loss={"name": "ce"}, optim={"iters": 2}, train=ema)
+    Trainer(config_from_dict(with_ema)).fit()
+    dropped = {**with_ema, "optim": {**with_ema["optim"], "iters": 4}}
+    dropped["train"] = {**ema, "ema_decay": None}
+    with pytest.raises(ConfigError, match=r"train.ema_decay: the checkpoint .* keeps a moving "
+                       r"average of the weights \(decay 0.9\)"):  # fmt: skip
+        Trainer(config_from_dict(dropped), resume=True)
+    # A run without an average that is resumed with one: best.pt is chosen among averages.
+    plain = config(workspace, "plain", loss={"name": "ce"}, optim={"iters": 2},
+                   train={**ema, "ema_decay": None})  # fmt: skip
+    Trainer(config_from_dict(plain)).fit()
+    later = {**plain, "optim": {**plain["optim"], "iters": 4}, "train": ema}
+    trainer = Trainer(config_from_dict(later), resume=True)
+    assert trainer.best_miou == -float("inf")
+    assert "best.pt is chosen among the averages from now on" in capsys.readouterr().out
+    trainer.fit()
+    best = ckpt.load_checkpoint(workspace / "runs" / "plain" / "best.pt")
+    assert "ema" in best and best["iteration"] in (2, 4)
