@@ -4,11 +4,15 @@
 
 A segmentation_models_pytorch model (``unet``: ``smp.Unet``, ``deeplabv3plus``:
 ``smp.DeepLabV3Plus``) on the same ImageNet-pretrained EfficientNet-Lite0 encoder as the
-project's benchmark, trained by the short loop below (the README's snippet with an optimiser
-and a schedule): CE alone and CE + the default ``ContextrastLoss`` through ``FeatureTap``,
-paired per seed (same initial weights, same batches and augmentations as the project's
-trainer draws for that seed), scored like the trainer (whole val slices, mIoU and boundary
-mIoU at 5 px) with the final weights. Writes JSON (``--out``) and prints the paired table.
+project's benchmark, or the project's own model (``hrnetv2``: that encoder under the
+HRNetV2-style head of ``configs/inia19/contextrast.yaml``, wrapped to return logits only, so
+that only the loop differs from the project's trainer), trained by the short loop below (the
+README's snippet with an optimiser and a schedule: the trainer's SGD, or ``--optimizer
+adamw`` as smp's examples train): CE alone and CE + the default ``ContextrastLoss`` through
+``FeatureTap``, paired per seed (same initial weights, same batches and augmentations as the
+project's trainer draws for that seed), scored like the trainer (whole val slices, mIoU and
+boundary mIoU at 5 px) with the final weights. Writes JSON (``--out``) and prints the paired
+table.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from contextrast import ContextrastLoss, FeatureTap
+from contextrast.config import load_config
 from contextrast.data import EvalTransform, Folder, TrainTransform
 from contextrast.demo import prepare_weights
+from contextrast.engine.builders import build_model
 from contextrast.engine.sampler import IterationBatchSampler
 from contextrast.evaluation.evaluator import Evaluator, evaluate
 
-MODELS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus}
+MODELS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus, "hrnetv2": None}
+CONFIG = Path("configs/inia19/contextrast.yaml")
 MEAN = STD = (0.5, 0.5, 0.5)  # what the EfficientNet-Lite0 weights were trained with
 
 
@@ -46,7 +53,22 @@ class Deployed(nn.Module):
         return self.model
 
 
+class LogitsOnly(nn.Module):
+    """The project's segmentor as a user's model: images in, full-size logits out."""
+
+    def __init__(self, segmentor: nn.Module):
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.segmentor(images).logits  # (B, N, H/4, W/4)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def build(name: str, classes: int, weights: Path) -> nn.Module:
+    if name == "hrnetv2":
+        config = load_config(CONFIG, [f"model.pretrained={weights}"])
+        return LogitsOnly(build_model(config, classes))
     model = MODELS[name]("tu-efficientnet_lite0", encoder_weights=None, classes=classes)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     missing, _ = model.encoder.model.load_state_dict(state, strict=False)
@@ -69,7 +91,10 @@ def train_one(args, seed: int, contrast_on: bool) -> dict:
     tap = FeatureTap(model)
     contrast = ContextrastLoss(classes, tap.channels(next(iter(loader)).image[:2]))
     params = [*model.parameters(), *contrast.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if args.optimizer == "sgd":  # the project trainer's optimiser
+        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    else:  # what smp's examples train with
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, args.iters, power=0.9)
     model.train()
     for step, batch in enumerate(loader, 1):
@@ -98,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("data/inia19/coronal"))
     parser.add_argument("--iters", type=int, default=400)
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--arm", choices=["ce", "contextrast"], help="train one arm only")
@@ -112,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             done["runs"][key] = train_one(args, seed, arm == "contextrast")
             done.update(model=args.model, root=str(args.root), iters=args.iters,
+                        optimizer=args.optimizer, lr=args.lr,
                         date=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(done, indent=2) + "\n")  # after each run: resumable

@@ -50,8 +50,8 @@ def preset_layers(model: nn.Module) -> list[str]:
       backbones ``backbone.layer1`` … ``backbone.layer4``; MobileNetV3 backbones the last
       block of each resolution (``backbone.3``, ``.6``, ``.12``, ``.16`` for -large);
     - segmentation_models_pytorch models: the last four items of ``encoder``'s feature list;
-    - a timm ``features_only`` backbone (the model itself or a submodule): the last four
-      items of its feature list.
+    - a timm ``features_only`` backbone (the model itself or a submodule, any family:
+      ResNets, EfficientNets, MobileNetV3s, …): the last four items of its feature list.
 
     Raises ``ValueError`` naming what was found when the model is none of these.
     """
@@ -72,7 +72,10 @@ def preset_layers(model: nn.Module) -> list[str]:
     if encoder is not None and hasattr(encoder, "out_channels") and hasattr(inner, "decoder"):
         return [f"{prefix}encoder[{i}]" for i in range(-4, 0)]
     for name, module in [("", inner), *inner.named_modules()]:
-        if type(module).__name__ in ("FeatureListNet", "FeatureDictNet", "FeatureHooks"):
+        # timm's features_only models (FeatureListNet, and the EfficientNetFeatures /
+        # MobileNetV3Features kinds that some families build instead) carry a FeatureInfo;
+        # a classification model's feature_info is a plain list.
+        if type(getattr(module, "feature_info", None)).__name__ == "FeatureInfo":
             at = f"{prefix}{name}" if name else prefix.rstrip(".")
             return [f"{at}[{i}]" for i in range(-4, 0)]
     raise ValueError(

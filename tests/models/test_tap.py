@@ -18,9 +18,9 @@ N = 3
 class TimmWithHead(nn.Module):
     """A timm features_only backbone under a head of the user's own."""
 
-    def __init__(self):
+    def __init__(self, name="resnet18"):
         super().__init__()
-        self.backbone = timm.create_model("resnet18", features_only=True, pretrained=False)
+        self.backbone = timm.create_model(name, features_only=True, pretrained=False)
         self.head = nn.Conv2d(self.backbone.feature_info.channels()[-1], N, 1)
 
     def forward(self, x):
@@ -63,6 +63,14 @@ FAMILIES = {
         lambda out: out,
         [f"backbone[{i}]" for i in range(-4, 0)],
         "backbone.layer1",
+    ),
+    # timm builds EfficientNets' and MobileNetV3s' features_only models as classes of their
+    # own (EfficientNetFeatures), not FeatureListNet.
+    "timm-efficientnet-features-only": (
+        lambda: TimmWithHead("efficientnet_lite0"),
+        lambda out: out,
+        [f"backbone[{i}]" for i in range(-4, 0)],
+        "backbone.blocks.1",
     ),
 }
 
