@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -347,6 +348,23 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _check(_build(Config, data, ""))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that ``1e-4`` is a float (as in YAML 1.2, JSON
+    and Python), not the string PyYAML makes of a float without a dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse config text (a file's, or one ``--set`` value's)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node, cls, prefix = data, Config, ""
@@ -363,6 +381,8 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         if cls is None and not (hint is not None and typing.get_origin(hint) is dict):
             raise ConfigError(f"{key} is not a section; cannot set {dotted!r}")
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {node!r} is not a section (a mapping of keys)")
         prefix = key
 
 
@@ -375,7 +395,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.02")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = read_yaml(raw)
         except yaml.YAMLError:
             value = raw
         _set_path(data, key.strip(), value)
@@ -412,11 +432,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     Errors name the file and the key."""
     path = resolve_config(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise ConfigError(
+            f"{path}: the file is {what}; expected sections (run, model, data, loss, optim, "
+            "train, eval) as in the packaged configs (`contextrast configs` lists them)"
+        )
     try:
         return config_from_dict(apply_overrides(data, overrides or []))
     except ConfigError as error:

@@ -100,11 +100,16 @@ def test_load_and_override(tmp_path):
             "loss.name: 'focal' is not one of ['ce', 'contextrast', 'pixel",
         ),
         ("data: {crop_size: 512}", [], "data.crop_size: 512 is not a list of int"),
-        ("", ["optim.iters=0"], "optim.iters: must be >= 1"),
-        ("", ["nosection.x=1"], "unknown key 'nosection'; allowed: ['run', 'model'"),
-        ("", ["optim.lr"], "expected key=value"),
-        ("", ["optim.lr.x=1"], "optim.lr is not a section"),
+        ("run: {}", ["optim.iters=0"], "optim.iters: must be >= 1"),
+        ("run: {}", ["nosection.x=1"], "unknown key 'nosection'; allowed: ['run', 'model'"),
+        ("run: {}", ["optim.lr"], "expected key=value"),
+        ("run: {}", ["optim.lr.x=1"], "optim.lr is not a section"),
         ("run: [1, 2]", [], "run: expected a mapping"),
+        ("", [], "the file is empty; expected sections (run, model, data"),
+        ("# only a comment\n", ["optim.lr=0.1"], "the file is empty; expected sections"),
+        ("- a\n- b\n", ["optim.lr=0.1"], "the file is a list, not a mapping; expected"),
+        ("optim: 5", ["optim.lr=0.1"], "optim: 5 is not a section (a mapping of keys)"),
+        ("optim: 5", [], "optim: expected a mapping, got 5"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors(tmp_path, text, overrides, message):
@@ -119,6 +124,15 @@ def test_missing_file_and_broken_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=r"c.yaml line \d+: not valid YAML"):
         load_config(write(tmp_path, "optim:\n  lr: [1,\n"))
+
+
+def test_exponents_without_a_dot_are_floats_in_files_and_overrides(tmp_path):
+    # PyYAML alone reads 1e-4 as the string "1e-4" (YAML 1.1 wants 1.0e-4).
+    c = load_config(write(tmp_path, "optim: {lr: 1e-4, weight_decay: 5E-4}"), ["optim.lr=2e-3"])
+    assert c.optim.lr == 0.002 and c.optim.weight_decay == 0.0005
+    data = apply_overrides({}, ["run.name=1e3x", "eval.scales=[1e0, 2.5]", "optim.iters=10"])
+    assert data == {"run": {"name": "1e3x"}, "eval": {"scales": [1.0, 2.5]}, "optim": {"iters": 10}}
+    assert isinstance(data["optim"]["iters"], int)
 
 
 def test_overrides_parse_yaml_values():

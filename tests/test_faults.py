@@ -517,7 +517,10 @@ def test_resume_of_a_finished_run_says_so(trained, capsys):
     assert "final mIoU" in out and checkpoint.read_bytes() == before
 
 
-def test_sigterm_stops_training_with_a_logged_line_and_a_resumable_run(tmp_path, data):
+@pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGINT"], ["SIGINT", "SIGINT"]])
+def test_a_signal_stops_training_with_a_logged_line_and_a_resumable_run(tmp_path, data, signals):
+    """SIGTERM (pre-emption) and Ctrl-C both finish the step and save it; a second Ctrl-C
+    stops at once. The one line says which iteration last.pt holds, and it does."""
     path = write_config(tmp_path / "c.yaml", config(tmp_path, "preempted", optim={"iters": 10000}))
     log = tmp_path / "runs" / "preempted" / "train.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -529,15 +532,25 @@ def test_sigterm_stops_training_with_a_logged_line_and_a_resumable_run(tmp_path,
     while not (log.is_file() and "it 3/" in log.read_text()):  # past the checkpoint at 2
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    for name in signals:
+        process.send_signal(getattr(signal, name))
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-3000:]
-    assert err.strip().endswith("contextrast train: interrupted (SIGTERM); continue with --resume")
+    last = err.strip().splitlines()[-1]
+    held = int(last.split("last.pt holds iteration ")[1].split(";")[0])
+    assert last == (
+        f"contextrast train: interrupted ({signals[-1]}); {log.parent / 'last.pt'} holds "
+        f"iteration {held}; continue with --resume"
+    )
+    assert ckpt.load_checkpoint(log.parent / "last.pt")["iteration"] == held  # as it says
     lines = log.read_text().splitlines()
     stopped = int(lines[-1].split("interrupted at iteration ")[1].split(":")[0])
-    assert stopped >= 3 and lines[-1].endswith("KeyboardInterrupt: SIGTERM")
-    assert lines[-2].endswith(f"stop requested (SIGTERM): last.pt holds iteration {stopped}")
-    assert ckpt.load_checkpoint(log.parent / "last.pt")["iteration"] == stopped  # nothing lost
+    assert lines[-1].endswith(f"KeyboardInterrupt: {signals[-1]}")
+    if len(signals) == 1:  # the step in flight finishes and is saved: nothing lost
+        assert held == stopped >= 3
+        assert lines[-2].endswith(f"stop requested ({signals[0]}): last.pt holds iteration {held}")
+    else:  # stopped at once, or the first signal's save came first
+        assert 2 <= held <= stopped
 
 
 @pytest.mark.parametrize(

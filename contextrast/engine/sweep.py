@@ -6,9 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
-from contextrast.config import load_config
+from contextrast.config import load_config, read_yaml
 from contextrast.engine.runs import finished_metrics
 from contextrast.engine.trainer import Trainer
 
@@ -31,7 +29,7 @@ def sweep(
             metrics = Trainer(config, resume=(config.run_dir / "last.pt").is_file()).fit()
         rows.append(
             {
-                "value": yaml.safe_load(raw),
+                "value": read_yaml(raw),
                 "run": str(config.run_dir),
                 "miou": metrics["miou"],
                 "pixel_accuracy": metrics["pixel_accuracy"],

@@ -176,6 +176,7 @@ class Trainer:
         self.best_miou = -math.inf
         self.unlabelled_batches = 0
         self._stop: str | None = None
+        self.saved_iteration: int | None = None  # what last.pt holds
         self.history: list[dict[str, Any]] = []
         if resume:
             self._load(last)
@@ -286,20 +287,50 @@ class Trainer:
             restore_rng(state["rng"], self.device)
         else:
             _seed_everything(self.config.run.seed + self.dist.rank + state["iteration"])
-        self.start_iter = int(state["iteration"])
+        self.start_iter = self.saved_iteration = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
         if new_average:
             # best.pt so far was chosen on the trained weights' scores, not the average's.
             self.best_miou = -math.inf
         self.unlabelled_batches = int(state.get("unlabelled_batches", 0))
         self._say(f"resumed from {path} at iteration {self.start_iter}")
+        self._reschedule(saved.get("optim", {}), self.start_iter)
         if new_average:
             self._say(
                 "train.ema_decay: the checkpoint had no moving average; it starts from the "
                 "resumed weights, and best.pt is chosen among the averages from now on"
             )
 
+    def _reschedule(self, saved: dict[str, Any], iteration: int) -> None:
+        """The schedule of the config being resumed with, not the checkpoint's: a longer
+        ``optim.iters`` extends the poly decay to the new end (as mmseg and timm do), a new
+        ``optim.lr`` is the new base, and the momentum buffers carry on."""
+        o = self.config.optim
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        scheduler = self.scheduler
+        scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        scheduler.total_iters, scheduler.power = o.iters, o.power
+        scheduler.warmup_iters, scheduler.warmup_ratio = o.warmup_iters, o.warmup_ratio
+        scheduler.last_epoch = iteration
+        lrs = scheduler.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+        keys = ("lr", "iters", "power", "warmup_iters", "warmup_ratio", "momentum", "weight_decay")
+        changed = [
+            f"optim.{key} {saved[key]} -> {getattr(o, key)}"
+            for key in keys
+            if key in saved and saved[key] != getattr(o, key)
+        ]
+        if changed and iteration < o.iters:
+            self._say(
+                f"resumed with a new schedule ({', '.join(changed)}): lr {lrs[0]:.2e} at "
+                f"iteration {iteration}, decaying to 0 at iteration {o.iters}"
+            )
+
     def _checkpoint(self, iteration: int, best: bool) -> None:
+        self.saved_iteration = iteration
         if not self.dist.is_main:
             return
         state = self._state(iteration)
@@ -391,6 +422,12 @@ class Trainer:
                 return self._last_metrics()
             return self._loop(total)
         except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                error.saved = (  # what the CLI's one line reports
+                    f"{self.run_dir / 'last.pt'} holds iteration {self.saved_iteration}"
+                    if self.saved_iteration is not None
+                    else f"no checkpoint written yet (iteration {self.iteration})"
+                )
             if self.dist.is_main:
                 what = "interrupted" if isinstance(error, KeyboardInterrupt) else "stopped"
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -512,6 +549,10 @@ class Trainer:
                 self._say(f"stop requested ({self._stop}): last.pt holds iteration {iteration}")
                 raise KeyboardInterrupt(self._stop)
         return metrics
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop is not None
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step (a signal handler calls this on pre-emption): the

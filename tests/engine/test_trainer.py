@@ -431,3 +431,51 @@ def test_resume_never_drops_or_mixes_a_weight_average(workspace, capsys):
     trainer.fit()
     best = ckpt.load_checkpoint(workspace / "runs" / "plain" / "best.pt")
     assert "ema" in best and best["iteration"] in (2, 4)
+
+
+def _trained(state: dict) -> dict:
+    """The weights SGD moves (BatchNorm running statistics move without any lr)."""
+    return {
+        k: v for k, v in state["model"].items() if "running_" not in k and v.is_floating_point()
+    }
+
+
+def test_resume_with_a_longer_schedule_extends_the_poly_decay(workspace, capsys):
+    short = config(workspace, loss={"name": "ce"}, optim={"iters": 4, "lr": 0.05})
+    Trainer(config_from_dict(short)).fit()
+    finished = ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")
+    assert finished["optimizer"]["param_groups"][0]["lr"] == 0.0
+    longer = {**short, "optim": {**short["optim"], "iters": 8, "lr": 0.1}}
+    trainer = Trainer(config_from_dict(longer), resume=True)
+    # The new base lr on the new length's poly curve at iteration 4: 0.1 · (1 − 4/8)^0.9.
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**0.9)
+    assert "optim.lr 0.05 -> 0.1, optim.iters 4 -> 8" in capsys.readouterr().out
+    trainer.fit()
+    resumed = ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")
+    assert resumed["iteration"] == 8
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == 0.0  # the decay ends at the end
+    before, after = _trained(finished), _trained(resumed)
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(moved) > len(before) // 2  # iterations 5–8 trained the weights
+    written = (workspace / "runs" / "run" / "config.yaml").read_text()
+    assert "iters: 8" in written and "lr: 0.1" in written
+
+
+def test_resume_with_a_shorter_schedule_still_ends_at_lr_zero(workspace):
+    long = config(
+        workspace, loss={"name": "ce"}, optim={"iters": 8}, train={"checkpoint_interval": 2}
+    )
+
+    def crash(iteration):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config_from_dict(long), on_iteration=crash).fit()
+    shorter = {**long, "optim": {**long["optim"], "iters": 6}}
+    trainer = Trainer(config_from_dict(shorter), resume=True)
+    start = trainer.start_iter
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * (1 - start / 6) ** 0.9)
+    trainer.fit()
+    state = ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")
+    assert state["iteration"] == 6 and state["optimizer"]["param_groups"][0]["lr"] == 0.0
