@@ -172,7 +172,9 @@ def main() -> None:
         "--out", help="JSON file (default: benchmarks/results/<config folder>_accuracy.json)"
     )
     parser.add_argument(
-        "--report-only", action="store_true", help="tabulate finished runs, train nothing"
+        "--report-only",
+        action="store_true",
+        help="tabulate finished runs, train nothing (writes JSON only with --out)",
     )
     parser.add_argument(
         "--protocol",
@@ -259,6 +261,10 @@ def main() -> None:
             f"{name:<18}{summary(miou):>16}{summary(band):>16}{summary(d_miou):>16}{summary(d_band):>16}{seconds:>8.3f}"
         )
         rows.append({"method": name, "per_seed": by_seed, "miou": miou, "boundary_miou_5": band})
+    if args.noise:
+        print_noise(histories, reference)
+    if args.report_only and not args.out:
+        return  # a re-read never overwrites a recorded result unless told where to write
     out = Path(args.out or f"benchmarks/results/{args.config.parent.name}_accuracy.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
@@ -279,8 +285,6 @@ def main() -> None:
             for name, seed, history in histories
         },
     }, indent=2) + "\n")  # fmt: skip
-    if args.noise:
-        print_noise(histories, reference)
     print(f"wrote {out}")
 
 

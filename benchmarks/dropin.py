@@ -1,6 +1,7 @@
 """The practitioner's path: Contextrast added to a model and loop of one's own, on INIA19.
 
     python benchmarks/dropin.py --model unet --seeds 0 1 2 [--root data/inia19/coronal]
+        [--optimizer adamw --lr 1e-3] [--arms ce contextrast ce+lovasz contextrast+lovasz]
 
 A segmentation_models_pytorch model (``unet``: ``smp.Unet``, ``deeplabv3plus``:
 ``smp.DeepLabV3Plus``) on the same ImageNet-pretrained EfficientNet-Lite0 encoder as the
@@ -39,6 +40,7 @@ from contextrast.evaluation.evaluator import Evaluator, evaluate
 
 MODELS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus, "hrnetv2": None}
 CONFIG = Path("configs/inia19/contextrast.yaml")
+ARMS = ["ce", "contextrast", "ce+lovasz", "contextrast+lovasz"]
 MEAN = STD = (0.5, 0.5, 0.5)  # what the EfficientNet-Lite0 weights were trained with
 
 
@@ -77,7 +79,8 @@ def build(name: str, classes: int, weights: Path) -> nn.Module:
     return model
 
 
-def train_one(args, seed: int, contrast_on: bool) -> dict:
+def train_one(args, seed: int, arm: str) -> dict:
+    contrast_on = arm.startswith("contextrast")
     torch.manual_seed(seed)
     train = Folder(args.root, "train", TrainTransform((128, 160), (0.75, 1.25), 0.5,
                    (0.2, 0.2, 0.2, 0.0), MEAN, STD), seed=seed)  # fmt: skip
@@ -96,11 +99,14 @@ def train_one(args, seed: int, contrast_on: bool) -> dict:
     else:  # what smp's examples train with
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, args.iters, power=0.9)
+    lovasz = smp.losses.LovaszLoss("multiclass", ignore_index=255) if "lovasz" in arm else None
     model.train()
     for step, batch in enumerate(loader, 1):
         logits = model(batch.image)
         loss = F.cross_entropy(logits, batch.label, ignore_index=255)
         features = tap.features()
+        if lovasz is not None:  # a region term, as the trainer's loss.region.name=lovasz
+            loss = loss + lovasz(logits, batch.label)
         if contrast_on:
             loss = loss + contrast(features, logits, batch.label)
         optimizer.zero_grad(set_to_none=True)
@@ -108,7 +114,7 @@ def train_one(args, seed: int, contrast_on: bool) -> dict:
         optimizer.step()
         schedule.step()
         if step % 100 == 0:
-            print(f"{args.model} seed {seed} contrast {contrast_on}: it {step} loss {loss:.4f}")
+            print(f"{args.model} seed {seed} {arm}: it {step} loss {loss:.4f}")
     tap.remove()
     # ------------------------------------------------------------------------------------
 
@@ -127,34 +133,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--arm", choices=["ce", "contextrast"], help="train one arm only")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["ce", "contextrast"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out or Path(f"benchmarks/results/dropin_{args.model}_{args.root.name}.json")
     done = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
     for seed in args.seeds:
-        for arm in ("ce", "contextrast"):
+        for arm in args.arms:
             key = f"{arm}/{seed}"
-            if key in done["runs"] or (args.arm and arm != args.arm):
+            if key in done["runs"]:
                 continue
-            done["runs"][key] = train_one(args, seed, arm == "contextrast")
+            done["runs"][key] = train_one(args, seed, arm)
             done.update(model=args.model, root=str(args.root), iters=args.iters,
                         optimizer=args.optimizer, lr=args.lr,
                         date=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(done, indent=2) + "\n")  # after each run: resumable
     runs = done["runs"]
-    seeds = sorted(int(k.split("/")[1]) for k in runs if k.startswith("ce/"))
-    seeds = [s for s in seeds if f"contextrast/{s}" in runs]
-    print(f"{args.model} on {args.root}, seeds {seeds}: mean ± sd; Δ paired to CE")
-    for metric in ("miou", "boundary_miou_5"):
-        ce = [runs[f"ce/{s}"][metric] * 100 for s in seeds]
-        cx = [runs[f"contextrast/{s}"][metric] * 100 for s in seeds]
-        deltas = [b - a for a, b in zip(ce, cx)]
-        sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
-        print(f"{metric}: CE {statistics.mean(ce):.2f}, Contextrast {statistics.mean(cx):.2f}, "
-              f"Δ {statistics.mean(deltas):+.2f} ± {sd:.2f} "
-              f"({', '.join(f'{d:+.2f}' for d in deltas)})")  # fmt: skip
+    how = f"{done.get('optimizer', 'sgd')}, lr {done.get('lr', 0.01)}"
+    print(f"{args.model} on {args.root} ({how}): mean ± sd over seeds; Δ paired to CE per seed")
+    for arm in [a for a in ARMS if a != "ce"]:
+        seeds = sorted(int(k.split("/")[1]) for k in runs if k.startswith(f"{arm}/"))
+        seeds = [s for s in seeds if f"ce/{s}" in runs]
+        for metric in ("miou", "boundary_miou_5") if seeds else ():
+            ce = [runs[f"ce/{s}"][metric] * 100 for s in seeds]
+            other = [runs[f"{arm}/{s}"][metric] * 100 for s in seeds]
+            deltas = [b - a for a, b in zip(ce, other)]
+            sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
+            print(f"{arm} {metric}, seeds {seeds}: CE {statistics.mean(ce):.2f}, "
+                  f"{arm} {statistics.mean(other):.2f}, Δ {statistics.mean(deltas):+.2f} ± "
+                  f"{sd:.2f} ({', '.join(f'{d:+.2f}' for d in deltas)})")  # fmt: skip
     print(f"wrote {out}")
     return 0
 

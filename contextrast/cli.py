@@ -39,7 +39,16 @@ from contextrast.evaluation.report import (
     predict_files,
     save_grid,
 )
-from contextrast.models import GENERIC_PREFIX, MODELS, ONNX_OPSET, export_inference, export_onnx
+from contextrast.models import (
+    EXPORT_FORMATS,
+    GENERIC_PREFIX,
+    MODELS,
+    ONNX_OPSET,
+    export_format,
+    export_inference,
+    export_onnx,
+    writable_path,
+)
 from contextrast.utils.checkpoint import load_weights
 from contextrast.utils.distributed import cleanup, init_distributed, slurm_environment
 
@@ -77,6 +86,8 @@ def _check_data(args: argparse.Namespace) -> int:
     report = check_dataset(args.dataset, **kwargs)
     for problem in report.problems:
         print(problem)
+    for note in report.notes:  # what training will do with some files (not problems)
+        print(f"note: {note}")
     where = args.root if args.root else args.dataset
     if not report.problems:
         print(f"{where} [{args.split}]: {report.samples} samples, no problems")
@@ -92,11 +103,17 @@ def _check_data(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     try:
         splits = prepare_inia19(args.out, args.source, args.orientations)
-    except RuntimeError as error:  # nibabel missing
+    except (RuntimeError, OSError) as error:  # nibabel missing; --out not writable
         print(f"contextrast prepare: error: {error}", file=sys.stderr)
         return 2
     for s in splits:
-        print(f"{Path(args.out) / s.orientation}: {s.train} train, {s.val} val slices")
+        line = f"{Path(args.out) / s.orientation}: {s.train} train, {s.val} val slices"
+        if s.removed:
+            line += f" ({s.removed} slice files of an earlier build removed)"
+        print(line)
+        if s.foreign:
+            shown = ", ".join(str(p) for p in s.foreign[:3]) + (", ..." if s.foreign[3:] else "")
+            print(f"note: kept {len(s.foreign)} files that prepare did not write: {shown}")
     return 0
 
 
@@ -105,14 +122,15 @@ def _train(args: argparse.Namespace) -> int:
     trainer = None
 
     def terminated(signum: int, _frame) -> None:
-        # Schedulers (SLURM, Kubernetes) pre-empt with SIGTERM: a started run finishes its
-        # step and writes last.pt first; before that, stop at once. Both are logged.
+        # Schedulers (SLURM, Kubernetes) pre-empt with SIGTERM, people press Ctrl-C: a
+        # started run finishes its step and writes last.pt first; before that, or at a
+        # second signal, stop at once (the last checkpoint written stays). All are logged.
         name = signal.Signals(signum).name
-        if trainer is None:
+        if trainer is None or trainer.stop_requested:
             raise KeyboardInterrupt(name)
         trainer.request_stop(name)
 
-    signal.signal(signal.SIGTERM, terminated)
+    previous = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             trainer = engine.Trainer(config, resume=args.resume)
@@ -127,6 +145,8 @@ def _train(args: argparse.Namespace) -> int:
         metrics = trainer.fit()
     finally:
         cleanup()
+        for sig, handler in previous.items():  # a caller's own handlers (pytest, notebooks)
+            signal.signal(sig, handler)
     if metrics:
         print(f"final mIoU {metrics['miou']:.4f}; run directory {config.run_dir}")
     return 0
@@ -161,6 +181,20 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    # predict reads only the test protocol and the input normalisation from the config; the
+    # model keys are checked against the checkpoint (load_run). Anything else (the dataset,
+    # its root, training) would be silently ignored: refuse it.
+    used = ["eval.mode", "eval.crop_size", "eval.stride", "eval.scales", "eval.flip"]
+    used += ["model.mean", "model.std"]
+    checked = ["model.name", "model.head", "model.head_width", "model.aux"]
+    for item in args.set:
+        key = item.split("=", 1)[0].strip()
+        if "=" in item and key not in used + checked:
+            raise ValueError(
+                f"--set {key}: predict does not use it (the checkpoint fixes the dataset, its "
+                f"classes and the training); it takes {', '.join(used)}, and "
+                f"{', '.join(checked)} only as the checkpoint has them"
+            )
     run = engine.load_run(args.checkpoint, overrides=args.set)
     c = run.config
     written = predict_files(
@@ -177,17 +211,24 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    # The format follows --out's suffix; checked with the path before the checkpoint loads.
+    out = Path(args.out)
+    if out.suffix.lower() not in EXPORT_FORMATS:
+        export_format(out)  # raises: an unknown suffix, or none
+    fmt = export_format(out, args.format)  # raises when --format contradicts the suffix
+    writable_path(out)
     run = engine.load_run(args.checkpoint, overrides=args.set)
     height, width = args.size if args.size else run.config.data.crop_size
     example = torch.zeros(1, 3, height, width)
-    if args.format == "onnx":
-        path = export_onnx(run.model, args.out, example)
+    if fmt == "onnx":
+        path = export_onnx(run.model, out, example)
         print(
             f"wrote {path} (inference model only; ONNX opset {ONNX_OPSET}, input 'images' "
-            "(B, 3, H, W) with any batch and H, W multiples of 32, output 'logits')"
+            "(B, 3, H, W) with any batch and any H, W (padded inside to a multiple of 32, "
+            "as predict does), output 'logits')"
         )
         return 0
-    path = export_inference(run.model, args.out, example)
+    path = export_inference(run.model, out, example)
     print(f"wrote {path} (inference model only; load with torch.export.load(path).module())")
     return 0
 
@@ -405,12 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export the inference model of a checkpoint; no projection or aux head.",
     )
     export.add_argument("--checkpoint", required=True)
-    export.add_argument("--out", required=True, help="output .pt2 or .onnx file")
+    export.add_argument(
+        "--out", required=True, help="output file: NAME.pt2 or NAME.onnx (sets the format)"
+    )
     export.add_argument(
         "--format",
         choices=["pt2", "onnx"],
-        default="pt2",
-        help=f"pt2: torch.export program; onnx: ONNX opset {ONNX_OPSET} (default: pt2)",
+        help=f"pt2: torch.export program; onnx: ONNX opset {ONNX_OPSET} (default: from "
+        "--out's suffix; must agree with it)",
     )
     export.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example size")
     export.add_argument("--set", **overrides)
@@ -478,8 +521,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"contextrast {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:
+        saved = getattr(error, "saved", None)
         print(
-            f"contextrast {args.command}: interrupted ({error or 'SIGINT'})"
+            f"contextrast {args.command}: interrupted ({str(error) or 'SIGINT'})"
+            + (f"; {saved}" if saved else "")
             + ("; continue with --resume" if args.command == "train" else ""),
             file=sys.stderr,
         )

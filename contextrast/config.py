@@ -277,6 +277,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _check(config: Config) -> Config:
     """Cross-field checks that types alone cannot express."""
     checks = [
+        (
+            "run.name",
+            config.run.name not in ("", ".", "..") and not set("/\\") & set(config.run.name),
+            f"{config.run.name!r} must be one folder name (no '/', '\\', '.' or '..'); "
+            "run.output_dir sets where it goes",
+        ),
         ("optim.iters", config.optim.iters >= 1, "must be >= 1"),
         ("optim.lr", config.optim.lr > 0, "must be > 0"),
         ("data.batch_size", config.data.batch_size >= 1, "must be >= 1"),

@@ -1222,11 +1222,16 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
 
     Args:
         distance: (B, N, H, W) float, e.g. ``distance_transform(error_maps)``.
-        error_maps: (B, N, H, W) bool, eq. 6.
+        error_maps: (B, N, H, W) bool, eq. 6: disjoint maps, each pixel an error of at most
+            one class (its ground truth's), as :func:`class_error_maps` gives.
         ratio: K in [0, 1]; 0 selects nothing, 1 selects every error pixel.
 
     Returns:
         (B, N, H, W) bool, a subset of ``error_maps``.
+
+    Raises ``ValueError`` when a pixel is set in two or more maps (its count would be
+    shared between classes). This readable form checks it with one host synchronisation;
+    the loss runs :func:`bane_select_labels` on collapsed labels, disjoint by construction.
     """
     _check_rank(error_maps, 4, "error_maps", "(B, N, H, W)")
     if error_maps.dtype != torch.bool:
@@ -1238,6 +1243,7 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
         )
     if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
         raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
+    _check_disjoint(error_maps)
     if ratio == 0:
         return torch.zeros_like(error_maps)
     if ratio == 1:
@@ -1249,6 +1255,20 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
     own = distance.gather(1, owner.clamp(max=num_classes - 1).unsqueeze(1)).squeeze(1)
     chosen = bane_select_labels(own, owner, num_classes, ratio)  # (B, H, W)
     return chosen.unsqueeze(1) & error_maps
+
+
+def _check_disjoint(error_maps: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the first pixel set in two or more of (B, N, H, W) maps."""
+    shared = error_maps.sum(1, dtype=torch.int32) > 1  # (B, H, W)
+    if bool(shared.any()):
+        b, y, x = (int(i) for i in shared.nonzero()[0])
+        classes = error_maps[b, :, y, x].nonzero().flatten().tolist()
+        raise ValueError(
+            f"error_maps overlap: {int(shared.sum())} pixels are errors of two or more "
+            f"classes (e.g. pixel (b={b}, y={y}, x={x}) of classes {classes}); eq. 6's maps "
+            "are disjoint, one error class per pixel (its ground truth's): build them with "
+            "class_error_maps"
+        )
 
 
 def bane_select_labels(

@@ -163,7 +163,7 @@ def test_eval_predict_export(trained, capsys):
         ),
         (
             ["train", "{config}", "--set", "data.root=/nowhere", "--set", "run.name=other"],
-            "folder: no class list /nowhere/classes.txt and no num_classes",
+            "contextrast train: error: folder: dataset root /nowhere does not exist",
         ),
         (["eval", "{config}", "--checkpoint", "/no.pt"], "checkpoint /no.pt: no such file"),
         (
@@ -250,3 +250,66 @@ def test_losses_lists_every_loss_name_and_region_term_a_config_accepts(capsys):
     accepted = typing.get_args(typing.get_type_hints(LossConfig)["name"])
     region = typing.get_args(typing.get_type_hints(RegionConfig)["name"])
     assert set(accepted) <= set(names) and set(region) - {"none"} <= set(names)
+
+
+# ------------------------------------------------------------------ issue 20: images, datasets
+
+
+def test_predict_refuses_set_keys_it_cannot_honour(trained, tmp_path, capsys):
+    tmp, _, checkpoint = trained
+    images = tmp / "data" / "images" / "val"
+    argv = ["predict", "--checkpoint", str(checkpoint), str(images)]
+    used = "eval.mode, eval.crop_size, eval.stride, eval.scales, eval.flip, model.mean, model.std"
+    checked = "model.name, model.head, model.head_width, model.aux"
+    for key in ("data.dataset=inia19", "data.root=/elsewhere", "optim.lr=0.1", "eval.flp=true"):
+        assert cli.main([*argv, "--out", str(tmp_path / "p"), "--set", key]) == 2
+        assert capsys.readouterr().err == (
+            f"contextrast predict: error: --set {key.split('=')[0]}: predict does not use it "
+            "(the checkpoint fixes the dataset, its classes and the training); it takes "
+            f"{used}, and {checked} only as the checkpoint has them\n"
+        )
+        assert not (tmp_path / "p").exists()
+    # The keys it uses are applied: a flip-averaged prediction is written.
+    assert cli.main([*argv, "--out", str(tmp_path / "q"), "--set", "eval.flip=true"]) == 0
+    assert (tmp_path / "q" / "img0_mask.png").is_file()
+
+
+def test_predict_reads_16_bit_and_exif_rotated_images_as_viewers_show_them(trained, tmp_path):
+    from PIL import Image
+
+    _, _, checkpoint = trained
+    grey = np.random.default_rng(3).integers(0, 256, (6, 8), dtype=np.uint8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(grey, mode="L").save(inputs / "eight.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(inputs / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.stack([grey] * 3, -1)).save(inputs / "turned.png", exif=exif)
+    out = tmp_path / "out"
+    assert (
+        cli.main(["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out)]) == 0
+    )
+
+    def read(name: str) -> np.ndarray:
+        return np.asarray(Image.open(out / name))
+
+    # The overlay is round((image + mask) / 2): it shows the image the model was given.
+    rgb = np.stack([grey] * 3, -1).astype(np.float64)
+    for name, image in (("eight", rgb), ("sixteen", rgb), ("turned", np.rot90(rgb, k=-1))):
+        mask = read(f"{name}_mask.png")
+        assert mask.shape == image.shape  # orientation 6: upright, 8 rows x 6 columns
+        want = np.round(image * 0.5 + mask * 0.5).astype(np.uint8)
+        assert (read(f"{name}_overlay.png") == want).all(), name
+    assert read("turned_mask.png").shape == (8, 6, 3)
+    assert (read("sixteen_mask.png") == read("eight_mask.png")).all()
+
+
+def test_eval_with_a_moved_dataset_root_names_the_root(trained, tmp_path, capsys):
+    _, config, checkpoint = trained
+    moved = tmp_path / "moved"
+    argv = ["eval", str(config), "--checkpoint", str(checkpoint), "--set", f"data.root={moved}"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"contextrast eval: error: folder: dataset root {moved} does not exist\n"
+    )

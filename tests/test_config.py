@@ -110,6 +110,8 @@ def test_load_and_override(tmp_path):
         ("- a\n- b\n", ["optim.lr=0.1"], "the file is a list, not a mapping; expected"),
         ("optim: 5", ["optim.lr=0.1"], "optim: 5 is not a section (a mapping of keys)"),
         ("optim: 5", [], "optim: expected a mapping, got 5"),
+        ("run: {name: ../../etc}", [], "run.name: '../../etc' must be one folder name (no '/'"),
+        ("run: {}", ["run.name=.."], "run.name: '..' must be one folder name"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors(tmp_path, text, overrides, message):

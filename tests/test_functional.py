@@ -311,15 +311,41 @@ def test_bane_select_is_nearest_first_per_class_over_batch(ratio):
 
 
 def test_bane_select_ratio_edges_and_float_artefacts():
-    errors = torch.zeros(1, 2, 1, 10, dtype=torch.bool)
-    errors[0, 0] = True
-    errors[0, 1, 0, :3] = True
-    distance = torch.arange(20.0).view(1, 2, 1, 10)
+    errors = torch.zeros(1, 2, 2, 10, dtype=torch.bool)
+    errors[0, 0, 0] = True  # class 0: row 0, 10 pixels
+    errors[0, 1, 1, :3] = True  # class 1: 3 pixels of row 1 (eq. 6's maps are disjoint)
+    distance = torch.arange(40.0).view(1, 2, 2, 10)
     assert not CF.bane_select(distance, errors, 0.0).any()
     assert torch.equal(CF.bane_select(distance, errors, 1.0), errors)
     # 0.7 · 10 is 7.000000000000001 in floating point; the count must be 7, not 8.
     assert CF.bane_select(distance, errors, 0.7)[0, 0].sum() == 7
     assert CF.bane_select(distance, errors, 0.7)[0, 1].sum() == 3  # ⌈2.1⌉
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_bane_select_refuses_overlapping_error_maps(ratio):
+    # Issue 20: a pixel in two classes' maps was counted for one of them only, so a class
+    # got fewer than ⌈K · count⌉ pixels (123 of 240 at K = 0.5), without a word.
+    g = torch.Generator().manual_seed(0)
+    errors = torch.rand(2, 3, 8, 10, generator=g) < 0.5  # independent maps: they overlap
+    distance = torch.rand(2, 3, 8, 10, generator=g)
+    shared = errors.sum(1) > 1
+    b, y, x = shared.nonzero()[0].tolist()
+    classes = errors[b, :, y, x].nonzero().flatten().tolist()
+    with pytest.raises(ValueError) as err:
+        CF.bane_select(distance, errors, ratio)
+    assert str(err.value) == (
+        f"error_maps overlap: {int(shared.sum())} pixels are errors of two or more classes "
+        f"(e.g. pixel (b={b}, y={y}, x={x}) of classes {classes}); eq. 6's maps are disjoint, "
+        "one error class per pixel (its ground truth's): build them with class_error_maps"
+    )
+    with pytest.raises(ValueError, match="error_maps overlap"):
+        CF.semi_hard_select(errors, ratio, generator=g)
+    # The same maps made disjoint (each pixel kept in its first class only) pass.
+    first = errors & (errors.int().cumsum(1) == 1)
+    chosen = CF.bane_select(distance, first, 0.5)
+    for c in range(3):
+        assert chosen[:, c].sum() == ref.ceil_ratio(0.5, int(first[:, c].sum()))
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan"), "0.5"])

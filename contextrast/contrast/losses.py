@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -46,6 +46,37 @@ def _check_fraction(name: str, value: float) -> float:
     if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def _check_channels(in_channels: Sequence[int]) -> list[int]:
+    """``in_channels`` as a list of positive ints, one per layer, or a one-line ValueError."""
+    iterable = isinstance(in_channels, Iterable) and not isinstance(in_channels, (str, bytes))
+    channels = list(in_channels) if iterable else None
+    if not channels or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels
+    ):
+        raise ValueError(
+            "in_channels must be a list of positive ints, one per feature layer, lowest layer "
+            f"first (e.g. model.feature_channels or FeatureTap.channels(images)), got "
+            f"{in_channels!r}"
+        )
+    return channels
+
+
+def _check_size(name: str, shape: Sequence[int], target_shape: Sequence[int]) -> None:
+    """Raise unless the (h, w) map ``shape`` and the (H, W) labels are one picture at one
+    scale in both axes, up to one pixel of rounding per axis (odd sizes through strided
+    layers round up or down): some s > 0 with |H/s − h| ≤ 1 and |W/s − w| ≤ 1, that is
+    |h·W − w·H| ≤ H + W. Any scale passes (the labels are resized, nearest, to each map)."""
+    (h, w), (height, width) = shape, target_shape
+    if min(h, w) < 1 or abs(h * width - w * height) <= height + width:
+        return  # (an empty map is refused with the layer layout)
+    raise ValueError(
+        f"target (labels) of size {height}x{width} does not match {name} of size {h}x{w}: "
+        f"{height / h:.3g}x its height but {width / w:.3g}x its width; the labels and every "
+        "map must share one aspect ratio (labels at the input's resolution, maps at the "
+        "model's strides)"
+    )
 
 
 class ContextrastLoss(nn.Module):
@@ -113,9 +144,7 @@ class ContextrastLoss(nn.Module):
         super().__init__()
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        in_channels = list(in_channels)
-        if not in_channels:
-            raise ValueError("in_channels must list at least one layer's channels")
+        in_channels = _check_channels(in_channels)
         layer_weights = [float(x) for x in layer_weights]
         if len(layer_weights) != len(in_channels):
             raise ValueError(
@@ -206,6 +235,17 @@ class ContextrastLoss(nn.Module):
             raise ValueError(
                 f"logits must have shape (B, N, h, w), got {getattr(logits, 'shape', logits)}"
             )
+        first = features[0] if isinstance(features, (list, tuple)) and features else None
+        if (
+            isinstance(first, torch.Tensor)
+            and first.dim() == 4
+            and logits.shape[0] == first.shape[0] != batch
+        ):
+            # The features and logits agree: the labels are the odd one out.
+            raise ValueError(
+                f"target (labels) has batch {batch} but the features and logits have batch "
+                f"{first.shape[0]}; pass one (H, W) label map per image"
+            )
         if logits.shape[:2] != (batch, self.num_classes):
             raise ValueError(
                 f"logits must have shape (B, N, h, w) with B={batch}, N={self.num_classes}, "
@@ -217,6 +257,10 @@ class ContextrastLoss(nn.Module):
         features = prepare_features(
             features, self.in_channels, batch, dtype, self.training, check_finite=False
         )
+        labels_size = target.shape[-2:]
+        for i, feature in enumerate(features):
+            _check_size(f"features[{i}]", feature.shape[-2:], labels_size)
+        _check_size("logits", logits.shape[-2:], labels_size)
         CF.check_labels(target, self.num_classes, self.ignore_index, "target")
         return features
 

@@ -20,6 +20,7 @@ from contextrast.data.datasets import (
     PascalContext,
     Sample,
     SegmentationDataset,
+    inspect_image,
 )
 from contextrast.data.digits import Digits
 from contextrast.data.inia19 import Inia19
@@ -70,16 +71,20 @@ def seed_worker(worker_id: int) -> None:
 
 
 class CheckReport(NamedTuple):
-    """samples: pairs found; problems: one message per problem; counts: per kind."""
+    """samples: pairs found; problems: one message per problem; counts: per kind; notes:
+    what reading does to some files that is not a problem (16-bit images, EXIF orientation),
+    one line per kind with its count."""
 
     samples: int
     problems: list[str]
     counts: dict[str, int]
+    notes: tuple[str, ...] = ()
 
 
 def _kind(message: str) -> str:
     for needle, kind in (
         ("no label for image", "image without label"),
+        ("no image for label", "label without image"),
         ("is missing", "listed image missing"),
         ("cannot read image", "unreadable image"),
         ("cannot read label", "unreadable label"),
@@ -102,10 +107,14 @@ def check_dataset(name: str, **kwargs) -> CheckReport:
     dataset = DATASETS[name](strict=False, **kwargs)
     problems = list(dataset.problems)
     labelled = 0
+    seen: Counter[str] = Counter()
     for index in range(len(dataset)):
         try:
             labelled += int((dataset.read(index)[1] != dataset.ignore_index).sum())
             dataset.read_instances(index)
+            image = inspect_image(dataset.items[index].image)
+            seen.update(sixteen_bit=image.sixteen_bit, rotated=image.rotated)
+            seen.update(rotated_label=inspect_image(dataset.items[index].label).rotated)
         except DatasetError as error:
             problems.append(str(error))
     if len(dataset) and not labelled and not problems:
@@ -114,7 +123,33 @@ def check_dataset(name: str, **kwargs) -> CheckReport:
             f"{dataset.ignore_index} (ignore): nothing to train on or evaluate"
         )
     counts = Counter(_kind(p) for p in problems)
-    return CheckReport(len(dataset), problems, dict(counts))
+    return CheckReport(len(dataset), problems, dict(counts), _notes(seen))
+
+
+def _notes(seen: Counter[str]) -> tuple[str, ...]:
+    """One line per conversion that reading applies, with its count."""
+
+    def count(key: str, noun: str) -> str:
+        n = seen[key]
+        return f"{n} {noun}{'' if n == 1 else 's'} {'has' if n == 1 else 'have'}"
+
+    notes = []
+    if seen["sixteen_bit"]:
+        notes.append(
+            f"{count('sixteen_bit', 'image')} 16 bits per sample: read as 8 bits (the high "
+            "byte, value >> 8)"
+        )
+    if seen["rotated"]:
+        notes.append(
+            f"{count('rotated', 'image')} an EXIF orientation: turned upright as viewers show "
+            "them (labels must match the upright image)"
+        )
+    if seen["rotated_label"]:
+        notes.append(
+            f"{count('rotated_label', 'label map')} an EXIF orientation: not applied (label "
+            "maps are read as stored)"
+        )
+    return tuple(notes)
 
 
 def labelled_pixels(dataset: SegmentationDataset, workers: int = 4) -> int:

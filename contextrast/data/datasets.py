@@ -2,21 +2,28 @@
 generic folder layout.
 
 Every dataset knows its class names, palette and ignore index, checks its files when it is
-built (missing folders, images without labels) and each sample when it is read (unreadable
-images, size mismatches, label values that name no class), with a one-line error naming the
-file and what was expected.
+built (missing folders, images without labels, labels without images) and each sample when it
+is read (unreadable images, size mismatches, label values that name no class), with a one-line
+error naming the file and what was expected.
+
+Images are read upright and as 8-bit RGB: an EXIF orientation is applied (as image viewers and
+``torchvision.io.decode_image(..., apply_exif_orientation=True)`` do) and 16-bit images keep
+their high byte (``value >> 8``, as Pillow reads 16-bit colour PNGs and as torchvision's
+``to_dtype(torch.uint8, scale=True)`` converts uint16), so that an 8-bit image stored as
+``value · 257`` reads exactly as the 8-bit file. Label maps are read as stored: no EXIF
+orientation, 8-bit only.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contextrast.data import metadata as meta
 
@@ -69,18 +76,83 @@ def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB."""
+#: the EXIF tag of the orientation (1 = as stored, 2–8 = mirrored and / or rotated)
+EXIF_ORIENTATION = 0x0112
+
+
+class ImageInfo(NamedTuple):
+    """What :func:`read_image` does to a file beyond decoding it (header only, no pixels).
+
+    size: (width, height) as stored; orientation: the EXIF orientation (1 when none);
+    sixteen_bit: 16 bits per sample, read as their high byte.
+    """
+
+    size: tuple[int, int]
+    orientation: int
+    sixteen_bit: bool
+
+    @property
+    def rotated(self) -> bool:
+        return self.orientation in range(2, 9)
+
+
+def _info(img: Image.Image) -> ImageInfo:
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    if not isinstance(orientation, int):  # a malformed tag: ignored, as viewers do
+        orientation = 1
+    # the decoder's raw mode, e.g. "RGB;16B" for a 48-bit PNG (a plain tuple before Pillow 10)
+    rawmode = img.tile[0][3] if img.tile else None
+    sixteen = img.mode.startswith("I;16") or (isinstance(rawmode, str) and ";16" in rawmode)
+    return ImageInfo(img.size, orientation, sixteen)
+
+
+def inspect_image(path: Path) -> ImageInfo:
+    """The :class:`ImageInfo` of an image file, from its header."""
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+            return _info(img)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read image ({error})") from None
+
+
+def _rgb(img: Image.Image, path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded image; 16-bit grey keeps its high byte."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img)
+        if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 0xFFFF):
+            raise DatasetError(
+                f"{path}: cannot read image (32-bit integer values {values.min()}..."
+                f"{values.max()}; expected an 8- or 16-bit image)"
+            )
+        grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise DatasetError(
+            f"{path}: cannot read image (32-bit floating-point pixels; expected an 8- or 16-bit "
+            "image)"
+        )
+    # Pillow already reads 16-bit colour (RGB;16B) as its high byte.
+    return np.asarray(img.convert("RGB"))
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8 RGB, upright (EXIF orientation applied); 16 bits per sample are read
+    as their high byte (``value >> 8``)."""
+    try:
+        with Image.open(path) as img:
+            if _info(img).rotated:
+                img = ImageOps.exif_transpose(img)
+            array = _rgb(img, path)
+    except DatasetError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise DatasetError(f"{path}: cannot read image ({error})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def read_label(path: Path) -> np.ndarray:
-    """(H, W) raw 8-bit label values; palette PNGs give their indices."""
+    """(H, W) raw 8-bit label values; palette PNGs give their indices. Read as stored: an
+    EXIF orientation is never applied to a label map."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P"):
@@ -93,6 +165,14 @@ def read_label(path: Path) -> np.ndarray:
         if isinstance(error, DatasetError):
             raise
         raise DatasetError(f"{path}: cannot read label map ({error})") from None
+
+
+def _require_root(root: str | os.PathLike, dataset: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"{dataset}: dataset root {root} {state}")
+    return root
 
 
 def _require_dir(path: Path, dataset: str, layout: str) -> Path:
@@ -155,9 +235,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image = read_image(item.image)
         raw = read_label(item.label)
         if tuple(raw.shape) != tuple(image.shape[1:]):
+            info = inspect_image(item.image)
+            hint = (
+                f"; the image's EXIF orientation {info.orientation} turns it upright from "
+                f"{info.size[0]}x{info.size[1]} as stored: label maps are read as stored, so "
+                "draw them on the upright image"
+                if info.rotated
+                else ""
+            )
             raise DatasetError(
                 f"{item.label}: label is {raw.shape[1]}x{raw.shape[0]} but image {item.image} "
-                f"is {image.shape[2]}x{image.shape[1]} (width x height); expected the same size"
+                f"is {image.shape[2]}x{image.shape[1]} (width x height); expected the same "
+                f"size{hint}"
             )
         return image, torch.from_numpy(self._map_label(raw, item.label))
 
@@ -224,11 +313,15 @@ def _pair(
     instances_for: Callable[[Path], Path] | None = None,
     *,
     where: str,
+    labels: Iterable[Path] | None = None,
+    image_for: Callable[[Path], str] | None = None,
 ) -> list[Item]:
     """Items of the images that have a label; ``where`` names the split's folder(s) for the
-    empty-split message."""
+    empty-split message. ``labels``: every label file of the split, so that those that no
+    image names are problems too (``image_for(label)`` says which image was expected)."""
+    images = sorted(images)
     items = []
-    for image in sorted(images):
+    for image in images:
         label = label_for(image)
         if not label.is_file():
             message = f"{dataset}: no label for image {image} (expected {label})"
@@ -242,7 +335,22 @@ def _pair(
         if strict:
             raise DatasetError(message)
         problems.append(message)
+        return items  # that message covers the split's labels too
+    if labels is not None:
+        named = {label_for(image) for image in images}
+        for label in sorted(set(labels) - named):
+            expected = image_for(label) if image_for else "an image of the same name"
+            message = f"{dataset}: no image for label {label} (expected {expected})"
+            if strict:
+                raise DatasetError(message)
+            problems.append(message)
     return items
+
+
+def _any_image(folder: Path, stem: str) -> str:
+    """The expected image files of a label, e.g. ``DIR/NAME.png, .jpg or .jpeg``."""
+    first, *others = IMAGE_SUFFIXES
+    return f"{folder / stem}{first}, {', '.join(others[:-1])} or {others[-1]}"
 
 
 class Cityscapes(SegmentationDataset):
@@ -277,7 +385,7 @@ class Cityscapes(SegmentationDataset):
                 "['labelIds', 'labelTrainIds']"
             )
         self.lut = meta.CITYSCAPES_LUT if label_type == "labelIds" else meta.CITYSCAPES_TRAIN_ID_LUT
-        root = Path(root)
+        root = _require_root(root, self.name)
         layout = "ROOT/leftImg8bit/{split}/{city}/*_leftImg8bit.png"
         images_dir = _require_dir(root / "leftImg8bit" / split, self.name, layout)
         labels_dir = _require_dir(
@@ -297,6 +405,12 @@ class Cityscapes(SegmentationDataset):
             problems,
             (lambda image: companion(image, "instanceIds")) if return_instances else None,
             where=f"split {split!r} ({images_dir})",
+            labels=labels_dir.glob(f"*/*_gtFine_{label_type}.png"),
+            image_for=lambda label: str(
+                images_dir
+                / label.parent.name
+                / f"{label.name[: -len(f'_gtFine_{label_type}.png')]}_leftImg8bit.png"
+            ),
         )
         self.return_instances = return_instances
         super().__init__(items, transform, seed, problems)
@@ -333,7 +447,7 @@ class CamVid(SegmentationDataset):
         seed: int = 0,
         strict: bool = True,
     ):
-        root = Path(root)
+        root = _require_root(root, self.name)
         images_dir = _require_dir(root / split, self.name, "ROOT/{split}/*.png")
         labels_dir = _require_dir(root / f"{split}annot", self.name, "ROOT/{split}annot/*.png")
         problems: list[str] = []
@@ -344,6 +458,8 @@ class CamVid(SegmentationDataset):
             strict,
             problems,
             where=f"split {split!r} ({images_dir})",
+            labels=labels_dir.glob("*.png"),
+            image_for=lambda label: _any_image(images_dir, label.stem),
         )
         super().__init__(items, transform, seed, problems)
 
@@ -373,7 +489,7 @@ class PascalContext(SegmentationDataset):
             meta.PASCAL_CONTEXT_CLASSES_59 if num_classes == 59 else meta.PASCAL_CONTEXT_CLASSES_60
         )
         self.lut = meta.PASCAL_CONTEXT_59_LUT if num_classes == 59 else meta.PASCAL_CONTEXT_60_LUT
-        root = Path(root)
+        root = _require_root(root, self.name)
         listing = root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
         if not listing.is_file():
             raise DatasetError(
@@ -434,7 +550,7 @@ class CocoStuff(SegmentationDataset):
             )
         self.lut = meta.COCO_STUFF_LUT if label_type == "labelTrainIds" else meta.COCO_STUFF_RAW_LUT
         folder = split if split.endswith("2017") else f"{split}2017"
-        root = Path(root)
+        root = _require_root(root, self.name)
         images_dir = _require_dir(root / "images" / folder, self.name, "ROOT/images/{split}2017")
         labels_dir = _require_dir(
             root / "annotations" / folder, self.name, "ROOT/annotations/{split}2017"
@@ -448,6 +564,13 @@ class CocoStuff(SegmentationDataset):
             strict,
             problems,
             where=f"split {split!r} ({images_dir})",
+            # mmsegmentation writes NAME_labelTrainIds.png next to the raw NAME.png
+            labels=(
+                p
+                for p in labels_dir.glob(f"*{suffix}")
+                if suffix != ".png" or not p.name.endswith("_labelTrainIds.png")
+            ),
+            image_for=lambda label: str(images_dir / f"{label.name[: -len(suffix)]}.jpg"),
         )
         super().__init__(items, transform, seed, problems)
 
@@ -472,7 +595,7 @@ class ADE20K(SegmentationDataset):
         strict: bool = True,
     ):
         folder = {"train": "training", "val": "validation"}.get(split, split)
-        root = Path(root)
+        root = _require_root(root, self.name)
         layout = "ROOT/images/{training,validation}/*.jpg"
         images_dir = _require_dir(root / "images" / folder, self.name, layout)
         labels_dir = _require_dir(
@@ -486,6 +609,8 @@ class ADE20K(SegmentationDataset):
             strict,
             problems,
             where=f"split {split!r} ({images_dir})",
+            labels=labels_dir.glob("*.png"),
+            image_for=lambda label: str(images_dir / f"{label.stem}.jpg"),
         )
         super().__init__(items, transform, seed, problems)
 
@@ -509,7 +634,7 @@ class Folder(SegmentationDataset):
         seed: int = 0,
         strict: bool = True,
     ):
-        root = Path(root)
+        root = _require_root(root, self.name)
         names_file = root / "classes.txt"
         if names_file.is_file():
             classes = tuple(x.strip() for x in names_file.read_text().splitlines() if x.strip())
@@ -538,6 +663,8 @@ class Folder(SegmentationDataset):
             strict,
             problems,
             where=f"split {split!r} ({images_dir})",
+            labels=labels_dir.glob("*.png"),
+            image_for=lambda label: _any_image(images_dir, label.stem),
         )
         super().__init__(items, transform, seed, problems)
 

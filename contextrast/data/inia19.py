@@ -22,8 +22,9 @@ image parcellation and spatial normalization*, Front. Neuroinform. 2012) and Neu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ ORIENTATIONS = {"sagittal": 0, "coronal": 1, "axial": 2}
 BUILTIN_ROOT = Path(__file__).resolve().parent / "inia19_coronal"
 HEMISPHERE_OFFSET = 1000
 IGNORE = 255
+SPLITS = ("train", "val")
 CREDIT = (
     "Derived from the INIA19 rhesus-macaque T1 template and NeuroMaps atlas\n"
     "(Rohlfing T., Kroenke C.D., Sullivan E.V., Dubach M.F., Bowden D.M., Grant K.A.,\n"
@@ -116,9 +118,30 @@ def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 @dataclass
 class Inia19Split:
+    """What :func:`prepare_inia19` wrote for one orientation.
+
+    removed: slices of an earlier build (other options) that this build does not list;
+    foreign: files in the split folders that prepare did not write (kept, and read by the
+    ``folder`` dataset like any other file).
+    """
+
     orientation: str
     train: int
     val: int
+    removed: int = 0
+    foreign: list[Path] = field(default_factory=list)
+
+
+def _check_out(out: Path, orientations: Sequence[str]) -> None:
+    """A one-line error when a folder prepare writes into is an existing file."""
+    folders = [*reversed(out.parents), out]
+    for orientation in orientations:
+        root = out / orientation
+        folders += [root, root / "images", root / "labels"]
+        folders += [root / kind / split for kind in ("images", "labels") for split in SPLITS]
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"output folder {out}: {folder} is a file, not a folder")
 
 
 def prepare_inia19(
@@ -132,6 +155,10 @@ def prepare_inia19(
     gap: int = 2,
 ) -> list[Inia19Split]:
     """Write ``OUT/<orientation>/{images,labels}/{train,val}/*.png`` and ``classes.txt``.
+
+    A re-run into the same folder leaves exactly the slices it lists: the slice files of an
+    earlier build (``<orientation>_NNN.png`` in those split folders) that this one does not
+    write are removed; any other file is kept and reported in ``Inia19Split.foreign``.
 
     Args:
         out: output folder (one ``folder``-layout dataset per orientation below it).
@@ -159,6 +186,8 @@ def prepare_inia19(
     unknown = sorted(set(orientations) - set(ORIENTATIONS))
     if unknown:
         raise ValueError(f"unknown orientation {unknown[0]!r}; choose from {list(ORIENTATIONS)}")
+    out = Path(out)
+    _check_out(out, orientations)
     t1 = np.asarray(nibabel.load(paths[0]).dataobj, dtype=np.float32)
     atlas = np.asarray(nibabel.load(paths[1]).dataobj)
     if t1.shape != atlas.shape:
@@ -170,7 +199,6 @@ def prepare_inia19(
     scale = float(np.percentile(t1[brain], 99.5))
     image = np.clip(t1 / scale * 255.0, 0, 255).round().astype(np.uint8)
     names = ["background", *(f"region {r}" for r in regions), "other"]
-    out = Path(out)
     summary = []
     for orientation in orientations:
         axis = ORIENTATIONS[orientation]
@@ -181,9 +209,12 @@ def prepare_inia19(
         ]  # fmt: skip
         splits = slab_split(keep, slab, val_every, gap)
         root = out / orientation
+        owned = re.compile(rf"{orientation}_\d{{3,}}\.png")  # the names prepare writes
+        removed, foreign = 0, []
         for split, indices in splits.items():
             for kind in ("images", "labels"):
                 (root / kind / split).mkdir(parents=True, exist_ok=True)
+            written = {f"{orientation}_{i:03d}.png" for i in indices}
             for i in indices:
                 name = f"{orientation}_{i:03d}.png"
                 Image.fromarray(_slice(image, axis, i), mode="L").save(
@@ -192,6 +223,15 @@ def prepare_inia19(
                 Image.fromarray(_slice(labels, axis, i), mode="L").save(
                     root / "labels" / split / name
                 )
+            for kind in ("images", "labels"):
+                for path in sorted((root / kind / split).iterdir()):
+                    if path.name in written:
+                        continue
+                    if owned.fullmatch(path.name) and path.is_file():
+                        path.unlink()  # a slice of an earlier build with other options
+                        removed += 1
+                    else:
+                        foreign.append(path)
         (root / "classes.txt").write_text("\n".join(names) + "\n")
         (root / "CREDIT.txt").write_text(CREDIT)
         meta = {
@@ -206,7 +246,9 @@ def prepare_inia19(
             "gap": gap,
         }
         (root / "split.json").write_text(json.dumps(meta, indent=1) + "\n")
-        summary.append(Inia19Split(orientation, len(splits["train"]), len(splits["val"])))
+        summary.append(
+            Inia19Split(orientation, len(splits["train"]), len(splits["val"]), removed, foreign)
+        )
     return summary
 
 

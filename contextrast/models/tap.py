@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -25,8 +25,11 @@ from torch import nn
 __all__ = ["FeatureTap", "preset_layers"]
 
 #: "name[i]" taps item i of a module that returns a list or tuple (an smp encoder, a timm
-#: ``features_only`` backbone): several layers may come from one module.
-_ITEM = re.compile(r"^(?P<name>.*?)\[(?P<index>-?\d+)\]$")
+#: ``features_only`` backbone), "name[key]" the value of a string key of a module that
+#: returns a dict (torchvision's IntermediateLayerGetter: "backbone[out]"): several layers may
+#: come from one module. The key may be quoted ("backbone['out']").
+_ITEM = re.compile(r"^(?P<name>[^\[\]]*)\[(?P<item>[^\[\]]+)\]$")
+_INDEX = re.compile(r"^-?\d+$")
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:
@@ -91,8 +94,9 @@ class FeatureTap:
     Args:
         model: any ``nn.Module`` (also wrapped in DistributedDataParallel or
             ``torch.compile``: hooks go on the inner modules).
-        layers: submodule names, lowest layer first (``model.named_modules()`` names;
-            ``"name[i]"`` takes item i of a module that returns a sequence). ``None``: the
+        layers: a list of submodule names, lowest layer first (``model.named_modules()``
+            names; ``"name[i]"`` takes item i of a module that returns a list or tuple,
+            ``"name[key]"`` the value of key of a module that returns a dict). ``None``: the
             preset of the model's family (:func:`preset_layers`).
 
     Each forward of ``model`` first drops what the previous one left, then records the
@@ -101,11 +105,21 @@ class FeatureTap:
     The hooks add no parameter or buffer (``state_dict()`` is unchanged); :meth:`remove`
     (or leaving a ``with`` block) takes them off, and an exported or scripted inference
     model never sees them.
+
+    A copy of the tapped model (``copy.deepcopy``, e.g. an EMA or teacher model) carries the
+    hooks along, but they only record the modules this tap was built on: the copy's forward
+    neither feeds nor clears this tap, and the copy has no active tap of its own (build
+    ``FeatureTap(copy)`` for its features).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        if isinstance(layers, str):
+            raise ValueError(
+                f"layers must be a list of module names, got the string {layers!r}; "
+                f"pass [{layers!r}]"
+            )
         self.layers = list(preset_layers(model) if layers is None else layers)
         if not self.layers or not all(isinstance(n, str) for n in self.layers):
             raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
@@ -113,51 +127,62 @@ class FeatureTap:
         self._model = model
         self._outputs: dict[str, object] = {}
         self._handles = []
-        # (module name, item index or None) per layer, parsed once.
-        self._parsed: list[tuple[str, int | None]] = []
+        self._removed = False
+        # (module name, item: an index, a dict key or None) per layer, parsed once.
+        self._parsed: list[tuple[str, int | str | None]] = []
         for layer in self.layers:
             match = _ITEM.match(layer)
-            name, index = (match["name"], int(match["index"])) if match else (layer, None)
+            name, item = (match["name"], _item(match["item"])) if match else (layer, None)
             if name not in modules:
                 raise ValueError(_unknown(name, modules))
-            self._parsed.append((name, index))
+            self._parsed.append((name, item))
         for name in dict.fromkeys(name for name, _ in self._parsed):
-            self._handles.append(modules[name].register_forward_hook(self._recorder(name)))
-        self._handles.append(model.register_forward_pre_hook(self._reset))
+            self._handles.append(
+                modules[name].register_forward_hook(self._recorder(name, modules[name]))
+            )
+        self._handles.append(model.register_forward_pre_hook(self._resetter(model)))
 
     @staticmethod
     def names(model: nn.Module) -> list[str]:
         """Every submodule name that ``layers`` may hold."""
         return [name for name, _ in model.named_modules() if name]
 
-    def _recorder(self, name: str):
+    # The hooks compare the module that calls them with the one they were put on: a deep
+    # copy of the model shares these functions (deepcopy keeps functions as they are) but
+    # calls them with its own modules, which then record nothing here.
+    def _recorder(self, name: str, tapped: nn.Module):
         def record(module, inputs, output):
-            self._outputs[name] = output
+            if module is tapped:
+                self._outputs[name] = output
 
         return record
 
-    def _reset(self, module, inputs) -> None:
-        self._outputs.clear()
+    def _resetter(self, tapped: nn.Module):
+        def reset(module, inputs) -> None:
+            if module is tapped:
+                self._outputs.clear()
+
+        return reset
 
     def features(self) -> list[torch.Tensor]:
         """The tapped outputs of the last forward, lowest layer first, as (B, C, h, w)
         tensors; forgets them. Raises ``RuntimeError`` when no forward ran since the last
-        call (or the tapped modules did not run)."""
+        call (or the tapped modules did not run) or the tap was removed."""
+        if self._removed:
+            raise RuntimeError(
+                "this FeatureTap was removed (remove() or the end of its with block) and "
+                "records nothing; create a new FeatureTap(model) to take features again"
+            )
         out = []
-        for layer, (name, index) in zip(self.layers, self._parsed):
+        for layer, (name, item) in zip(self.layers, self._parsed):
             if name not in self._outputs:
                 raise RuntimeError(
                     f"no output of {name!r} recorded: call the model before features() "
                     "(each forward's features can be taken once)"
                 )
             value = self._outputs[name]
-            if index is not None:
-                if not isinstance(value, (list, tuple)):
-                    raise ValueError(
-                        f"layer {layer!r}: {name!r} returned a {type(value).__name__}, not a "
-                        f"list or tuple; drop the [{index}]"
-                    )
-                value = value[index]
+            if item is not None:
+                value = _select(layer, name, value, item)
             if not isinstance(value, torch.Tensor) or value.dim() != 4:
                 got = getattr(value, "shape", type(value).__name__)
                 raise ValueError(f"layer {layer!r} gave {got}, expected a (B, C, h, w) tensor")
@@ -179,17 +204,57 @@ class FeatureTap:
             model.train(training)
 
     def remove(self) -> None:
-        """Take every hook off the model and forget the recorded outputs."""
+        """Take every hook off the model and forget the recorded outputs; :meth:`features`
+        then says the tap was removed."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._outputs.clear()
+        self._removed = True
 
     def __enter__(self) -> FeatureTap:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _item(text: str) -> int | str:
+    """The item of "name[item]": an int index, or a dict key (quotes, if any, stripped)."""
+    if _INDEX.match(text):
+        return int(text)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _select(layer: str, name: str, value: object, item: int | str) -> object:
+    """Item ``item`` of the output ``value`` of module ``name``, or a one-line ValueError."""
+    if isinstance(value, Mapping):
+        key = str(item)  # "[0]" on a dict is the key "0" (torchvision's FPN backbones)
+        if key not in value:
+            raise ValueError(
+                f"layer {layer!r}: {name!r} returned a dict without the key {key!r}; "
+                f"its keys: {list(value)}"
+            )
+        return value[key]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"layer {layer!r}: {name!r} returned a {type(value).__name__}, not a list, tuple "
+            f"or dict; drop the [{item}]"
+        )
+    if not isinstance(item, int):
+        raise ValueError(
+            f"layer {layer!r}: {name!r} returned a {type(value).__name__}, which takes an "
+            f"int index, not {item!r}"
+        )
+    if not -len(value) <= item < len(value):
+        raise ValueError(
+            f"layer {layer!r}: index {item} is out of range for the {len(value)} outputs of "
+            f"{name!r} (a {type(value).__name__} of length {len(value)}; allowed "
+            f"{-len(value)} to {len(value) - 1})"
+        )
+    return value[item]
 
 
 def _unknown(name: str, modules: dict[str, nn.Module]) -> str:

@@ -409,6 +409,61 @@ def test_forward_rejects_bad_inputs():
         module(features, logits, bad)
 
 
+@pytest.mark.parametrize("channels", [64, "64", [4, 6.0], [], [4, True], [4, -6]])
+def test_in_channels_must_be_a_list_of_ints(channels):
+    # Issue 20: ContextrastLoss(5, 64) failed inside list() with a TypeError.
+    with pytest.raises(ValueError) as err:
+        ContextrastLoss(N, channels)
+    assert str(err.value) == (
+        "in_channels must be a list of positive ints, one per feature layer, lowest layer "
+        "first (e.g. model.feature_channels or FeatureTap.channels(images)), got "
+        f"{channels!r}"
+    )
+
+
+def test_labels_must_share_the_maps_aspect_ratio():
+    # Issue 20: 128×64 labels with 32×64 maps were resized, each axis on its own, without a
+    # word (4x down the height, 1x across the width).
+    g = torch.Generator().manual_seed(0)
+    module = ContextrastLoss(N, [4, 6], embed_dim=4, layer_weights=(0.4, 1.0))
+    features = [torch.randn(2, 4, 32, 64, generator=g), torch.randn(2, 6, 16, 32, generator=g)]
+    logits = torch.randn(2, N, 32, 64, generator=g)
+    wide = torch.randint(0, N, (2, 128, 64), generator=g)
+    with pytest.raises(ValueError) as err:
+        module(features, logits, wide)
+    assert str(err.value) == (
+        "target (labels) of size 128x64 does not match features[0] of size 32x64: 4x its "
+        "height but 1x its width; the labels and every map must share one aspect ratio "
+        "(labels at the input's resolution, maps at the model's strides)"
+    )
+    target = torch.randint(0, N, (2, 128, 256), generator=g)
+    with pytest.raises(ValueError, match="does not match logits of size 64x32: 2x its height"):
+        module(features, logits.transpose(2, 3), target)
+    assert torch.isfinite(module(features, logits, target))
+    # Odd sizes through strided layers round either way: one pixel per axis passes.
+    odd = [torch.randn(2, 4, 33, 65, generator=g), torch.randn(2, 6, 17, 32, generator=g)]
+    odd_target = torch.randint(0, N, (2, 130, 257), generator=g)
+    assert torch.isfinite(module(odd, torch.randn(2, N, 9, 17, generator=g), odd_target))
+    with pytest.raises(ValueError, match=r"features\[1\] of size 32x17: 4.06x its height"):
+        module([odd[0], odd[1].transpose(2, 3)], logits, odd_target)
+
+
+def test_a_label_batch_that_differs_names_the_labels():
+    features, logits, target = make_inputs(dtype=torch.float32)
+    module = ContextrastLoss(N, [4, 6], embed_dim=4, layer_weights=(0.4, 1.0))
+    with pytest.raises(ValueError) as err:
+        module(features, logits, torch.cat([target, target[:1]]))
+    assert str(err.value) == (
+        "target (labels) has batch 3 but the features and logits have batch 2; pass one "
+        "(H, W) label map per image"
+    )
+    # Logits or features that differ from the other two are still named themselves.
+    with pytest.raises(ValueError, match=r"logits must have shape .* B=2, N=3, got \(1, 3,"):
+        module(features, logits[:1], target)
+    with pytest.raises(ValueError, match=r"features\[0\] must have shape .* B=2, C=4, got \(1,"):
+        module([features[0][:1], features[1]], logits, target)
+
+
 def test_default_layer_weights_are_the_papers():
     module = ContextrastLoss(19, [48, 96, 192, 384])
     assert module.layer_weights == [0.1, 0.4, 0.7, 1.0]

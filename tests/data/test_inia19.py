@@ -142,3 +142,77 @@ def test_builtin_set_equals_a_fresh_build_from_mricron_data(tmp_path):
     for rel in built:
         if (tmp_path / "coronal" / rel).is_file():
             assert (tmp_path / "coronal" / rel).read_bytes() == (BUILTIN_ROOT / rel).read_bytes()
+
+
+def listing(root: Path) -> dict[str, list[str]]:
+    """The file names in each split folder of a prepared orientation."""
+    return {
+        f"{kind}/{split}": sorted(p.name for p in (root / kind / split).iterdir())
+        for kind in ("images", "labels")
+        for split in ("train", "val")
+    }
+
+
+def test_a_rerun_leaves_exactly_the_slices_it_reports(tmp_path, capsys, monkeypatch):
+    import functools
+
+    from contextrast import cli
+
+    write_volumes(tmp_path / "src")
+    out = tmp_path / "out"
+    options = {"num_regions": 2, "min_brain": 0.2, "val_every": 2, "gap": 1}
+    # Coronal slices y = 2..11 hold brain. Slabs of 3: blocks 3-5 and 9-11 val, the slices
+    # next to a seam dropped -> train [7], val [4, 10, 11].
+    first = prepare_inia19(out, tmp_path / "src", ["coronal"], slab=3, **options)
+    assert (first[0].train, first[0].val, first[0].removed, first[0].foreign) == (1, 3, 0, [])
+    coronal = out / "coronal"
+    notes = coronal / "images" / "train" / "notes.txt"
+    notes.write_text("mine")  # a user's file in a split folder
+    (coronal / "README").write_text("mine too")
+    # Slabs of 5: block 5-9 val -> train [2, 3, 11], val [6, 7, 8]; every earlier slice goes.
+    build = functools.partial(prepare_inia19, slab=5, **options)
+    monkeypatch.setattr(cli, "prepare_inia19", build)
+    argv = ["prepare", "inia19", "--source", str(tmp_path / "src"), "--out", str(out)]
+    assert main([*argv, "--orientations", "coronal"]) == 0
+    assert capsys.readouterr().out == (
+        f"{coronal}: 3 train, 3 val slices (8 slice files of an earlier build removed)\n"
+        f"note: kept 1 files that prepare did not write: {notes}\n"
+    )
+    train = ["coronal_002.png", "coronal_003.png", "coronal_011.png"]
+    val = ["coronal_006.png", "coronal_007.png", "coronal_008.png"]
+    assert listing(coronal) == {
+        "images/train": [*train, "notes.txt"],
+        "images/val": val,
+        "labels/train": train,
+        "labels/val": val,
+    }
+    meta = json.loads((coronal / "split.json").read_text())
+    assert meta["slices"] == {"train": [2, 3, 11], "val": [6, 7, 8]} and meta["slab"] == 5
+    assert notes.read_text() == "mine" and (coronal / "README").read_text() == "mine too"
+    assert check_dataset("folder", root=coronal).samples == 3
+    # The same build again changes nothing and removes nothing.
+    again = build(out, tmp_path / "src", ["coronal"])
+    assert (again[0].train, again[0].val, again[0].removed) == (3, 3, 0)
+    assert listing(coronal)["labels/train"] == train
+
+
+def test_prepare_into_a_file_is_a_one_line_error(tmp_path, capsys):
+    write_volumes(tmp_path / "src")
+    afile = tmp_path / "data.txt"
+    afile.write_text("not a folder")
+    for out, culprit in ((afile, afile), (afile / "inia19", afile)):
+        with pytest.raises(ValueError) as error:
+            prepare_inia19(out, tmp_path / "src", num_regions=2)
+        assert str(error.value) == f"output folder {out}: {culprit} is a file, not a folder"
+        assert (
+            main(["prepare", "inia19", "--source", str(tmp_path / "src"), "--out", str(out)]) == 2
+        )
+        assert capsys.readouterr().err == (
+            f"contextrast prepare: error: output folder {out}: {culprit} is a file, not a folder\n"
+        )
+    out = tmp_path / "out"
+    (out / "coronal").mkdir(parents=True)
+    (out / "coronal" / "labels").write_text("")
+    with pytest.raises(ValueError, match=f"{out}/coronal/labels is a file, not a folder$"):
+        prepare_inia19(out, tmp_path / "src", num_regions=2)
+    assert not (out / "sagittal").exists()  # refused before writing anything

@@ -105,7 +105,7 @@ def test_the_loss_trains_a_model_it_only_hooks(family):
     tap.remove()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     model(images)
-    with pytest.raises(RuntimeError, match="call the model before features"):
+    with pytest.raises(RuntimeError, match="this FeatureTap was removed"):
         tap.features()
 
 
@@ -134,8 +134,116 @@ def test_a_wrong_layer_name_lists_the_names_to_choose_from():
         FeatureTap(nn.Sequential(nn.Conv2d(3, 4, 1)))
     tap = FeatureTap(model, ["head[0]"])
     model(batch()[0])
-    with pytest.raises(ValueError, match=r"'head' returned a Tensor, not a list or tuple"):
+    with pytest.raises(ValueError) as err:
         tap.features()
+    assert str(err.value) == (
+        "layer 'head[0]': 'head' returned a Tensor, not a list, tuple or dict; drop the [0]"
+    )
+
+
+def test_layers_given_as_one_string_are_refused():
+    # Issue 20: FeatureTap(m, "backbone.3") iterated the string: "unknown layer 'b'".
+    with pytest.raises(ValueError) as err:
+        FeatureTap(torchvision_mobilenet(), "backbone.3")
+    assert str(err.value) == (
+        "layers must be a list of module names, got the string 'backbone.3'; pass ['backbone.3']"
+    )
+
+
+@pytest.mark.parametrize("index", [5, -6])
+def test_an_index_out_of_range_names_the_layer_index_and_length(index):
+    # Issue 20: an IndexError from deep inside features().
+    model = TimmWithHead()  # resnet18 features_only: 5 maps
+    images, _ = batch()
+    tap = FeatureTap(model, ["backbone[-5]", "backbone[4]", f"backbone[{index}]"])
+    model(images)
+    with pytest.raises(ValueError) as err:
+        tap.features()
+    assert str(err.value) == (
+        f"layer 'backbone[{index}]': index {index} is out of range for the 5 outputs of "
+        "'backbone' (a list of length 5; allowed -5 to 4)"
+    )
+
+
+def test_features_after_remove_say_the_tap_was_removed():
+    model = TimmWithHead()
+    images, _ = batch()
+    with FeatureTap(model) as tap:
+        model(images)
+    model(images)
+    with pytest.raises(RuntimeError) as err:
+        tap.features()
+    assert str(err.value) == (
+        "this FeatureTap was removed (remove() or the end of its with block) and records "
+        "nothing; create a new FeatureTap(model) to take features again"
+    )
+    with pytest.raises(RuntimeError, match="this FeatureTap was removed"):
+        tap.channels(images)
+
+
+def test_a_dict_output_is_tapped_by_key():
+    # Issue 20: torchvision's IntermediateLayerGetter (the backbone of its segmentation
+    # models) returns a dict: "backbone[out]" takes a value by key.
+    torch.manual_seed(0)
+    model = segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=N, aux_loss=True
+    )
+    images, target = batch()
+    tap = FeatureTap(model, ["backbone[aux]", "backbone['out']"])
+    assert tap.channels(images) == [1024, 2048]
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)["out"]
+        features = tap.features()
+        want = model.backbone(images)
+    assert features[0] is not want["aux"] and torch.equal(features[0], want["aux"])
+    assert torch.equal(features[1], want["out"])
+    loss = ContextrastLoss(N, [1024, 2048], layer_weights=(0.5, 1.0)).eval()
+    assert torch.isfinite(loss(features, logits, target))
+    tap = FeatureTap(model, ["backbone[feat]"])
+    model(images)
+    with pytest.raises(ValueError) as err:
+        tap.features()
+    assert str(err.value) == (
+        "layer 'backbone[feat]': 'backbone' returned a dict without the key 'feat'; its keys: "
+        "['aux', 'out']"
+    )
+
+
+def test_a_deep_copy_of_the_model_does_not_feed_the_original_tap():
+    # Issue 20: an EMA / teacher copy made after tapping carried the hooks along, and its
+    # forward wrote into (and cleared) the original tap: features() returned the copy's
+    # tensors without a word. The copy's hooks now record nothing; it may get its own tap.
+    import copy
+
+    torch.manual_seed(0)
+    model = TimmWithHead()
+    tap = FeatureTap(model)
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.mul_(0.5)
+    images, _ = batch()
+    other, _ = batch(seed=1)
+    model.eval()
+    teacher.eval()
+    with torch.no_grad():
+        want = model.backbone(images)[-4:]
+        model(images)
+        teacher(other)  # between the student's forward and features(): must not touch it
+        got = tap.features()
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+        teacher(images)  # the copy alone: the original tap has nothing
+        with pytest.raises(RuntimeError, match="call the model before features"):
+            tap.features()
+        # The copy has no active tap; one of its own is independent of the original's.
+        teacher_tap = FeatureTap(teacher)
+        teacher(other)
+        model(images)
+        theirs, ours = teacher_tap.features(), tap.features()
+        for a, b, c in zip(theirs, teacher.backbone(other)[-4:], ours):
+            assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_under_autocast_and_torch_compile_the_tap_sees_the_same_features():
