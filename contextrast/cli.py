@@ -154,6 +154,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
+    if args.out and Path(args.out).is_dir():  # found before the evaluation, not after
+        raise ValueError(f"--out {args.out} is a folder; name a .json file in it")
+    if args.out:
+        writable_path(args.out)
     dist = init_distributed(config.run.device)
     try:
         dataset = engine.build_dataset(config, args.split or config.data.val_split, train=False)
@@ -217,6 +221,8 @@ def _export(args: argparse.Namespace) -> int:
         export_format(out)  # raises: an unknown suffix, or none
     fmt = export_format(out, args.format)  # raises when --format contradicts the suffix
     writable_path(out)
+    if args.size and not all(1 <= side <= 16384 for side in args.size):
+        raise ValueError(f"--size {args.size[0]} {args.size[1]}: expected H W from 1 to 16384")
     run = engine.load_run(args.checkpoint, overrides=args.set)
     height, width = args.size if args.size else run.config.data.crop_size
     example = torch.zeros(1, 3, height, width)

@@ -284,11 +284,13 @@ def _check(config: Config) -> Config:
             "run.output_dir sets where it goes",
         ),
         ("optim.iters", config.optim.iters >= 1, "must be >= 1"),
-        ("optim.lr", config.optim.lr > 0, "must be > 0"),
+        ("optim.lr", 0 < config.optim.lr < math.inf, "must be finite and > 0"),
         ("data.batch_size", config.data.batch_size >= 1, "must be >= 1"),
         ("data.crop_size", len(config.data.crop_size) == 2, "must be [height, width]"),
         ("eval.crop_size", len(config.eval.crop_size) == 2, "must be [height, width]"),
         ("eval.stride", len(config.eval.stride) == 2, "must be [height, width]"),
+        ("eval.crop_size", min(config.eval.crop_size, default=1) >= 1, "must be >= 1 pixel"),
+        ("eval.stride", min(config.eval.stride, default=1) >= 1, "must be >= 1 pixel"),
         ("eval.scales", len(config.eval.scales) >= 1, "must list at least one scale"),
         ("train.log_interval", config.train.log_interval >= 1, "must be >= 1"),
         ("train.eval_interval", config.train.eval_interval >= 1, "must be >= 1"),
@@ -366,6 +368,23 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _mapping_without_repeats(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:  # YAML would keep the last silently; the first is as likely meant
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
+                key_node.start_mark,
+            )  # fmt: skip
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def read_yaml(text: str) -> Any:
     """Parse config text (a file's, or one ``--set`` value's)."""
     return yaml.load(text, Loader=_Loader)
@@ -423,6 +442,8 @@ def resolve_config(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; name a .yaml file")
     parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
     packaged = CONFIG_DIR.joinpath(*parts) if parts and not path.is_absolute() else None
     if packaged is not None and packaged.is_file():
@@ -438,11 +459,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     Errors name the file and the key."""
     path = resolve_config(path)
     try:
-        data = read_yaml(path.read_text())
+        data = read_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML") from None
+        problem = getattr(error, "problem", None)
+        detail = f" ({problem})" if problem and "given twice" in problem else ""
+        raise ConfigError(f"{path}{where}: not valid YAML{detail}") from None
     if not isinstance(data, dict):
         what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
         raise ConfigError(

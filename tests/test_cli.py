@@ -313,3 +313,16 @@ def test_eval_with_a_moved_dataset_root_names_the_root(trained, tmp_path, capsys
     assert capsys.readouterr().err == (
         f"contextrast eval: error: folder: dataset root {moved} does not exist\n"
     )
+
+
+def test_eval_refuses_an_out_it_cannot_write_before_evaluating(tmp_path, capsys):
+    (tmp_path / "f").write_text("a file")
+    for out, message in [
+        (tmp_path, f"--out {tmp_path} is a folder; name a .json file in it"),
+        (tmp_path / "f" / "m.json", f"cannot write {tmp_path}/f/m.json: {tmp_path}/f is a file"),
+    ]:
+        argv = ["eval", "digits/contextrast.yaml", "--checkpoint",
+                str(tmp_path / "none.pt"), "--out", str(out)]  # fmt: skip
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"contextrast eval: error: {message}" or (message in err and "\n" not in err)

@@ -112,6 +112,12 @@ def test_load_and_override(tmp_path):
         ("optim: 5", [], "optim: expected a mapping, got 5"),
         ("run: {name: ../../etc}", [], "run.name: '../../etc' must be one folder name (no '/'"),
         ("run: {}", ["run.name=.."], "run.name: '..' must be one folder name"),
+        ("run: {name: x}\nrun: {name: y}\n", [], "line 2: not valid YAML (key 'run' given twice"),
+        ("optim:\n  lr: 0.1\n  lr: 0.2\n", [], "line 3: not valid YAML (key 'lr' given twice"),
+        ("optim: {lr: .inf}", [], "optim.lr: must be finite and > 0"),
+        ("optim: {lr: 1e400}", [], "optim.lr: must be finite and > 0"),
+        ("eval: {mode: slide}", ["eval.stride=[0, 0]"], "eval.stride: must be >= 1 pixel"),
+        ("run: {}", ["eval.crop_size=[0, 64]"], "eval.crop_size: must be >= 1 pixel"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors(tmp_path, text, overrides, message):
@@ -126,6 +132,15 @@ def test_missing_file_and_broken_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=r"c.yaml line \d+: not valid YAML"):
         load_config(write(tmp_path, "optim:\n  lr: [1,\n"))
+
+
+def test_a_binary_file_or_a_folder_is_named(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfeoptim: 1")
+    with pytest.raises(ConfigError, match=r"bin.yaml: not UTF-8 text \(byte 0: invalid start"):
+        load_config(tmp_path / "bin.yaml")
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"config file .*dir.yaml is a folder; name a .yaml"):
+        load_config(tmp_path / "dir.yaml")
 
 
 def test_exponents_without_a_dot_are_floats_in_files_and_overrides(tmp_path):

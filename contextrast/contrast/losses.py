@@ -10,6 +10,7 @@ from torch import nn
 
 from contextrast import functional as CF
 from contextrast.contrast.projection import (
+    NonFiniteError,
     ProjectionHead,
     is_finite,
     prepare_features,
@@ -231,6 +232,11 @@ class ContextrastLoss(nn.Module):
                 f"target must have shape (B, H, W), got {getattr(target, 'shape', target)}"
             )
         batch = target.shape[0]
+        if batch == 0 or target.shape[1] * target.shape[2] == 0:
+            raise ValueError(
+                f"target has shape {tuple(target.shape)}: an empty batch has no pixel to "
+                "contrast; skip it before the loss"
+            )
         if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
             raise ValueError(
                 f"logits must have shape (B, N, h, w), got {getattr(logits, 'shape', logits)}"
@@ -338,7 +344,26 @@ class ContextrastLoss(nn.Module):
             total = torch.dot(stacked, CF.constant(weights, stacked.dtype, device))
             hard_counts = CF.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
         if not is_finite(total):
-            raise_if_nonfinite(features)
+            # The heads' BatchNorm already averaged the bad maps into its running statistics:
+            # reset what they poisoned, so a caller that skips the batch keeps a usable loss.
+            reset = 0
+            for module in self.heads.modules():
+                stats = getattr(module, "running_var", None)
+                if isinstance(module, nn.BatchNorm2d) and stats is not None:
+                    if not bool(
+                        torch.isfinite(stats).all() & torch.isfinite(module.running_mean).all()
+                    ):
+                        module.reset_running_stats()
+                        reset += 1
+            try:
+                raise_if_nonfinite(features)
+            except NonFiniteError as error:
+                note = (
+                    f"; {reset} projection-head BatchNorm layers had their statistics reset"
+                    if reset
+                    else ""
+                )
+                raise NonFiniteError(f"{error}{note}") from None
         return ContextrastTerms(
             loss=total,
             layer_losses=stacked.detach(),

@@ -85,6 +85,7 @@ def _kind(message: str) -> str:
     for needle, kind in (
         ("no label for image", "image without label"),
         ("no image for label", "label without image"),
+        ("share the label", "two images for one label"),
         ("is missing", "listed image missing"),
         ("cannot read image", "unreadable image"),
         ("cannot read label", "unreadable label"),
@@ -112,9 +113,11 @@ def check_dataset(name: str, **kwargs) -> CheckReport:
         try:
             labelled += int((dataset.read(index)[1] != dataset.ignore_index).sum())
             dataset.read_instances(index)
-            image = inspect_image(dataset.items[index].image)
-            seen.update(sixteen_bit=image.sixteen_bit, rotated=image.rotated)
-            seen.update(rotated_label=inspect_image(dataset.items[index].label).rotated)
+            items = getattr(dataset, "items", ())
+            if index < len(items):  # files on disk (digits draws its images)
+                image = inspect_image(items[index].image)
+                seen.update(sixteen_bit=image.sixteen_bit, rotated=image.rotated)
+                seen.update(rotated_label=inspect_image(items[index].label).rotated)
         except DatasetError as error:
             problems.append(str(error))
     if len(dataset) and not labelled and not problems:

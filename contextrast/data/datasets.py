@@ -321,8 +321,16 @@ def _pair(
     image names are problems too (``image_for(label)`` says which image was expected)."""
     images = sorted(images)
     items = []
+    owner: dict[Path, Path] = {}
     for image in images:
         label = label_for(image)
+        first = owner.setdefault(label, image)
+        if first != image:  # NAME.png and NAME.jpg: one label cannot say which is meant
+            message = f"{dataset}: images {first} and {image} share the label {label}"
+            if strict:
+                raise DatasetError(message + "; keep one of them")
+            problems.append(message)
+            continue
         if not label.is_file():
             message = f"{dataset}: no label for image {image} (expected {label})"
             if strict:

@@ -210,7 +210,8 @@ class Trainer:
             ) from None
         removed = remove_stale_temporaries(self.run_dir)
         (self.run_dir / "metrics").mkdir(exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
+        if self.start_iter < self.config.optim.iters:  # a finished run keeps the config it ran
+            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
         handler = logging.FileHandler(self.run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
@@ -431,9 +432,11 @@ class Trainer:
             if self.dist.is_main:
                 what = "interrupted" if isinstance(error, KeyboardInterrupt) else "stopped"
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                saved = getattr(error, "saved", None)
                 log.error(
                     f"{what} at iteration {self.iteration}: {type(error).__name__}"
                     + (f": {reason}" if reason else "")
+                    + (f" ({saved})" if saved and self.saved_iteration != self.iteration else "")
                 )
             raise
         finally:

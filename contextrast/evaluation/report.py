@@ -77,7 +77,16 @@ def _inputs(paths: Sequence[str]) -> list[Path]:
             raise FileNotFoundError(f"input {path}: no such file or folder")
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)}")
-    return files
+    unique = list(dict.fromkeys(files))  # an image given twice is segmented once
+    by_stem: dict[str, Path] = {}
+    for path in unique:  # outputs are named by stem: two inputs must not share one
+        other = by_stem.setdefault(path.stem, path)
+        if other != path:
+            raise ValueError(
+                f"inputs {other} and {path} would both be written as {path.stem}_mask.png; "
+                "rename one, or predict them into different --out folders"
+            )
+    return unique
 
 
 @torch.no_grad()
@@ -99,10 +108,13 @@ def predict_files(
 
     Returns the mask paths.
     """
+    files = _inputs(inputs)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; expected a folder for the masks")
     out_dir.mkdir(parents=True, exist_ok=True)
     forward = model.inference()
     written = []
-    for path in _inputs(inputs):
+    for path in files:
         image = read_image(path)  # (3, H, W) uint8
         batch = normalize(image, mean, std)[None]
         pred = predict_probabilities(forward, batch, **protocol).argmax(1)[0].numpy()

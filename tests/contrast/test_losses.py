@@ -539,3 +539,29 @@ def test_three_layers_with_a_formed_group_match_reference(embed_dim):
     assert terms.loss.item() == pytest.approx(want, rel=1e-9)
     np.testing.assert_allclose(terms.layer_losses.numpy(), want_layers, rtol=1e-9)
     assert terms.hard_negatives.tolist() == [int(h.sum()) for h in hard]
+
+
+def test_a_non_finite_batch_leaves_the_heads_statistics_usable():
+    """The error comes after the heads' BatchNorm saw the maps: its poisoned running
+    statistics are reset (as a fresh head's), so a loop that skips the batch goes on."""
+    torch.manual_seed(0)
+    loss = ContextrastLoss(3, [8, 16], layer_weights=(0.5, 1.0))
+    features = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)]
+    logits, target = torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    bad = [features[0], features[1].clone().fill_(float("inf"))]
+    with pytest.raises(ValueError, match=r"features\[1\] hold NaN or inf values; 1 projection-"
+                       r"head BatchNorm layers had their statistics reset"):  # fmt: skip
+        loss(bad, logits, target)
+    for module in loss.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert torch.isfinite(module.running_mean).all()
+            assert torch.isfinite(module.running_var).all()
+    loss.eval()
+    assert torch.isfinite(loss(features, logits, target))
+
+
+def test_an_empty_batch_is_a_one_line_error():
+    loss = ContextrastLoss(3, [8, 16], layer_weights=(0.5, 1.0))
+    features = [torch.randn(0, 8, 16, 16), torch.randn(0, 16, 8, 8)]
+    with pytest.raises(ValueError, match=r"target has shape \(0, 16, 16\): an empty batch"):
+        loss(features, torch.randn(0, 3, 16, 16), torch.zeros(0, 16, 16, dtype=torch.long))

@@ -378,3 +378,15 @@ def test_a_missing_or_file_root_is_named_as_such(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"contextrast check-data: error: folder: dataset root {missing} does not exist\n"
     )
+
+
+def test_two_images_of_one_name_are_not_paired_with_one_label(tmp_path):
+    root = fixtures.folder(tmp_path / "f")
+    first = sorted((root / "images" / "train").iterdir())[0]
+    twin = fixtures.write_image(first.with_suffix(".jpg"))
+    label = root / "labels" / "train" / f"{first.stem}.png"
+    message = f"folder: images {twin} and {first} share the label {label}"  # sorted order
+    report = check_dataset("folder", root=root)
+    assert report.problems == [message] and report.counts == {"two images for one label": 1}
+    with pytest.raises(DatasetError, match=r"share the label .*; keep one of them"):
+        build_dataset("folder", root=root)

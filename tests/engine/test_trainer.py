@@ -479,3 +479,12 @@ def test_resume_with_a_shorter_schedule_still_ends_at_lr_zero(workspace):
     trainer.fit()
     state = ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")
     assert state["iteration"] == 6 and state["optimizer"]["param_groups"][0]["lr"] == 0.0
+
+
+def test_a_resume_with_nothing_to_train_keeps_the_runs_config(workspace):
+    c = config(workspace, loss={"name": "ce"}, optim={"iters": 4})
+    Trainer(config_from_dict(c)).fit()
+    written = (workspace / "runs" / "run" / "config.yaml").read_text()
+    shorter = {**c, "optim": {**c["optim"], "iters": 3}}
+    Trainer(config_from_dict(shorter), resume=True).fit()  # "already finished": nothing runs
+    assert (workspace / "runs" / "run" / "config.yaml").read_text() == written

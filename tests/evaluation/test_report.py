@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 from PIL import Image
 
-from contextrast.evaluation.report import save_grid
+from contextrast.evaluation.report import predict_files, save_grid
 
 
 def test_grid_titles_each_column_and_draws_a_swatch_per_class(tmp_path):
@@ -42,3 +43,20 @@ def test_accented_titles_are_drawn_in_the_fonts_ascii(tmp_path):
     a = save_grid([[panel]], tmp_path / "a.png", titles=["CE + Lovász"])
     b = save_grid([[panel]], tmp_path / "b.png", titles=["CE + Lovasz"])
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_predict_never_writes_two_inputs_to_one_output(tmp_path):
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png", "b.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / name)
+    args = ([(0, 0, 0)], (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match=r"inputs .*b.jpg and .*b.png would both be written as "
+                       r"b_mask.png; rename one"):  # fmt: skip
+        predict_files(None, args[0], [str(images)], tmp_path / "out", *args[1:])
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(ValueError, match=r"--out .*taken is a file; expected a folder"):
+        predict_files(None, args[0], [str(images / "a.png")], taken, *args[1:])

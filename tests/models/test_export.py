@@ -119,6 +119,8 @@ def test_cli_export_takes_the_format_from_the_file_name(model, checkpoint, tmp_p
         ("{tmp}/f/m.onnx", [], "cannot write {tmp}/f/m.onnx: {tmp}/f is a file, not a folder"),
         ("{tmp}/f/deeper/m.pt2", [], "cannot write {tmp}/f/deeper/m.pt2: {tmp}/f is a file,"),
         ("{tmp}/" + "x" * 300 + ".onnx", [], "x.onnx: File name too long"),
+        ("{tmp}/m.onnx", ["--size", "-5", "32"], "--size -5 32: expected H W from 1 to 16384"),
+        ("{tmp}/m.pt2", ["--size", "100000", "8"], "--size 100000 8: expected H W from 1 to"),
     ],
 )
 def test_cli_export_refuses_a_bad_output_in_one_line(tmp_path, capsys, out, extra, message):
