@@ -33,3 +33,17 @@ class PolyLR(torch.optim.lr_scheduler.LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+    def reset(self, base_lr: float, total_iters: int, power: float, warmup_iters: int,
+              warmup_ratio: float, iteration: int) -> list[float]:  # fmt: skip
+        """Continue at ``iteration`` on a new curve (a resume with a changed schedule): sets
+        every group's base and current lr; returns the current lrs."""
+        self.total_iters, self.power = total_iters, power
+        self.warmup_iters, self.warmup_ratio = warmup_iters, warmup_ratio
+        self.base_lrs = [base_lr] * len(self.optimizer.param_groups)
+        self.last_epoch = iteration
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group.update(initial_lr=base_lr, lr=lr)
+        self._last_lr = lrs
+        return lrs

@@ -308,16 +308,10 @@ class Trainer:
         ``optim.lr`` is the new base, and the momentum buffers carry on."""
         o = self.config.optim
         for group in self.optimizer.param_groups:
-            group.update(initial_lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        scheduler = self.scheduler
-        scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
-        scheduler.total_iters, scheduler.power = o.iters, o.power
-        scheduler.warmup_iters, scheduler.warmup_ratio = o.warmup_iters, o.warmup_ratio
-        scheduler.last_epoch = iteration
-        lrs = scheduler.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        scheduler._last_lr = lrs
+            group.update(momentum=o.momentum, weight_decay=o.weight_decay)
+        lrs = self.scheduler.reset(
+            o.lr, o.iters, o.power, o.warmup_iters, o.warmup_ratio, iteration
+        )
         keys = ("lr", "iters", "power", "warmup_iters", "warmup_ratio", "momentum", "weight_decay")
         changed = [
             f"optim.{key} {saved[key]} -> {getattr(o, key)}"
