@@ -81,6 +81,11 @@ def _check_data(args: argparse.Namespace) -> int:
         if not args.root:
             raise ValueError(f"--root is required for dataset {args.dataset!r}")
         kwargs["root"] = args.root
+    elif args.root:
+        raise ValueError(
+            f"--root: the built-in dataset {args.dataset!r} has its own location; drop --root "
+            "(or use --dataset folder for a folder of your own)"
+        )
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     report = check_dataset(args.dataset, **kwargs)

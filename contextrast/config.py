@@ -371,6 +371,8 @@ _Loader.add_implicit_resolver(
 def _mapping_without_repeats(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": construct_mapping merges
+            continue
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if key in seen:  # YAML would keep the last silently; the first is as likely meant

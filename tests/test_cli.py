@@ -326,3 +326,11 @@ def test_eval_refuses_an_out_it_cannot_write_before_evaluating(tmp_path, capsys)
         assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"contextrast eval: error: {message}" or (message in err and "\n" not in err)
+
+
+def test_check_data_refuses_a_root_for_a_builtin_dataset(tmp_path, capsys):
+    assert cli.main(["check-data", "--dataset", "digits", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "contextrast check-data: error: --root: the built-in dataset 'digits' has its own "
+        "location; drop --root (or use --dataset folder for a folder of your own)"
+    )

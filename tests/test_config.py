@@ -3,7 +3,14 @@ import re
 
 import pytest
 
-from contextrast.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from contextrast.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    read_yaml,
+)
 
 
 def write(tmp_path, text):
@@ -132,6 +139,11 @@ def test_missing_file_and_broken_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=r"c.yaml line \d+: not valid YAML"):
         load_config(write(tmp_path, "optim:\n  lr: [1,\n"))
+
+
+def test_merge_keys_still_merge(tmp_path):
+    text = "base: &b {lr: 0.1, iters: 7}\noptim:\n  <<: *b\n  lr: 0.03\n"
+    assert read_yaml(text)["optim"] == {"lr": 0.03, "iters": 7}
 
 
 def test_a_binary_file_or_a_folder_is_named(tmp_path):

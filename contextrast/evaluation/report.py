@@ -77,7 +77,11 @@ def _inputs(paths: Sequence[str]) -> list[Path]:
             raise FileNotFoundError(f"input {path}: no such file or folder")
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {list(paths)}")
-    unique = list(dict.fromkeys(files))  # an image given twice is segmented once
+    # An image given twice (also as another spelling of its path) is segmented once.
+    first: dict[Path, Path] = {}
+    for path in files:
+        first.setdefault(path.resolve(), path)
+    unique = list(first.values())
     by_stem: dict[str, Path] = {}
     for path in unique:  # outputs are named by stem: two inputs must not share one
         other = by_stem.setdefault(path.stem, path)

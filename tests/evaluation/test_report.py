@@ -56,6 +56,10 @@ def test_predict_never_writes_two_inputs_to_one_output(tmp_path):
                        r"b_mask.png; rename one"):  # fmt: skip
         predict_files(None, args[0], [str(images)], tmp_path / "out", *args[1:])
     assert not (tmp_path / "out").exists()  # refused before anything was written
+    from contextrast.evaluation.report import _inputs  # one file, two spellings: once
+
+    twice = [str(images / "a.png"), str(images / ".." / "images" / "a.png")]
+    assert _inputs(twice) == [images / "a.png"]
     taken = tmp_path / "taken"
     taken.write_text("")
     with pytest.raises(ValueError, match=r"--out .*taken is a file; expected a folder"):
