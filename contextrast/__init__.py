@@ -8,7 +8,6 @@ from contextrast.contrast import (
     MultiScaleCrossScaleLoss,
     PixelContrastLoss,
     PixelContrastMemory,
-    PixelSubsampler,
     ProjectionHead,
     RegionContrastLoss,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "MultiScaleCrossScaleLoss",
     "PixelContrastLoss",
     "PixelContrastMemory",
-    "PixelSubsampler",
     "ProjectionHead",
     "RegionContrastLoss",
     "SegmentationOutput",

@@ -91,8 +91,9 @@ class DataConfig:
     check_labels: bool = True
 
 
-#: Constructor arguments that the model and the dataset decide, not a config.
-NOT_CONFIG = ("num_classes", "in_channels", "ignore_index", "loss")
+#: Constructor arguments that the model, the dataset or the trainer decide, not a config
+#: (``validate``: the trainer checks labels once and watches the loss on the device).
+NOT_CONFIG = ("num_classes", "in_channels", "ignore_index", "loss", "validate")
 
 
 def loss_section(name: str, *constructors: type, **extra: tuple[Any, Any]) -> type:

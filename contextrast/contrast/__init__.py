@@ -14,8 +14,7 @@ from contextrast.contrast.sampling import (
     BalancedRandomSampler,
     BaneSampler,
     HardAnchorSampler,
-    PerAnchorSampler,
-    PixelSubsampler,
+    PixelSampler,
     SemiHardSampler,
 )
 
@@ -29,10 +28,9 @@ __all__ = [
     "HardAnchorSampler",
     "MultiScaleCrossScaleLoss",
     "NonFiniteError",
-    "PerAnchorSampler",
     "PixelContrastLoss",
     "PixelContrastMemory",
-    "PixelSubsampler",
+    "PixelSampler",
     "ProjectionHead",
     "RegionContrastLoss",
     "RegionLoss",

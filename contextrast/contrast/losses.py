@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import nn
 
-from contextrast import functional as CF
 from contextrast.contrast.projection import (
     NonFiniteError,
     ProjectionHead,
@@ -16,31 +15,12 @@ from contextrast.contrast.projection import (
     prepare_features,
     raise_if_nonfinite,
 )
-from contextrast.contrast.sampling import (
-    BaneSampler,
-    PerAnchorSampler,
-    PixelSubsampler,
-    SemiHardSampler,
-)
-from contextrast.functional import resize_labels
+from contextrast.contrast.sampling import BaneSampler, PixelSampler, SemiHardSampler
+from contextrast.functional.loss import HARD_NEGATIVE_MODES, ContextrastTerms, contextrast_loss
 
-__all__ = ["ContextrastLoss", "ContextrastTerms", "resize_labels"]
+__all__ = ["ContextrastLoss", "ContextrastTerms"]
 
-HARD_NEGATIVE_MODES = ("only", "include", "add")
 NEGATIVE_SAMPLERS = {"bane": BaneSampler, "semi_hard": SemiHardSampler}
-
-
-class ContextrastTerms(NamedTuple):
-    """What one call of :meth:`ContextrastLoss.terms` computed.
-
-    loss: scalar ``loss_weight · Σ_i λ_i L_PA,i``, with gradient.
-    layer_losses: (I,) detached, unweighted ``L_PA,i`` per layer, lowest layer first.
-    hard_negatives: (I,) int64, number of BANE-selected pixels per layer.
-    """
-
-    loss: torch.Tensor
-    layer_losses: torch.Tensor
-    hard_negatives: torch.Tensor
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -108,11 +88,17 @@ class ContextrastLoss(nn.Module):
             (``None``: all).
         max_negatives: per anchor and layer, at most this many ordinary negatives, and at most
             this many BANE negatives, drawn at random (``None``: all).
-        negatives: "bane" (nearest the error edge) or "semi_hard" (the same share of error
-            pixels, at random: the Table 6 ablation).
+        negatives: the hard-negative sampler: "bane" (nearest the error edge), "semi_hard"
+            (the same share of error pixels, at random: the Table 6 ablation), or any
+            :class:`~contextrast.contrast.sampling.PixelSampler` instance (its pick replaces
+            BANE's; ``bane_ratio`` then only switches it off at 0).
         detach_anchors: stop the gradient through the anchors (default: anchors carry it).
         normalize_anchors: L2-normalise the fused anchors (``False``: plain means, eq. 1
             taken literally).
+        validate: per call, check the label values and that the loss is finite (two host
+            synchronisations; a non-finite loss then names the bad feature map). The trainer
+            turns it off: it checks the labels once before training and watches the loss on
+            the device.
 
     The defaults of ``embed_dim``, ``hard_negatives``, ``max_positives``, ``max_negatives``
     and ``normalize_anchors`` are the readings that gained most reliably over CE on the
@@ -138,9 +124,10 @@ class ContextrastLoss(nn.Module):
         max_positives: int | None = 1024,
         max_negatives: int | None = 1024,
         hard_negatives: Literal["only", "include", "add"] = "add",
-        negatives: Literal["bane", "semi_hard"] = "bane",
+        negatives: Literal["bane", "semi_hard"] | PixelSampler = "bane",
         detach_anchors: bool = False,
         normalize_anchors: bool = True,
+        validate: bool = True,
     ):
         super().__init__()
         if not (isinstance(num_classes, int) and num_classes >= 2):
@@ -163,10 +150,25 @@ class ContextrastLoss(nn.Module):
             )
         if 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index={ignore_index} collides with a class id")
-        if negatives not in NEGATIVE_SAMPLERS:
+        if isinstance(negatives, str) and negatives not in NEGATIVE_SAMPLERS:
             raise ValueError(
-                f"unknown negatives {negatives!r}; choose from {sorted(NEGATIVE_SAMPLERS)}"
+                f"unknown negatives {negatives!r}; choose from {sorted(NEGATIVE_SAMPLERS)} or "
+                "pass a PixelSampler instance"
             )
+        if not isinstance(negatives, (str, PixelSampler)):
+            raise ValueError(
+                f"negatives must be one of {sorted(NEGATIVE_SAMPLERS)} or a PixelSampler "
+                f"instance (contextrast.contrast.sampling), got {type(negatives).__name__}"
+            )
+        for name, value in (
+            ("max_pixels", max_pixels),
+            ("max_positives", max_positives),
+            ("max_negatives", max_negatives),
+        ):
+            if value is not None and not (
+                isinstance(value, int) and not isinstance(value, bool) and value > 0
+            ):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.embed_dim = embed_dim
@@ -182,10 +184,15 @@ class ContextrastLoss(nn.Module):
         self.heads = nn.ModuleList(
             ProjectionHead(c, embed_dim, hidden_channels) for c in in_channels
         )
-        self.negatives = negatives
-        self.sampler = NEGATIVE_SAMPLERS[negatives](self.bane_ratio, ignore_index)
-        self.subsampler = PixelSubsampler(max_pixels, ignore_index)
-        self.pair_sampler = PerAnchorSampler(max_positives, max_negatives)
+        self.negatives = negatives if isinstance(negatives, str) else type(negatives).__name__
+        if isinstance(negatives, str):
+            # validate=False: the loss checks the labels itself (or its caller did).
+            negatives = NEGATIVE_SAMPLERS[negatives](self.bane_ratio, ignore_index, validate=False)
+        self.sampler = negatives
+        self.max_pixels = max_pixels
+        self.max_positives = max_positives
+        self.max_negatives = max_negatives
+        self.validate = validate
 
     def extra_repr(self) -> str:
         return (
@@ -193,9 +200,9 @@ class ContextrastLoss(nn.Module):
             f"layer_weights={self.layer_weights}, w_high={self.w_high}, "
             f"bane_ratio={self.bane_ratio}, loss_weight={self.loss_weight}, "
             f"negatives={self.negatives!r}, hard_negatives={self.hard_negatives!r}, "
-            f"max_pixels={self.subsampler.max_pixels}, "
-            f"max_positives={self.pair_sampler.max_positives}, "
-            f"max_negatives={self.pair_sampler.max_negatives}, "
+            f"max_pixels={self.max_pixels}, "
+            f"max_positives={self.max_positives}, "
+            f"max_negatives={self.max_negatives}, "
             f"normalize_anchors={self.normalize_anchors}"
         )
 
@@ -267,18 +274,13 @@ class ContextrastLoss(nn.Module):
         for i, feature in enumerate(features):
             _check_size(f"features[{i}]", feature.shape[-2:], labels_size)
         _check_size("logits", logits.shape[-2:], labels_size)
-        CF.check_labels(target, self.num_classes, self.ignore_index, "target")
         return features
 
     def terms(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> ContextrastTerms:
-        """Compute the loss and its per-layer terms.
-
-        Every layer's pixels are laid on one flat axis (``functional.LayerLayout``): labels,
-        BANE, the masks, the sampling and the InfoNCE run once for all layers, each layer's
-        terms kept apart by segment sums; only the projection heads and the products with
-        each layer's own coordinates are per layer.
+        """Compute the loss and its per-layer terms (:func:`functional.contextrast_loss
+        <contextrast.functional.loss.contextrast_loss>` on the heads' embeddings).
 
         Args:
             features: I maps (B, C_i, h_i, w_i), lowest layer first, any resolutions.
@@ -286,134 +288,43 @@ class ContextrastLoss(nn.Module):
             target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
         """
         features = self._validate(features, logits, target)
-        n = self.num_classes
-        with torch.no_grad():
-            pred = logits.argmax(dim=1)  # (B, h, w)
-        device = target.device
-        sizes = tuple(tuple(f.shape[-2:]) for f in features)
-        layout = CF.layer_layout(target.shape[0], sizes, device)
-        blocks = layout.segments
-        with torch.autocast(device_type=device.type, enabled=False):
-            labels = CF.gather_layers(target, layout)  # (M,)
-            layer_pred = CF.gather_layers(pred, layout)  # (M,)
-            # BANE first: its distance transform's temporaries then never meet the heads'
-            # activations (a lower peak). The labels were checked once in _validate; the
-            # prediction is an argmax.
-            hard = self.sampler(labels, layer_pred, num_classes=n, validate=False, layout=layout)
-        embedded = self._embed(features)
-        dtype = CF.compute_dtype(*(coords for coords, _ in embedded))
-        with torch.autocast(device_type=device.type, enabled=False):
-            groups = _group_layers(embedded, blocks.counts, dtype)
-            is_class = labels == CF.class_rows(n, device)  # (N, M)
-            one_hot = is_class.to(dtype)
-            counts = CF.segment_sum(one_hot, blocks)  # (N, I)
-            inverse, sums = [], []
-            for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
-                group_inverse, group_sums = CF.layer_sums(
-                    group.coords, group.lift, CF.group_one_hot(part, group.counts)
-                )
-                inverse.append(group_inverse)  # (M_g,)
-                sums.append(group_sums)  # (I_g·N, d)
-            inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)
-            sums = (torch.cat(sums) if len(sums) > 1 else sums[0]).view(len(sizes), n, -1)
-            one = CF.constant(1.0, dtype, device)
-            anchors = sums / torch.maximum(counts, one).transpose(0, 1).unsqueeze(2)  # (I, N, d)
-            present = counts[:, -1] >= one  # (N,) the classes of the last layer
-            fused = CF.fuse_anchors(anchors, present, self.w_high, self.normalize_anchors)
-            if self.detach_anchors:
-                fused = fused.detach()
-            keep = self.subsampler(labels, priority=hard, blocks=blocks)
-            if keep is not None:
-                groups, blocks = _keep_columns(groups, keep, self.subsampler.max_pixels)
-                labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
-                inverse_norm, is_class = inverse_norm[keep], is_class[:, keep]
-            similarity = CF.layer_similarity(fused, groups, inverse_norm, self.temperature)
-            positive = is_class
-            labelled = labels != CF.constant(self.ignore_index, labels.dtype, device)
-            negative = (~positive).bitwise_and_(labelled)  # (N, M)
-            extra = None
-            if self.bane_ratio > 0 and self.hard_negatives == "only":
-                negative.bitwise_and_(CF.hard_negative_mask(hard, layer_pred, n, blocks=blocks))
-            elif self.bane_ratio > 0 and self.hard_negatives == "add":
-                # Selected pixels are errors: labelled and never of the row's class.
-                extra = CF.hard_negative_mask(hard, layer_pred, n, fallback=False)
-            if self.pair_sampler.active:
-                positive, negative, extra = self.pair_sampler(positive, negative, extra, blocks)
-            stacked = CF.info_nce_from_logits(similarity, positive, negative, extra, blocks)
-            weights = tuple(self.loss_weight * w for w in self.layer_weights)  # α·λ_i
-            total = torch.dot(stacked, CF.constant(weights, stacked.dtype, device))
-            hard_counts = CF.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
-        if not is_finite(total):
-            # The heads' BatchNorm already averaged the bad maps into its running statistics:
-            # reset what they poisoned, so a caller that skips the batch keeps a usable loss.
-            reset = 0
-            for module in self.heads.modules():
-                stats = getattr(module, "running_var", None)
-                if isinstance(module, nn.BatchNorm2d) and stats is not None:
-                    if not bool(
-                        torch.isfinite(stats).all() & torch.isfinite(module.running_mean).all()
-                    ):
-                        module.reset_running_stats()
-                        reset += 1
-            try:
-                raise_if_nonfinite(features)
-            except NonFiniteError as error:
-                note = (
-                    f"; {reset} projection-head BatchNorm layers had their statistics reset"
-                    if reset
-                    else ""
-                )
-                raise NonFiniteError(f"{error}{note}") from None
-        return ContextrastTerms(
-            loss=total,
-            layer_losses=stacked.detach(),
-            hard_negatives=hard_counts,
+        terms = contextrast_loss(
+            self._embed(features),
+            logits,
+            target,
+            temperature=self.temperature,
+            layer_weights=self.layer_weights,
+            w_high=self.w_high,
+            loss_weight=self.loss_weight,
+            ignore_index=self.ignore_index,
+            sampler=self.sampler if self.bane_ratio > 0 else None,
+            hard_negatives=self.hard_negatives,
+            max_pixels=self.max_pixels,
+            max_positives=self.max_positives,
+            max_negatives=self.max_negatives,
+            normalize_anchors=self.normalize_anchors,
+            detach_anchors=self.detach_anchors,
+            validate=self.validate,
         )
+        if self.validate and not is_finite(terms.loss):
+            self._explain_nonfinite(features)
+        return terms
 
-
-def _group_layers(
-    embedded: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
-    counts: Sequence[int],
-    dtype: torch.dtype,
-) -> list[CF.LayerGroup]:
-    """Each factored layer as its own group; each run of consecutive formed layers as one.
-
-    embedded: per layer, (coords (B, K, h, w), lift (d, K) or None) from the heads.
-    """
-    groups, run = [], []
-
-    def close_run():
-        if run:
-            coords = torch.cat([c for c, _ in run], dim=1) if len(run) > 1 else run[0][0]
-            groups.append(CF.LayerGroup(tuple(m for _, m in run), coords, None))
-            run.clear()
-
-    for (coords, lift), count in zip(embedded, counts):
-        coords = coords if coords.dtype == dtype else coords.to(dtype)
-        flat = coords.transpose(0, 1).reshape(coords.shape[1], -1)  # (K, B·h·w)
-        if lift is None:
-            run.append((flat, count))
-            continue
-        close_run()
-        groups.append(
-            CF.LayerGroup((count,), flat, lift if lift.dtype == dtype else lift.to(dtype))
-        )
-    close_run()
-    return groups
-
-
-def _keep_columns(
-    groups: list[CF.LayerGroup], keep: torch.Tensor, bound: int
-) -> tuple[list[CF.LayerGroup], CF.Segments]:
-    """The groups restricted to the kept pixels (``keep``: flat indices, layer after layer,
-    at most ``bound`` per layer, as :class:`PixelSubsampler` returns them), and the kept
-    pixels' segments."""
-    kept, start, position, out = [], 0, 0, []
-    for group in groups:
-        layer_kept = tuple(min(count, bound) for count in group.counts)
-        part = keep[position : position + sum(layer_kept)] - start  # (M'_g,) group columns
-        out.append(CF.LayerGroup(layer_kept, group.coords.index_select(1, part), group.lift))
-        kept.extend(layer_kept)
-        start += sum(group.counts)
-        position += sum(layer_kept)
-    return out, CF.segments(tuple(kept), keep.device)
+    def _explain_nonfinite(self, features: Sequence[torch.Tensor]) -> None:
+        """Raise :class:`NonFiniteError` naming the bad feature maps, after resetting the
+        heads' BatchNorm statistics they poisoned (so a caller that skips the batch keeps a
+        usable loss)."""
+        reset = 0
+        for module in self.heads.modules():
+            stats = getattr(module, "running_var", None)
+            if isinstance(module, nn.BatchNorm2d) and stats is not None:
+                if not bool(
+                    torch.isfinite(stats).all() & torch.isfinite(module.running_mean).all()
+                ):
+                    module.reset_running_stats()
+                    reset += 1
+        try:
+            raise_if_nonfinite(features)
+        except NonFiniteError as error:
+            note = f"; {reset} projection-head BatchNorm layers had their statistics reset"
+            raise NonFiniteError(f"{error}{note if reset else ''}") from None

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from contextrast import functional as CF
-from contextrast.contrast.losses import resize_labels
 from contextrast.contrast.memory import ClassQueue
 from contextrast.contrast.projection import ProjectionHead, prepare_features
 from contextrast.contrast.sampling import BalancedRandomSampler, HardAnchorSampler
@@ -41,6 +40,14 @@ def _prepare(
     CF.check_labels(target, num_classes, ignore_index, "target")
     dtype = next(module.parameters()).dtype
     return prepare_features(features, in_channels, target.shape[0], dtype, module.training)
+
+
+def _gather(
+    embeddings: torch.Tensor, labels: torch.Tensor, picked: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """embeddings (B, D, P), labels (B, P), picked (B, P) bool -> the picked pixels'
+    (features (A, D), with gradient, labels (A,))."""
+    return embeddings.transpose(1, 2)[picked], labels[picked]
 
 
 class _SingleMapProjection(nn.Module):
@@ -109,18 +116,18 @@ class PixelContrastLoss(_SingleMapProjection):
         """-> embeddings (B, D, P), labels (B, P), predictions (B, P) at the map's size."""
         embeddings = self.project(features, target)  # (B, D, h, w)
         size = tuple(embeddings.shape[-2:])
-        labels = resize_labels(target, size).flatten(1)  # (B, P)
-        pred = resize_labels(logits.argmax(1), size).flatten(1)  # (B, P)
+        labels = CF.resize_labels(target, size).flatten(1)  # (B, P)
+        pred = CF.resize_labels(logits.argmax(1), size).flatten(1)  # (B, P)
         return embeddings.flatten(2), labels, pred
 
     def forward(
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         embeddings, labels, pred = self.embed(features, logits, target)
-        samples = self.sampler(labels, pred)
-        if samples.classes.numel() == 0:
+        picked = self.sampler(labels, pred)  # (B, P)
+        if not bool(picked.any()):
             return embeddings.sum() * 0.0
-        x, y = samples.gather(embeddings)
+        x, y = _gather(embeddings, labels, picked)
         loss = CF.supervised_contrastive_loss(x, y, self.temperature, self.base_temperature)
         return self.loss_weight * loss
 
@@ -152,10 +159,10 @@ class PixelContrastMemory(nn.Module):
     ) -> torch.Tensor:
         loss = self.loss
         embeddings, labels, pred = loss.embed(features, logits, target)
-        samples = loss.sampler(labels, pred)
+        picked = loss.sampler(labels, pred)  # (B, P)
         value = embeddings.sum() * 0.0
-        if samples.classes.numel() > 0:
-            x, y = samples.gather(embeddings)
+        if bool(picked.any()):
+            x, y = _gather(embeddings, labels, picked)
             pixel_keys, pixel_labels = self.pixel_queue.contents()
             segment_keys, segment_labels = self.segment_queue.contents()
             value = loss.loss_weight * CF.supervised_contrastive_loss(
@@ -262,15 +269,15 @@ class MultiScaleCrossScaleLoss(nn.Module):
         total = None
         for head, index, weight in zip(self.heads, self.feature_indices, self.scale_weights):
             embeddings = head(features[index])  # (B, D, h, w)
-            labels = resize_labels(target, tuple(embeddings.shape[-2:])).flatten(1)  # (B, P)
-            picked = self.sampler(labels)
-            flat = embeddings.flatten(2)
+            labels = CF.resize_labels(target, tuple(embeddings.shape[-2:])).flatten(1)  # (B, P)
+            picked = self.sampler(labels)  # (B, P)
+            flat = embeddings.flatten(2)  # (B, D, P)
             zero = flat.sum() * 0.0
             total = zero if total is None else total + zero
-            if picked.classes.numel() == 0:
+            if not bool(picked.any()):
                 samples.append(None)
                 continue
-            x, y = picked.gather(flat)
+            x, y = _gather(flat, labels, picked)
             samples.append((x, y))
             loss = CF.supervised_contrastive_loss(x, y, self.temperature, self.base_temperature)
             total = total + weight * loss
@@ -318,8 +325,8 @@ class RegionContrastLoss(_SingleMapProjection):
         embeddings = projected.flatten(2)  # (B, D, P)
         with torch.no_grad():
             size = tuple(projected.shape[-2:])
-            pred = resize_labels(logits.argmax(1), size).flatten(1)  # (B, P)
-            valid = resize_labels(target, size).flatten(1) != self.ignore_index
+            pred = CF.resize_labels(logits.argmax(1), size).flatten(1)  # (B, P)
+            valid = CF.resize_labels(target, size).flatten(1) != self.ignore_index
             pred = torch.where(valid, pred, torch.full_like(pred, self.num_classes))
             one_hot = CF.class_one_hot(pred, self.num_classes, embeddings.dtype)  # (B, N, P)
             counts = one_hot.sum(2)  # (B, N)

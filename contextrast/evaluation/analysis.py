@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from contextrast import functional as CF
-from contextrast.contrast.losses import ContextrastLoss, resize_labels
+from contextrast.contrast.losses import ContextrastLoss
+from contextrast.functional import resize_labels
 from contextrast.models import Segmentor
 
 __all__ = [

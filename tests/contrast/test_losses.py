@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from contextrast import ContextrastLoss
+from contextrast import functional as CF
 from contextrast.contrast import ProjectionHead
-from contextrast.contrast.losses import resize_labels
+from contextrast.functional import resize_labels
 from tests import reference as ref
 
 N = 3
@@ -185,12 +186,13 @@ def test_per_anchor_sampling_scores_the_sampled_pairs(monkeypatch, mode):
     )  # fmt: skip
     module.double()
     hard = module_hard_negatives(module, features, logits, target)
-    sampler = module.pair_sampler
+    sampler = CF.batched.sample_pairs
     kept = []
 
-    def recording(positive, negative, extra=None, blocks=None):
+    def recording(positive, negative, extra, blocks, max_positives, max_negatives):
         # The loss samples every layer at once; its blocks are the layers' pixels.
-        out = sampler(positive, negative, extra, blocks)
+        assert (max_positives, max_negatives) == (7, 9)
+        out = sampler(positive, negative, extra, blocks, max_positives, max_negatives)
         assert not (out[0] & ~positive).any() and not (out[1] & ~negative).any()
         for layer in zip(*(m.split(blocks.counts, dim=1) for m in out if m is not None)):
             assert layer[0].sum(1).max() <= 7 and layer[1].sum(1).max() <= 9
@@ -199,8 +201,7 @@ def test_per_anchor_sampling_scores_the_sampled_pairs(monkeypatch, mode):
             kept.append(tuple(None if m is None else m.numpy() for m in layer))
         return out
 
-    monkeypatch.setattr(module, "pair_sampler", recording)
-    monkeypatch.setattr(recording, "active", True, raising=False)
+    monkeypatch.setattr(CF.batched, "sample_pairs", recording)
     terms = module.terms(features, logits, target)
     assert len(kept) == 2
     assert (kept[0][0].sum(1) == 7).all()  # every class has more than 7 pixels on layer 0
@@ -472,7 +473,7 @@ def test_default_layer_weights_are_the_papers():
     # The readings chosen on the real benchmark (docs/benchmarks.md), d = 128.
     assert [h.net[-1].out_channels for h in module.heads] == [128] * 4
     assert (module.hard_negatives, module.normalize_anchors) == ("add", True)
-    assert (module.pair_sampler.max_positives, module.pair_sampler.max_negatives) == (1024, 1024)
+    assert (module.max_positives, module.max_negatives) == (1024, 1024)
 
 
 def test_the_loss_waits_for_the_host_at_most_twice():
@@ -504,6 +505,18 @@ def test_the_loss_waits_for_the_host_at_most_twice():
     syncs = ("aten::_local_scalar_dense", "aten::nonzero", "aten::unique", "aten::_unique2")
     assert sum(n in syncs for n in names) == 2
     assert len(names) <= 1000  # issue 14's bound (3,923 before the layers were batched)
+    # validate=False (what the trainer runs: labels checked up front, the loss watched on
+    # the device) waits for the host not once, and costs no more operators.
+    loss.validate = False
+    torch.set_num_threads(2)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss(features, logits, target).backward()
+    finally:
+        torch.set_num_threads(threads)
+    unchecked = [e.name for e in prof.events() if e.name.startswith("aten::")]
+    assert sum(n in syncs for n in unchecked) == 0
+    assert len(unchecked) < len(names)
 
 
 @pytest.mark.parametrize("embed_dim", [3, 8])  # 8 > hidden + 1: the large layer is factored

@@ -70,14 +70,14 @@ def test_hard_anchor_sampler_half_hard_half_easy():
     labels[0, 150:] = 1  # class 1 has 50 pixels: not more than max_views, not sampled
     pred = torch.zeros(1, 200, dtype=torch.long)
     pred[0, :100] = 2  # class 0: 100 hard pixels (0–99), 50 easy (100–149)
-    samples = HardAnchorSampler(max_samples=1024, max_views=100)(labels, pred)
-    assert samples.classes.tolist() == [0] and samples.pixels.shape == (1, 100)
-    chosen = samples.pixels[0]
+    picked = HardAnchorSampler(max_samples=1024, max_views=100)(labels, pred)
+    assert picked.shape == labels.shape and int(picked.sum()) == 100
+    chosen = picked[0].nonzero().squeeze(1)
     assert int((chosen < 100).sum()) == 50 and int(((chosen >= 100) & (chosen < 150)).sum()) == 50
     # Few hard pixels: the easy ones fill up.
     pred[0, 10:100] = 0  # only 10 hard left
-    samples = HardAnchorSampler(max_samples=1024, max_views=100)(labels, pred)
-    assert int((samples.pixels[0] < 10).sum()) == 10 and len(set(samples.pixels[0].tolist())) == 100
+    picked = HardAnchorSampler(max_samples=1024, max_views=100)(labels, pred)[0]
+    assert int(picked[:10].sum()) == 10 and int(picked.sum()) == 100
 
 
 def test_balanced_random_sampler_equal_views():
@@ -85,10 +85,11 @@ def test_balanced_random_sampler_equal_views():
     labels[0, :30] = 0
     labels[0, 30:38] = 1
     labels[1, :4] = 0  # fewer than min_pixels
-    samples = BalancedRandomSampler(min_pixels=5)(labels)
-    assert samples.batch.tolist() == [0, 0] and samples.classes.tolist() == [0, 1]
-    assert samples.pixels.shape == (2, 8)  # the smallest qualifying pair has 8 pixels
-    assert (labels[0][samples.pixels[0]] == 0).all() and (labels[0][samples.pixels[1]] == 1).all()
+    picked = BalancedRandomSampler(min_pixels=5)(labels)
+    assert not picked[1].any()  # image 1's only class has fewer than min_pixels
+    # The smallest qualifying pair has 8 pixels: 8 views of each class of image 0.
+    assert int((picked[0] & (labels[0] == 0)).sum()) == 8
+    assert int((picked[0] & (labels[0] == 1)).sum()) == 8 and int(picked.sum()) == 16
 
 
 def test_semi_hard_selects_the_bane_count_at_random():
@@ -140,7 +141,7 @@ def test_pixel_contrast_memory_fills_its_queues():
 
 
 def resize(target, size):
-    from contextrast.contrast.losses import resize_labels
+    from contextrast.functional import resize_labels
 
     return resize_labels(target, (size, size))
 
@@ -180,7 +181,8 @@ def test_pixel_contrast_value_is_supcon_of_its_samples():
     value = loss(features, logits, target)
     torch.manual_seed(3)
     embeddings, labels, pred = loss.embed(features, logits, target)
-    x, y = loss.sampler(labels, pred).gather(embeddings)
+    picked = loss.sampler(labels, pred)  # (B, P)
+    x, y = embeddings.transpose(1, 2)[picked], labels[picked]
     want = ref.supcon(x.detach().double().numpy(), y.numpy(), 0.1, 0.07)
     assert value.item() == pytest.approx(0.5 * want, rel=1e-5)
     value.backward()
@@ -196,7 +198,9 @@ def test_multi_scale_cross_scale_weights_and_cross_term():
     value = plain(features, logits, target)
     torch.manual_seed(1)
     emb = plain.heads[0](features[0]).flatten(2)
-    x, y = plain.sampler(resize(target, 16).flatten(1)).gather(emb)
+    labels = resize(target, 16).flatten(1)
+    picked = plain.sampler(labels)
+    x, y = emb.transpose(1, 2)[picked], labels[picked]
     assert value.item() == pytest.approx(
         ref.supcon(x.detach().double().numpy(), y.numpy(), 0.1, 0.1), rel=1e-5
     )
@@ -259,16 +263,6 @@ def test_no_nan_with_absent_classes_all_ignore_and_bf16(make):
     assert torch.isfinite(value) and all(torch.isfinite(f.grad).all() for f in features)
 
 
-class FixedSamples:
-    """A sampler's answer with fixed anchors (x, y), to test the loss arithmetic alone."""
-
-    def __init__(self, x, y):
-        self.classes, self.x, self.y = y.unique(), x, y
-
-    def gather(self, embeddings):
-        return self.x, self.y
-
-
 def test_pixel_contrast_memory_value_by_brute_force(monkeypatch):
     loss = PixelContrastMemory(
         PixelContrastLoss(N, [4, 6], embed_dim=2, temperature=0.5, base_temperature=0.25),
@@ -280,7 +274,11 @@ def test_pixel_contrast_memory_value_by_brute_force(monkeypatch):
     segment = F.normalize(torch.tensor([[0.6, 0.8], [-1.0, 0.1]]), dim=1)
     loss.pixel_queue.push(pixel, torch.tensor([0, 1]), gather=False)
     loss.segment_queue.push(segment, torch.tensor([1, 2]), gather=False)
-    monkeypatch.setattr(loss.loss, "sampler", lambda labels, pred: FixedSamples(x, y))
+    # Fixed anchors (x, y) for whatever the sampler picks: the loss arithmetic alone.
+    from contextrast.contrast import peers
+
+    monkeypatch.setattr(loss.loss, "sampler", lambda labels, pred: labels >= 0)
+    monkeypatch.setattr(peers, "_gather", lambda embeddings, labels, picked: (x, y))
     features, logits, target = inputs(sizes=((8, 8), (4, 4)))
     value = loss(features, logits, target)
     queue = torch.cat([pixel, segment]).numpy()

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from contextrast import functional as CF
-from contextrast.contrast import BaneSampler, PerAnchorSampler, PixelSubsampler, ProjectionHead
+from contextrast.contrast import BaneSampler, ProjectionHead
 
 
 def test_bane_sampler_picks_error_pixels_nearest_the_edge():
@@ -29,25 +29,24 @@ def test_bane_sampler_runs_without_grad_and_validates():
         BaneSampler(ratio=2)
 
 
-def test_pixel_subsampler_keeps_priority_and_skips_ignore():
+def test_bound_pixels_keeps_priority_and_skips_ignore():
     torch.manual_seed(0)
     labels = torch.tensor([0, 1, 255, 1, 0, 255, 1, 0])
     priority = torch.tensor([False, False, False, True, False, False, True, False])
-    keep = PixelSubsampler(max_pixels=4)(labels, priority=priority)
-    assert keep.numel() == 4
-    kept = set(keep.tolist())
-    assert {3, 6} <= kept and not kept & {2, 5}
+    keep, kept = CF.bound_pixels(labels, 4, priority)
+    assert keep.numel() == 4 and kept.counts == (4,)
+    assert {3, 6} <= set(keep.tolist()) and not set(keep.tolist()) & {2, 5}
     # 6 labelled pixels of 8 fit a bound of 6: all of them are kept, with no host sync to
     # count them (so the pick is 6 indices, not "all").
-    fit = PixelSubsampler(max_pixels=6)(labels, priority=priority)
+    fit, _ = CF.bound_pixels(labels, 6, priority)
     assert set(fit.tolist()) == {0, 1, 3, 4, 6, 7}
-    assert PixelSubsampler(max_pixels=8)(labels, priority=priority) is None
-    assert PixelSubsampler(None)(labels) is None
+    assert CF.bound_pixels(labels, 8, priority) is None
     # Per block: the first (5 pixels, 4 labelled) is cut to its 4 labelled ones, the second
-    # (3 pixels) fits and is kept whole.
+    # (3 pixels) fits and is kept whole; the kept segments say so.
     blocks = CF.segments((5, 3), labels.device)
-    keep = PixelSubsampler(max_pixels=4)(labels, priority=priority, blocks=blocks)
+    keep, kept = CF.bound_pixels(labels, 4, priority, blocks)
     assert set(keep[:4].tolist()) == {0, 1, 3, 4} and keep[4:].tolist() == [5, 6, 7]
+    assert kept.counts == (4, 3)
 
 
 def test_projection_head_normalises():
@@ -92,24 +91,20 @@ def test_sample_per_row_keeps_at_most_count_of_each_row_uniformly():
         CF.sample_per_row(mask, 0)
 
 
-def test_per_anchor_sampler_bounds_each_kind_separately():
+def test_sample_pairs_bounds_each_kind_separately():
     positive = torch.zeros(2, 50, dtype=torch.bool)
     positive[0, :20] = True
     negative = ~positive
     extra = negative & (torch.arange(50) % 2 == 0)
-    sampler = PerAnchorSampler(max_positives=5, max_negatives=8)
-    p, n, e = sampler(positive, negative, extra)
+    p, n, e = CF.sample_pairs(positive, negative, extra, None, 5, 8)
     assert p.sum(1).tolist() == [5, 0]
     assert n.sum(1).tolist() == [8, 8] and e.sum(1).tolist() == [8, 8]
-    assert not (e & ~extra).any()
-    p, n, e = PerAnchorSampler(max_positives=5)(positive, negative, None)
+    assert not (e & ~extra).any() and not (p & ~positive).any() and not (n & ~negative).any()
+    p, n, e = CF.sample_pairs(positive, negative, None, None, 5, None)
     assert torch.equal(n, negative) and e is None
-    assert not PerAnchorSampler().active
-    with pytest.raises(ValueError, match="max_negatives must be a positive int"):
-        PerAnchorSampler(max_negatives=0)
 
 
-def test_every_pixel_sampler_takes_labels_then_prediction_under_no_grad():
+def test_every_pixel_sampler_returns_a_mask_of_labels_shape_under_no_grad():
     from contextrast.contrast import sampling
 
     labels = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 255]]])  # (1, 2, 4)
@@ -118,12 +113,10 @@ def test_every_pixel_sampler_takes_labels_then_prediction_under_no_grad():
     calls = {
         sampling.BaneSampler: lambda s: s(labels, pred, num_classes=2),
         sampling.SemiHardSampler: lambda s: s(labels, pred, num_classes=2),
-        sampling.PixelSubsampler: lambda s: s(labels.flatten(), None),
-        sampling.HardAnchorSampler: lambda s: s(flat_labels, flat_pred),
-        sampling.BalancedRandomSampler: lambda s: s(flat_labels),
+        sampling.HardAnchorSampler: lambda s: s(flat_labels, flat_pred, num_classes=2),
+        sampling.BalancedRandomSampler: lambda s: s(flat_labels, num_classes=2),
     }
     made = {
-        sampling.PixelSubsampler: sampling.PixelSubsampler(max_pixels=3),
         sampling.HardAnchorSampler: sampling.HardAnchorSampler(max_views=2),
         sampling.BalancedRandomSampler: sampling.BalancedRandomSampler(min_pixels=1),
     }
@@ -133,9 +126,10 @@ def test_every_pixel_sampler_takes_labels_then_prediction_under_no_grad():
     } - {sampling.PixelSampler}  # fmt: skip
     assert subclasses == set(calls)
     for cls, call in calls.items():
-        sampler = made.get(cls) or cls()
-        result = call(sampler)
-        assert result is not None
+        picked = call(made.get(cls) or cls())
+        inputs = labels if cls in (sampling.BaneSampler, sampling.SemiHardSampler) else flat_labels
+        assert picked.dtype == torch.bool and picked.shape == inputs.shape, cls
+        assert picked.any() and not (picked & (inputs == 255)).any(), cls
     for cls in (sampling.BaneSampler, sampling.HardAnchorSampler):
         with pytest.raises(ValueError, match="picks by the prediction: pass pred"):
             (made.get(cls) or cls())(flat_labels if cls is sampling.HardAnchorSampler else labels)
@@ -143,10 +137,19 @@ def test_every_pixel_sampler_takes_labels_then_prediction_under_no_grad():
         x = torch.zeros(1, requires_grad=True)
 
         class Probe(sampling.PixelSampler):
-            def select(self, labels, pred):
-                return (x * 2).requires_grad
+            def select(self, labels, pred, num_classes=None, layout=None):
+                self.grad = (x * 2).requires_grad
+                return labels == 0
 
-        assert Probe()(labels, pred) is False  # select runs without autograd
+        probe = Probe()
+        assert probe(labels, pred).sum() == 4 and probe.grad is False  # no autograd inside
+
+        class Wrong(sampling.PixelSampler):
+            def select(self, labels, pred, num_classes=None, layout=None):
+                return labels.flatten().nonzero()  # indices: not the contract
+
+        with pytest.raises(TypeError, match="must return a bool tensor of labels' shape"):
+            Wrong()(labels, pred)
 
 
 def test_rows_are_sampled_independently():

@@ -1,38 +1,44 @@
-"""Stateless math of Contextrast (paper §3.2–3.3, eq. 1–7).
+"""The fast path: Contextrast's equations batched over every layer, with written-out gradients.
 
-Every function is pure, vectorised (no Python loop over pixels) and keeps its tensors on the
-device of its inputs. The thin modules in :mod:`contextrast.contrast` hold hyper-parameters and
-call these functions.
+What :class:`~contextrast.ContextrastLoss` runs. Each piece computes what a function of
+:mod:`contextrast.functional.reference` computes (its docstring names which) and is tested
+against it: every layer's pixels on one flat axis (:class:`LayerLayout`), BANE's distance
+transform of all layers on one canvas (:class:`Canvas`), three autograd Functions whose
+gradients are closed forms (double backward is refused: their backward is not itself
+differentiable), cached index tensors and 0-dim constants (:func:`tensor_cache`: a caller
+that edits one in place gets it rebuilt), and no host synchronisation.
 
-Reduced-precision inputs (bfloat16, float16) are computed in float32 with autocast disabled:
-log-sum-exp over thousands of pixels at a temperature of 0.01 overflows half-precision ranges.
+Every function is vectorised (no Python loop over pixels) and keeps its tensors on the device
+of its inputs; the random ones draw from the global RNG of that device. Reduced-precision
+inputs (bfloat16, float16) are computed in float32 with autocast disabled: log-sum-exp over
+thousands of pixels at a temperature of 0.01 overflows half-precision ranges.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-# The public functions; the losses, samplers, metrics and analyses import from these.
+from contextrast.functional.checks import check_integer, check_labels, check_rank
+
 __all__ = [
+    "DENSE_EDT_LIMIT",
     "Canvas",
     "LayerGroup",
     "LayerLayout",
     "Segments",
-    "anchors_from_flat",
-    "bane_select",
     "bane_select_labels",
-    "check_labels",
-    "class_error_maps",
+    "bound_pixels",
     "class_one_hot",
     "class_rows",
-    "compute_dtype",
     "constant",
     "distance_transform",
     "error_distance",
@@ -45,67 +51,66 @@ __all__ = [
     "layer_layout",
     "layer_similarity",
     "layer_sums",
-    "pixel_anchor_loss",
-    "pixel_anchor_loss_from_logits",
-    "representative_anchors",
     "resize_labels",
+    "sample_pairs",
     "sample_per_row",
     "segment_sum",
     "segments",
-    "semi_hard_select",
-    "supervised_contrastive_loss",
+    "tensor_cache",
 ]
 
 
 # --------------------------------------------------------------------------------------------
-# validation helpers
+# cached tensors that no caller can corrupt
 # --------------------------------------------------------------------------------------------
 
-
-def _check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(tensor)}")
-    if tensor.dim() != rank:
-        raise ValueError(f"{name} must have shape {shape} ({rank} dims), got {tuple(tensor.shape)}")
+_T = TypeVar("_T")
 
 
-def _check_integer(tensor: torch.Tensor, name: str) -> None:
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor of class indices, got {tensor.dtype}")
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in ``value`` (a tensor, or nested tuples / NamedTuples holding some)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
 
-def check_labels(
-    labels: torch.Tensor, num_classes: int, ignore_index: int, name: str = "labels"
-) -> None:
-    """Raise ``ValueError`` unless every value is in ``[0, num_classes)`` or ``ignore_index``.
+def tensor_cache(maxsize: int) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """``functools.lru_cache`` for functions that return tensors, safe against callers.
 
-    Costs one host synchronisation; it turns a silent wrong anchor into a clear error.
+    A cached tensor is shared by every later call, so an in-place edit by one caller would
+    corrupt them all. Each entry keeps its tensors' version counters (bumped by every in-place
+    operation); a hit whose tensors changed is rebuilt. The check reads Python attributes
+    only: no tensor operation, no host synchronisation. Entries are built outside inference
+    mode, so a cache first filled during evaluation still serves training.
     """
-    _check_integer(labels, name)
-    if 0 <= ignore_index < num_classes:
-        raise ValueError(
-            f"ignore_index={ignore_index} collides with a class id; expected a value outside "
-            f"[0, {num_classes})"
-        )
-    # One pass: a value outside [0, N) that is not the ignore index (max of bool: any).
-    bad = (labels < 0).bitwise_or_(labels >= num_classes).bitwise_and_(labels != ignore_index)
-    if bool(bad.max()):
-        values = torch.unique(labels[bad])[:5].tolist()
-        raise ValueError(
-            f"{name} contains values {values} outside [0, {num_classes}) and not the "
-            f"ignore_index {ignore_index}"
-        )
 
+    def decorate(build: Callable[..., _T]) -> Callable[..., _T]:
+        entries: OrderedDict = OrderedDict()
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half precisions are computed in it)."""
-    if any(t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    return torch.float32
+        @functools.wraps(build)
+        def cached(*args):
+            entry = entries.get(args)
+            if entry is not None:
+                value, versions = entry
+                if [t._version for t in _tensors(value)] == versions:
+                    entries.move_to_end(args)
+                    return value
+            with torch.inference_mode(False):
+                value = build(*args)
+            entries[args] = (value, [t._version for t in _tensors(value)])
+            entries.move_to_end(args)
+            if len(entries) > maxsize:
+                entries.popitem(last=False)
+            return value
 
+        cached.cache_clear = entries.clear
+        cached.cache_size = lambda: len(entries)
+        cached.uncached = build
+        return cached
 
-def _no_autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, enabled=False)
+    return decorate
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,14 +118,14 @@ def _no_autocast(device: torch.device):
 # --------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=256)
+@tensor_cache(maxsize=256)
 def constant(value: float | int | tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A cached tensor of ``value`` (a number: 0-dim): an operand that, unlike a Python
     number, costs no conversion per operation (the loss is counted in operator calls)."""
     return torch.tensor(value, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=64)
+@tensor_cache(maxsize=64)
 def _arange(size: int, device: torch.device) -> torch.Tensor:
     """A cached ``torch.arange(size)`` (int64)."""
     return torch.arange(size, device=device)
@@ -144,7 +149,7 @@ class Segments(NamedTuple):
     first: torch.Tensor
 
 
-@functools.lru_cache(maxsize=64)
+@tensor_cache(maxsize=64)
 def segments(counts: tuple[int, ...], device: torch.device) -> Segments:
     """The :class:`Segments` of blocks of ``counts`` entries; cached per sizes and device,
     so a training step builds nothing."""
@@ -232,7 +237,7 @@ class LayerLayout(NamedTuple):
     canvas: Canvas
 
 
-@functools.lru_cache(maxsize=16)
+@tensor_cache(maxsize=16)
 def layer_layout(
     batch: int, sizes: tuple[tuple[int, int], ...], device: torch.device
 ) -> LayerLayout:
@@ -318,7 +323,7 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return labels.index_select(1, rows).index_select(2, cols)
 
 
-@functools.lru_cache(maxsize=64)
+@tensor_cache(maxsize=64)
 def _gather_index(
     batch: int, source: tuple[int, int], sizes: tuple[tuple[int, int], ...], device: torch.device
 ) -> torch.Tensor:
@@ -334,7 +339,7 @@ def gather_layers(maps: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
     maps: (B, H, W) (labels or predicted classes). Returns (M,): layer i's part equals
     ``resize_labels(maps, sizes[i]).flatten()`` (``F.interpolate(mode="nearest")``'s rule).
     """
-    _check_rank(maps, 3, "maps", "(B, H, W)")
+    check_rank(maps, 3, "maps", "(B, H, W)")
     if maps.shape[0] != layout.batch:
         raise ValueError(f"maps have batch {maps.shape[0]}, the layout {layout.batch}")
     index = _gather_index(layout.batch, tuple(maps.shape[1:]), layout.sizes, maps.device)
@@ -347,7 +352,7 @@ def gather_layers(maps: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
+@tensor_cache(maxsize=64)
 def class_rows(num_classes: int, device: torch.device) -> torch.Tensor:
     """(N, 1) int64 class ids, cached: ``labels == class_rows(N, device)`` is the (N, M)
     class membership of (M,) labels."""
@@ -361,63 +366,6 @@ def class_one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) ->
     labels: (B, P) or (M,) integer. Returns (B, N, P) or (N, M) of ``dtype``.
     """
     return (labels.unsqueeze(-2) == class_rows(num_classes, labels.device)).to(dtype)
-
-
-def representative_anchors(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    ignore_index: int = 255,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Representative anchors of eq. 1: per class, the plain mean of its embedding vectors.
-
-    Args:
-        embeddings: (B, D, H, W) pixel embeddings (normally L2-normalised).
-        labels: (B, H, W) integer class ids at the same resolution; ``ignore_index`` allowed.
-        num_classes: N.
-        ignore_index: label value excluded from every class.
-
-    Returns:
-        anchors: (N, D) mean over the whole batch of the class's vectors, zero row for an
-            absent class. Float32 (float64 for float64 input); carries gradient.
-        present: (N,) bool, True where the class has at least one pixel.
-    """
-    _check_rank(embeddings, 4, "embeddings", "(B, D, H, W)")
-    _check_rank(labels, 3, "labels", "(B, H, W)")
-    b, _, h, w = embeddings.shape
-    if labels.shape != (b, h, w):
-        raise ValueError(
-            f"labels must have shape (B, H, W) = {(b, h, w)} to match embeddings, "
-            f"got {tuple(labels.shape)}"
-        )
-    check_labels(labels, num_classes, ignore_index)
-    dtype = compute_dtype(embeddings)
-    with _no_autocast(embeddings.device):
-        flat = embeddings.to(dtype).flatten(2)  # (B, D, P)
-        one_hot = class_one_hot(labels.flatten(1), num_classes, dtype)  # (B, N, P)
-        return anchors_from_flat(flat, one_hot)
-
-
-def anchors_from_flat(
-    flat: torch.Tensor, one_hot: torch.Tensor, scale: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class means of pixel vectors.
-
-    Args:
-        flat: (B, D, P) pixel vectors.
-        one_hot: (B, N, P) class membership (:func:`class_one_hot`).
-        scale: optional (B, P) factor per pixel, applied before averaging (e.g. ``1/‖v‖``,
-            which averages the normalised vectors without forming them).
-
-    Returns:
-        anchors (N, D), present (N,) bool.
-    """
-    # A batched matmul with the one-hot is deterministic on every device, unlike scatter_add.
-    weights = one_hot if scale is None else one_hot * scale.unsqueeze(1)  # (B, N, P)
-    sums = torch.bmm(weights, flat.transpose(1, 2)).sum(0)  # (N, D)
-    counts = one_hot.sum(dim=(0, 2))  # (N,)
-    anchors = sums / counts.clamp(min=1).unsqueeze(1)
-    return anchors, counts > 0
 
 
 def fuse_anchors(
@@ -465,9 +413,9 @@ def layer_sums(
         inverse: (M,) ``1 / max(‖v‖, eps)``; sums: (N, D) ``Σ_m one_hot[n, m] v_m / ‖v_m‖``,
         both with gradient (written out: :class:`_LayerSums`).
     """
-    _check_rank(coords, 2, "coords", "(K, M)")
+    check_rank(coords, 2, "coords", "(K, M)")
     if lift is not None:
-        _check_rank(lift, 2, "lift", "(D, K)")
+        check_rank(lift, 2, "lift", "(D, K)")
         if lift.shape[1] != coords.shape[0]:
             raise ValueError(
                 f"lift has {lift.shape[1]} columns but coords have K={coords.shape[0]} channels"
@@ -504,6 +452,7 @@ class _LayerSums(torch.autograd.Function):
         return inverse, sums  # (M,), (N, D)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_inverse, grad_sums):
         coords, lift, one_hot, weighted, inverse, floored, class_coords, gram_coords = (
             ctx.saved_tensors
@@ -538,7 +487,7 @@ class LayerGroup(NamedTuple):
     lift: torch.Tensor | None
 
 
-@functools.lru_cache(maxsize=64)
+@tensor_cache(maxsize=64)
 def _group_rows(
     counts: tuple[int, ...], num_classes: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -610,6 +559,7 @@ class _LayerSimilarity(torch.autograd.Function):
         return raw * scale
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         anchors, scale, raw = saved[:3]
@@ -731,6 +681,7 @@ class _InfoNCE(torch.autograd.Function):
         return segment_sum(weighted, blocks).view(-1)  # (S,)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         share, soft, gap, positive = ctx.saved_tensors
         ids = ctx.blocks.ids
@@ -738,45 +689,6 @@ class _InfoNCE(torch.autograd.Function):
         direct = scale * positive * torch.sigmoid(gap)  # (A, C)
         through_lse = segment_sum(direct, ctx.blocks).index_select(1, ids)  # (A, C): q
         return through_lse * soft - direct, None, None, None, None
-
-
-def pixel_anchor_loss_from_logits(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    negative_mask: torch.Tensor | None = None,
-    ignore_index: int = 255,
-    positive_mask: torch.Tensor | None = None,
-    extra_negative: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Pixel-anchor InfoNCE (eq. 3–4) from precomputed anchor-pixel logits.
-
-    Args:
-        logits: (N, M) ``anchor_n · v_m / τ`` for every anchor n and pixel m.
-        labels: (M,) class id per pixel, ``ignore_index`` allowed (values assumed validated).
-        negative_mask: optional (N, M) bool; anchor n's negatives are the valid pixels of
-            another class AND this mask.
-        ignore_index: label value that is neither positive nor negative.
-        positive_mask: optional (N, M) bool; anchor n's positives are its class's pixels AND
-            this mask (e.g. a random subset per anchor).
-        extra_negative: optional (N, M) bool; these pixels of another class are added to
-            anchor n's negatives, counted once more when they are negatives already.
-
-    Returns:
-        Scalar: mean over the anchors that have at least one positive and one negative of
-        ``-1/|V+| Σ_{v+} log(exp(s+) / (exp(s+) + Σ_{v-} exp(s-)))``; an exact zero that keeps
-        the graph when no anchor qualifies.
-    """
-    n = logits.shape[0]
-    valid = labels != ignore_index  # (M,)
-    classes = torch.arange(n, device=labels.device).unsqueeze(1)  # (N, 1)
-    same = labels.unsqueeze(0) == classes  # (N, M)
-    negative = valid.unsqueeze(0) & ~same  # (N, M)
-    if negative_mask is not None:
-        negative = negative & negative_mask
-    positive = same if positive_mask is None else same & positive_mask
-    if extra_negative is not None:
-        extra_negative = extra_negative & valid.unsqueeze(0) & ~same
-    return info_nce_from_logits(logits, positive, negative, extra_negative)
 
 
 @torch.no_grad()
@@ -809,135 +721,78 @@ def sample_per_row(mask: torch.Tensor, count: int, blocks: Segments | None = Non
     return picked
 
 
-def supervised_contrastive_loss(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float = 0.1,
-    base_temperature: float = 0.07,
-    contrast_features: torch.Tensor | None = None,
-    contrast_labels: torch.Tensor | None = None,
-    queue_features: torch.Tensor | None = None,
-    queue_labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Supervised contrastive loss over samples (pixel contrast, multi-/cross-scale contrast,
-    and, with a queue, the memory-bank and region contrasts).
+@torch.no_grad()
+def sample_pairs(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    extra_negative: torch.Tensor | None,
+    blocks: Segments | None,
+    max_positives: int | None,
+    max_negatives: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Bound each anchor's pairs: per row (anchor) and block (layer), at most
+    ``max_positives`` of its positives, at most ``max_negatives`` of its negatives and,
+    separately, of its extra negatives, each a uniform random subset (``None``: all).
 
-    Each sample is an anchor; its positives are the other samples of the contrast set with
-    its label, its negatives those with another label; the per-positive term is the InfoNCE of
-    :func:`info_nce_from_logits`, scaled by ``temperature / base_temperature`` as in the
-    peers' code.
-
-    Args:
-        features: (A, D) L2-normalised anchor embeddings.
-        labels: (A,) class ids.
-        contrast_features: (C, D) an external set to contrast against instead of the anchors
-            (the cross-scale term); default: the anchors themselves, each excluded as its own
-            positive.
-        contrast_labels: (C,) their class ids.
-        queue_features: (Q, D) a memory (past batches) appended to the anchors' own contrast
-            set, as pytorch-metric-learning's ``CrossBatchMemory`` passes its queue.
-        queue_labels: (Q,) their class ids.
+    positive, negative, extra_negative: (N, M) bool. Returns the three subsets. It evens out
+    large and small classes (a class of 10⁴ pixels and one of 10 then face denominators of
+    similar size); masks with one bound are drawn in one call, rows independent.
     """
-    if not temperature > 0 or not base_temperature > 0:
-        raise ValueError(f"temperatures must be > 0, got {temperature}, {base_temperature}")
-    if (queue_features is None) != (queue_labels is None):
-        raise ValueError("queue_features and queue_labels go together")
-    self_contrast = contrast_features is None
-    if self_contrast:
-        contrast_features, contrast_labels = features, labels
-        if queue_features is not None:
-            contrast_features = torch.cat([features, queue_features.to(features.dtype)])
-            contrast_labels = torch.cat([labels, queue_labels])
-    elif queue_features is not None:
-        raise ValueError("pass either contrast_features or a queue, not both")
-    dtype = compute_dtype(features, contrast_features)
-    with _no_autocast(features.device):
-        logits = features.to(dtype) @ contrast_features.to(dtype).t() / temperature  # (A, C)
-        same = labels.unsqueeze(1) == contrast_labels.unsqueeze(0)  # (A, C)
-        positive, negative = same.clone(), ~same
-        if self_contrast:
-            positive.fill_diagonal_(False)  # anchor i is column i: not its own positive
-        loss = info_nce_from_logits(logits, positive, negative)
-    return loss * (temperature / base_temperature)
+    masks = [positive, negative] + ([] if extra_negative is None else [extra_negative])
+    bounds = [max_positives] + [max_negatives] * (len(masks) - 1)
+    out: list[torch.Tensor | None] = list(masks)
+    rows = positive.shape[0]
+    for bound in dict.fromkeys(b for b in bounds if b is not None):  # a fixed order
+        chosen = [i for i, b in enumerate(bounds) if b == bound]
+        stacked = masks[chosen[0]] if len(chosen) == 1 else torch.cat([masks[i] for i in chosen])
+        picked = sample_per_row(stacked, bound, blocks)
+        parts = [picked] if len(chosen) == 1 else picked.view(len(chosen), rows, -1).unbind(0)
+        for i, part in zip(chosen, parts):
+            out[i] = part
+    return out[0], out[1], out[2] if extra_negative is not None else None
 
 
-def pixel_anchor_loss(
-    anchors: torch.Tensor,
-    embeddings: torch.Tensor,
+@torch.no_grad()
+def bound_pixels(
     labels: torch.Tensor,
-    temperature: float = 0.1,
-    negative_mask: torch.Tensor | None = None,
+    max_pixels: int,
+    priority: torch.Tensor | None = None,
+    blocks: Segments | None = None,
     ignore_index: int = 255,
-) -> torch.Tensor:
-    """Pixel-anchor loss of eq. 3–4 for one layer (the λ-weighted sum is the caller's).
+) -> tuple[torch.Tensor, Segments] | None:
+    """The pixels that enter the (N, M) similarities when each layer may bring at most
+    ``max_pixels``: every ``priority`` pixel first (the BANE negatives), then a uniform
+    random share of the other labelled ones. Anchors still average all pixels.
 
-    Args:
-        anchors: (N, D) (fused) representative anchors.
-        embeddings: (M, D) pixel embeddings.
-        labels: (M,) class id per pixel; ``ignore_index`` pixels are skipped.
-        temperature: τ > 0.
-        negative_mask: optional (N, M) bool restricting each anchor's negatives.
-        ignore_index: label value of unlabelled pixels.
+    labels: (M,); priority: optional (M,) bool; blocks: the layers' :class:`Segments`.
 
-    Returns:
-        Scalar loss, float32 (float64 for float64 inputs). See
-        :func:`pixel_anchor_loss_from_logits` for the exact reduction.
+    Returns (indices (M',), block after block, and the kept pixels' :class:`Segments`), or
+    ``None`` when no block exceeds the bound. A block with more pixels but at most
+    ``max_pixels`` labelled ones keeps all of those (and some unlabelled ones, which score
+    nothing): the number of labelled pixels is never read back to the host.
     """
-    _check_rank(anchors, 2, "anchors", "(N, D)")
-    _check_rank(embeddings, 2, "embeddings", "(M, D)")
-    _check_rank(labels, 1, "labels", "(M,)")
-    n, d = anchors.shape
-    m = embeddings.shape[0]
-    if embeddings.shape[1] != d:
-        raise ValueError(
-            f"embeddings must have shape (M, D) with D={d} as anchors, got "
-            f"{tuple(embeddings.shape)}"
-        )
-    if labels.shape[0] != m:
-        raise ValueError(f"labels must have shape (M,) = ({m},), got {tuple(labels.shape)}")
-    if negative_mask is not None and (
-        negative_mask.dtype != torch.bool or negative_mask.shape != (n, m)
-    ):
-        raise ValueError(
-            f"negative_mask must be a bool tensor of shape (N, M) = {(n, m)}, got "
-            f"{negative_mask.dtype} {tuple(negative_mask.shape)}"
-        )
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    check_labels(labels, n, ignore_index)
-    dtype = compute_dtype(anchors, embeddings)
-    with _no_autocast(anchors.device):
-        logits = anchors.to(dtype) @ embeddings.to(dtype).t() / temperature  # (N, M)
-        return pixel_anchor_loss_from_logits(logits, labels, negative_mask, ignore_index)
+    counts = (labels.numel(),) if blocks is None else blocks.counts
+    if max(counts) <= max_pixels:
+        return None
+    score = torch.rand(labels.shape, device=labels.device)
+    if priority is not None:
+        score = score + priority.to(score.dtype)
+    score = score.masked_fill(labels == ignore_index, -1.0)
+    keep, start = [], 0
+    for count in counts:
+        if count <= max_pixels:
+            keep.append(torch.arange(start, start + count, device=labels.device))
+        else:
+            top = torch.topk(score[start : start + count], max_pixels, sorted=False)
+            keep.append(top.indices + start)
+        start += count
+    kept = tuple(min(count, max_pixels) for count in counts)
+    return torch.cat(keep), segments(kept, labels.device)
 
 
 # --------------------------------------------------------------------------------------------
 # BANE: error maps (eq. 6), exact Euclidean distance transform (eq. 7), selection
 # --------------------------------------------------------------------------------------------
-
-
-def class_error_maps(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    ignore_index: int = 255,
-    validate: bool = True,
-) -> torch.Tensor:
-    """Class-wise binary error maps of eq. 6: ``B^n = (pred != n) & (target == n)``.
-
-    Args:
-        pred: (B, H, W) predicted class ids in [0, N).
-        target: (B, H, W) ground-truth ids, ``ignore_index`` allowed (never an error).
-        validate: check the value ranges of both (two host synchronisations on a GPU);
-            callers that already checked them pass ``False``.
-
-    Returns:
-        (B, N, H, W) bool: map n is ``error_labels(...) == n`` (a pixel is an error of its
-        ground-truth class only).
-    """
-    labels = error_labels(pred, target, num_classes, ignore_index, validate)  # (B, H, W)
-    classes = torch.arange(num_classes, device=target.device).view(1, num_classes, 1, 1)
-    return labels.unsqueeze(1) == classes
 
 
 def error_labels(
@@ -967,7 +822,7 @@ def error_labels(
             f"pred and target must have the same shape, got {tuple(pred.shape)} and "
             f"{tuple(target.shape)}"
         )
-    _check_integer(pred, "pred")
+    check_integer(pred, "pred")
     if validate:
         check_labels(target, num_classes, ignore_index, "target")
         if bool(((pred < 0) | (pred >= num_classes)).any()):
@@ -1056,14 +911,14 @@ def error_distance(
         float32 of ``labels``' shape (float64 when squared distances could exceed 2²⁴).
     """
     if layout is None:
-        _check_rank(labels, 3, "labels", "(B, H, W)")
+        check_rank(labels, 3, "labels", "(B, H, W)")
         if labels.numel() == 0:
             h, w = labels.shape[-2:]
             dtype = torch.float32 if h * h + w * w < 2**24 else torch.float64
             return torch.zeros(labels.shape, dtype=dtype, device=labels.device)
         layout = layer_layout(labels.shape[0], (tuple(labels.shape[-2:]),), labels.device)
     else:
-        _check_rank(labels, 1, "labels", "(M,)")
+        check_rank(labels, 1, "labels", "(M,)")
     flat = labels if labels.dim() == 1 else labels.reshape(-1)
     squared = _other_label_squared_distance(flat, layout)
     errors = flat < constant(num_classes, flat.dtype, flat.device)
@@ -1180,7 +1035,9 @@ def distance_transform(mask: torch.Tensor, max_distance: float | None = None) ->
     if numel == 0:
         return out
     if w * h * min(h, w) <= DENSE_EDT_LIMIT:
-        layout = layer_layout(numel // (h * w), ((h, w),), mask.device)
+        # Built, not cached: evaluation's boundary bands come in every image size and would
+        # evict the few layouts a training step reuses.
+        layout = layer_layout.uncached(numel // (h * w), ((h, w),), mask.device)
         squared = _other_label_squared_distance(mask.reshape(-1).long(), layout)
         distance = torch.where(mask.reshape(-1), squared.sqrt().to(dtype), 0.0)
         if max_distance is not None:
@@ -1212,63 +1069,6 @@ def _fraction(ratio: float) -> tuple[int, int]:
     """ratio as p/q (the nearest fraction with q ≤ 10⁶: 0.7 is 7/10, not its binary float)."""
     fraction = Fraction(ratio).limit_denominator(10**6)
     return fraction.numerator, fraction.denominator
-
-
-def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boundary-aware negatives: per class, the error pixels nearest to their region's edge.
-
-    For each class n, over the whole batch, selects the ⌈ratio · count_n⌉ error pixels of
-    class n with the smallest distance (ties broken arbitrarily).
-
-    Args:
-        distance: (B, N, H, W) float, e.g. ``distance_transform(error_maps)``.
-        error_maps: (B, N, H, W) bool, eq. 6: disjoint maps, each pixel an error of at most
-            one class (its ground truth's), as :func:`class_error_maps` gives.
-        ratio: K in [0, 1]; 0 selects nothing, 1 selects every error pixel.
-
-    Returns:
-        (B, N, H, W) bool, a subset of ``error_maps``.
-
-    Raises ``ValueError`` when a pixel is set in two or more maps (its count would be
-    shared between classes). This readable form checks it with one host synchronisation;
-    the loss runs :func:`bane_select_labels` on collapsed labels, disjoint by construction.
-    """
-    _check_rank(error_maps, 4, "error_maps", "(B, N, H, W)")
-    if error_maps.dtype != torch.bool:
-        raise ValueError(f"error_maps must be bool, got {error_maps.dtype}")
-    if distance.shape != error_maps.shape:
-        raise ValueError(
-            f"distance must have the shape of error_maps {tuple(error_maps.shape)}, got "
-            f"{tuple(distance.shape)}"
-        )
-    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
-        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
-    _check_disjoint(error_maps)
-    if ratio == 0:
-        return torch.zeros_like(error_maps)
-    if ratio == 1:
-        return error_maps.clone()
-    num_classes = error_maps.shape[1]
-    # Each pixel is an error of at most one class (its ground truth's), as
-    # class_error_maps gives: one label map and each pixel's own distance suffice.
-    owner = torch.where(error_maps.any(1), error_maps.int().argmax(1), num_classes)  # (B, H, W)
-    own = distance.gather(1, owner.clamp(max=num_classes - 1).unsqueeze(1)).squeeze(1)
-    chosen = bane_select_labels(own, owner, num_classes, ratio)  # (B, H, W)
-    return chosen.unsqueeze(1) & error_maps
-
-
-def _check_disjoint(error_maps: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming the first pixel set in two or more of (B, N, H, W) maps."""
-    shared = error_maps.sum(1, dtype=torch.int32) > 1  # (B, H, W)
-    if bool(shared.any()):
-        b, y, x = (int(i) for i in shared.nonzero()[0])
-        classes = error_maps[b, :, y, x].nonzero().flatten().tolist()
-        raise ValueError(
-            f"error_maps overlap: {int(shared.sum())} pixels are errors of two or more "
-            f"classes (e.g. pixel (b={b}, y={y}, x={x}) of classes {classes}); eq. 6's maps "
-            "are disjoint, one error class per pixel (its ground truth's): build them with "
-            "class_error_maps"
-        )
 
 
 def bane_select_labels(
@@ -1329,20 +1129,6 @@ def bane_select_labels(
     # (the non-error pixels are never chosen)
     selected = torch.empty_like(errors).index_copy_(0, order, chosen)
     return selected if labels.dim() == 1 else selected.view(labels.shape)
-
-
-def semi_hard_select(
-    error_maps: torch.Tensor, ratio: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Semi-hard negatives (Table 6 ablation): per class, ⌈ratio · count⌉ error pixels
-    chosen uniformly at random instead of nearest to the edge.
-
-    error_maps: (B, N, H, W) bool. Returns (B, N, H, W) bool.
-    """
-    device = generator.device if generator is not None else error_maps.device
-    scores = torch.rand(error_maps.shape, generator=generator, device=device)
-    scores = scores.to(error_maps.device)
-    return bane_select(scores, error_maps, ratio)
 
 
 def hard_negative_mask(

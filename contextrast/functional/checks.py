@@ -1,0 +1,49 @@
+"""Input checks shared by the reference and the fast functions."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_integer", "check_labels", "check_rank", "compute_dtype"]
+
+
+def check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(tensor)}")
+    if tensor.dim() != rank:
+        raise ValueError(f"{name} must have shape {shape} ({rank} dims), got {tuple(tensor.shape)}")
+
+
+def check_integer(tensor: torch.Tensor, name: str) -> None:
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of class indices, got {tensor.dtype}")
+
+
+def check_labels(
+    labels: torch.Tensor, num_classes: int, ignore_index: int, name: str = "labels"
+) -> None:
+    """Raise ``ValueError`` unless every value is in ``[0, num_classes)`` or ``ignore_index``.
+
+    Costs one host synchronisation; it turns a silent wrong anchor into a clear error.
+    """
+    check_integer(labels, name)
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(
+            f"ignore_index={ignore_index} collides with a class id; expected a value outside "
+            f"[0, {num_classes})"
+        )
+    # One pass: a value outside [0, N) that is not the ignore index (max of bool: any).
+    bad = (labels < 0).bitwise_or_(labels >= num_classes).bitwise_and_(labels != ignore_index)
+    if bool(bad.max()):
+        values = torch.unique(labels[bad])[:5].tolist()
+        raise ValueError(
+            f"{name} contains values {values} outside [0, {num_classes}) and not the "
+            f"ignore_index {ignore_index}"
+        )
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precisions are computed in it)."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32

@@ -1,0 +1,192 @@
+"""The whole contrastive term as one function: what :class:`~contextrast.ContextrastLoss` calls
+after its projection heads, as smp's ``losses/_functional.py`` serves its loss modules.
+
+It equals :func:`contextrast.functional.reference.contextrast_loss` (eq. 1–4 with BANE, layer
+by layer) when the random sampling is off (``max_positives = max_negatives = max_pixels =
+None``), and is tested against it; with sampling on, each anchor's positives and negatives are
+uniform random subsets of the reference's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from contextrast.functional import batched as B
+from contextrast.functional.checks import check_labels, compute_dtype
+
+__all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "contextrast_loss"]
+
+HARD_NEGATIVE_MODES = ("only", "include", "add")
+
+
+class ContextrastTerms(NamedTuple):
+    """What one call of the loss computed.
+
+    loss: scalar ``loss_weight · Σ_i λ_i L_PA,i``, with gradient.
+    layer_losses: (I,) detached, unweighted ``L_PA,i`` per layer, lowest layer first.
+    hard_negatives: (I,) int64, number of BANE-selected pixels per layer.
+    """
+
+    loss: torch.Tensor
+    layer_losses: torch.Tensor
+    hard_negatives: torch.Tensor
+
+
+#: One layer's embeddings: a (B, d, h, w) map, or ``(coords (B, K, h, w), lift (d, K))`` with
+#: ``v = lift @ c`` per pixel (:meth:`~contextrast.contrast.ProjectionHead.factored`).
+Embedding = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def contextrast_loss(
+    embeddings: Sequence[Embedding],
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float,
+    layer_weights: Sequence[float],
+    w_high: float,
+    loss_weight: float,
+    ignore_index: int,
+    sampler: Callable[..., torch.Tensor] | None,
+    hard_negatives: str,
+    max_pixels: int | None,
+    max_positives: int | None,
+    max_negatives: int | None,
+    normalize_anchors: bool,
+    detach_anchors: bool,
+    validate: bool = True,
+) -> ContextrastTerms:
+    """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
+    :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
+
+    Every layer's pixels lie on one flat axis (:class:`~.batched.LayerLayout`): labels, BANE,
+    the masks, the sampling and the InfoNCE run once for all layers, each layer's terms kept
+    apart by segment sums; only the products with each layer's own coordinates are per layer.
+
+    Args:
+        embeddings: I unnormalised embeddings (:data:`Embedding`), lowest layer first, any
+            resolutions of one aspect ratio.
+        logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
+        target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
+        sampler: picks the hard negatives: ``sampler(labels (M,), pred (M,),
+            num_classes=N, layout=layout)`` -> (M,) bool (the
+            :class:`~contextrast.contrast.sampling.PixelSampler` contract); ``None``: plain
+            CCL.
+        validate: check the label values (one host synchronisation); ``False`` when the
+            caller checked them before training.
+    """
+    n = logits.shape[1]
+    device = target.device
+    if validate:
+        check_labels(target, n, ignore_index, "target")
+    with torch.no_grad():
+        pred = logits.argmax(dim=1)  # (B, h, w)
+    pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
+    sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
+    layout = B.layer_layout(target.shape[0], sizes, device)
+    blocks = layout.segments
+    with torch.autocast(device_type=device.type, enabled=False):
+        labels = B.gather_layers(target, layout)  # (M,)
+        layer_pred = B.gather_layers(pred, layout)  # (M,)
+        # BANE first: its distance transform's temporaries then never meet the heads'
+        # activations (a lower peak).
+        if sampler is None:
+            hard = torch.zeros_like(labels, dtype=torch.bool)
+        else:
+            hard = sampler(labels, layer_pred, num_classes=n, layout=layout)  # (M,)
+        dtype = compute_dtype(*(coords for coords, _ in pairs))
+        groups = _group_layers(pairs, blocks.counts, dtype)
+        is_class = labels == B.class_rows(n, device)  # (N, M)
+        one_hot = is_class.to(dtype)
+        counts = B.segment_sum(one_hot, blocks)  # (N, I)
+        inverse, sums = [], []
+        for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
+            group_inverse, group_sums = B.layer_sums(
+                group.coords, group.lift, B.group_one_hot(part, group.counts)
+            )
+            inverse.append(group_inverse)  # (M_g,)
+            sums.append(group_sums)  # (I_g·N, d)
+        inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)
+        sums = (torch.cat(sums) if len(sums) > 1 else sums[0]).view(len(sizes), n, -1)
+        # Eq. 1: each layer's class sums over its class counts.
+        one = B.constant(1.0, dtype, device)
+        anchors = sums / torch.maximum(counts, one).transpose(0, 1).unsqueeze(2)  # (I, N, d)
+        present = counts[:, -1] >= one  # (N,) the classes of the last layer
+        fused = B.fuse_anchors(anchors, present, w_high, normalize_anchors)
+        if detach_anchors:
+            fused = fused.detach()
+        if max_pixels is not None:
+            bounded = B.bound_pixels(labels, max_pixels, hard, blocks, ignore_index)
+            if bounded is not None:
+                keep, blocks = bounded
+                groups = _keep_columns(groups, keep, blocks.counts)
+                labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
+                inverse_norm, is_class = inverse_norm[keep], is_class[:, keep]
+        similarity = B.layer_similarity(fused, groups, inverse_norm, temperature)  # (N, M)
+        positive = is_class
+        labelled = labels != B.constant(ignore_index, labels.dtype, device)
+        negative = (~positive).bitwise_and_(labelled)  # (N, M)
+        extra = None
+        if sampler is not None and hard_negatives == "only":
+            negative.bitwise_and_(B.hard_negative_mask(hard, layer_pred, n, blocks=blocks))
+        elif sampler is not None and hard_negatives == "add":
+            # Selected pixels are errors: labelled and never of the row's class.
+            extra = B.hard_negative_mask(hard, layer_pred, n, fallback=False)
+        if max_positives is not None or max_negatives is not None:
+            positive, negative, extra = B.sample_pairs(
+                positive, negative, extra, blocks, max_positives, max_negatives
+            )
+        stacked = B.info_nce_from_logits(similarity, positive, negative, extra, blocks)  # (I,)
+        weights = tuple(loss_weight * w for w in layer_weights)  # α·λ_i
+        total = torch.dot(stacked, B.constant(weights, stacked.dtype, device))
+        hard_counts = B.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
+    return ContextrastTerms(total, stacked.detach(), hard_counts)
+
+
+def _group_layers(
+    embedded: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    counts: Sequence[int],
+    dtype: torch.dtype,
+) -> list[B.LayerGroup]:
+    """Each factored layer as its own group; each run of consecutive formed layers as one
+    (scored in one product).
+
+    embedded: per layer, (coords (B, K, h, w), lift (d, K) or None: the coords are v).
+    """
+    groups, run = [], []
+
+    def close_run():
+        if run:
+            coords = torch.cat([c for c, _ in run], dim=1) if len(run) > 1 else run[0][0]
+            groups.append(B.LayerGroup(tuple(m for _, m in run), coords, None))
+            run.clear()
+
+    for (coords, lift), count in zip(embedded, counts):
+        coords = coords if coords.dtype == dtype else coords.to(dtype)
+        flat = coords.transpose(0, 1).reshape(coords.shape[1], -1)  # (K, B·h·w)
+        if lift is None:
+            run.append((flat, count))
+            continue
+        close_run()
+        groups.append(B.LayerGroup((count,), flat, lift if lift.dtype == dtype else lift.to(dtype)))
+    close_run()
+    return groups
+
+
+def _keep_columns(
+    groups: list[B.LayerGroup], keep: torch.Tensor, kept: tuple[int, ...]
+) -> list[B.LayerGroup]:
+    """The groups restricted to the kept pixels: ``keep`` (M',) flat indices, layer after
+    layer, ``kept`` pixels of each layer (what :func:`~.batched.bound_pixels` returns)."""
+    out, start, position, layer = [], 0, 0, 0
+    for group in groups:
+        layer_kept = kept[layer : layer + len(group.counts)]
+        part = keep[position : position + sum(layer_kept)] - start  # (M'_g,) group columns
+        out.append(B.LayerGroup(layer_kept, group.coords.index_select(1, part), group.lift))
+        start += sum(group.counts)
+        position += sum(layer_kept)
+        layer += len(group.counts)
+    return out

@@ -1,0 +1,208 @@
+"""The fast path (functional.batched / functional.loss, what the training step runs) against
+the paper as code (functional.reference), at realistic shapes: all four layers, 12 classes,
+float64 and bfloat16 autocast, with its gradients; and the guarantees the fast path's
+machinery makes (double backward refused, caches that no caller can corrupt)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contextrast import ContextrastLoss
+from contextrast import functional as CF
+from contextrast.contrast.sampling import BaneSampler, PixelSampler
+from contextrast.functional import reference as R
+
+N = 12
+SIZES = ((32, 48), (16, 24), (8, 12), (4, 6))  # strides 4–32 of a 128×192 crop
+CHANNELS = (6, 10, 14, 18)
+HYPER = dict(temperature=0.1, layer_weights=(0.1, 0.4, 0.7, 1.0), w_high=0.7, loss_weight=0.1)
+
+
+def make_case(seed: int, dtype=torch.float64, d: int = 16):
+    """Blocky ground truth with an ignore band, a prediction right on most pixels, and
+    random embeddings of every layer."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, N, (2, 1, 8, 12), generator=g).double()
+    target = F.interpolate(coarse, size=(128, 192), mode="nearest")[:, 0].long()  # (B, H, W)
+    target[:, :6] = 255
+    truth = F.one_hot(F.interpolate(coarse, size=(32, 48))[:, 0].long(), N).permute(0, 3, 1, 2)
+    logits = torch.randn(2, N, 32, 48, generator=g, dtype=dtype) + 1.5 * truth.to(dtype)
+    embeddings = [
+        torch.randn(2, d, h, w, generator=g, dtype=dtype).requires_grad_() for h, w in SIZES
+    ]
+    return embeddings, logits, target
+
+
+def fast(embeddings, logits, target, mode="add", ratio=0.5, normalize=True):
+    sampler = BaneSampler(ratio, validate=False) if ratio > 0 else None
+    return CF.contextrast_loss(
+        embeddings, logits, target, **HYPER, ignore_index=255, sampler=sampler,
+        hard_negatives=mode, max_pixels=None, max_positives=None, max_negatives=None,
+        normalize_anchors=normalize, detach_anchors=False,
+    )  # fmt: skip
+
+
+def reference(embeddings, logits, target, mode="add", ratio=0.5, normalize=True):
+    return R.contextrast_loss(
+        embeddings, logits, target, **HYPER, bane_ratio=ratio, ignore_index=255,
+        hard_negatives=mode, normalize_anchors=normalize,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mode, ratio, normalize",
+    [("add", 0.5, True), ("only", 0.5, True), ("include", 0.5, False), ("add", 0.0, False)],
+)
+def test_fast_loss_equals_the_reference_and_so_do_its_gradients(mode, ratio, normalize):
+    embeddings, logits, target = make_case(seed=1)
+    got = fast(embeddings, logits, target, mode, ratio, normalize)
+    (got_grads) = torch.autograd.grad(got.loss, embeddings)
+    loss, layers, hard = reference(embeddings, logits, target, mode, ratio, normalize)
+    want_grads = torch.autograd.grad(loss, embeddings)
+    assert torch.equal(got.hard_negatives, hard)
+    assert (hard > 0).all() if ratio > 0 else (hard == 0).all()  # BANE picked on every layer
+    assert torch.allclose(got.layer_losses, layers, rtol=1e-10, atol=0)
+    assert got.loss.item() == pytest.approx(loss.item(), rel=1e-10)
+    for a, b in zip(got_grads, want_grads):
+        assert b.abs().sum() > 0
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
+
+
+def test_fast_loss_under_bf16_autocast_equals_the_reference_on_the_same_embeddings():
+    # Under autocast the heads emit bfloat16; both paths then compute in float32.
+    embeddings, logits, target = make_case(seed=2, dtype=torch.float32)
+    low = [e.detach().bfloat16().requires_grad_() for e in embeddings]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fast(low, logits, target)
+        loss, _, hard = reference(low, logits, target)
+    assert got.loss.dtype == torch.float32 and torch.equal(got.hard_negatives, hard)
+    assert got.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    got_grads = torch.autograd.grad(got.loss, low)
+    want_grads = torch.autograd.grad(loss, low)
+    for a, b in zip(got_grads, want_grads):
+        assert a.dtype == torch.bfloat16
+        assert (a.float() - b.float()).norm() <= 1e-2 * b.float().norm()
+
+
+def test_the_module_with_factored_heads_equals_the_reference_on_its_embeddings():
+    # ContextrastLoss factors its largest layer (v = lift @ c, never formed): the reference
+    # gets the formed embeddings of the same heads.
+    _, logits, target = make_case(seed=3)
+    g = torch.Generator().manual_seed(3)
+    features = [
+        torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
+        for c, (h, w) in zip(CHANNELS, SIZES)
+    ]
+    module = ContextrastLoss(
+        N, CHANNELS, embed_dim=32, max_positives=None, max_negatives=None
+    ).double()
+    module.eval()  # BatchNorm on running statistics: the heads are plain functions
+    terms = module.terms(features, logits, target)
+    embedded = module._embed(features)
+    assert embedded[0][1] is not None  # the stride-4 layer is factored
+    loss, _layers, hard = reference(
+        [h.net(f) for h, f in zip(module.heads, features)], logits, target
+    )
+    assert torch.equal(terms.hard_negatives, hard)
+    assert terms.loss.item() == pytest.approx(loss.item(), rel=1e-10)
+    got = torch.autograd.grad(terms.loss, list(module.parameters()))
+    want = torch.autograd.grad(loss, list(module.parameters()))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
+
+
+def test_reference_pieces_agree_with_the_fast_pieces():
+    _embeddings, logits, target = make_case(seed=4)
+    pred = logits.argmax(1)
+    layout = CF.layer_layout(2, SIZES, target.device)
+    labels = CF.gather_layers(target, layout)
+    layer_pred = CF.gather_layers(pred, layout)
+    errors = CF.error_labels(layer_pred, labels, N)
+    distance = CF.error_distance(errors, N, layout)
+    chosen = CF.bane_select_labels(distance, errors, N, 0.5, layout.segments)
+    start = 0
+    for (h, w), count in zip(SIZES, layout.segments.counts):
+        part = slice(start, start + count)
+        start += count
+        g = R._nearest(target, (h, w))
+        y = R._nearest(pred, (h, w))
+        assert torch.equal(labels[part].view(2, h, w), g)  # gather_layers: nearest resize
+        maps = R.class_error_maps(y, g, N)  # eq. 6
+        assert torch.equal(
+            errors[part].view(2, h, w).unsqueeze(1) == torch.arange(N).view(1, N, 1, 1), maps
+        )
+        d = R.distance_map(maps)  # eq. 7, brute force
+        own = torch.where(maps, d, 0.0).sum(1)  # each error pixel's own class's distance
+        assert torch.allclose(distance[part].view(2, h, w).double(), own)
+        picked = R.bane_select(d, maps, 0.5).any(1)  # BANE, class by class
+        assert torch.equal(chosen[part].view(2, h, w), picked)
+        rows = R.hard_negative_mask(picked.reshape(-1), y.reshape(-1), N)
+        assert torch.equal(CF.hard_negative_mask(picked.reshape(-1), y.reshape(-1), N), rows)
+
+
+def test_fast_anchor_update_equals_the_reference():
+    g = torch.Generator().manual_seed(5)
+    anchors = torch.randn(4, N, 8, generator=g, dtype=torch.float64)
+    present = torch.rand(N, generator=g) > 0.3
+    for normalize in (False, True):
+        fused = CF.fuse_anchors(anchors, present, 0.7, normalize)
+        want = R.updated_anchors(list(anchors), 0.7, present, normalize)
+        assert torch.allclose(fused, torch.stack(want), rtol=1e-12, atol=1e-15)
+
+
+def test_written_out_gradients_refuse_double_backward():
+    embeddings, logits, target = make_case(seed=6, d=4)
+    loss = fast(embeddings, logits, target).loss
+    (grad,) = torch.autograd.grad(loss, embeddings[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
+def test_no_caller_can_corrupt_a_cached_tensor():
+    cpu = torch.device("cpu")
+    CF.class_rows(5, cpu).fill_(0)  # a caller edits a returned tensor in place
+    assert CF.class_rows(5, cpu).view(-1).tolist() == [0, 1, 2, 3, 4]
+    CF.constant(2.0, torch.float32, cpu).add_(1.0)
+    assert CF.constant(2.0, torch.float32, cpu).item() == 2.0
+    embeddings, logits, target = make_case(seed=7, d=4)
+    before = fast(embeddings, logits, target).loss.item()
+    layout = CF.layer_layout(2, SIZES, cpu)
+    for tensor in CF.batched._tensors(layout):
+        tensor.view(-1)[:1].fill_(3)  # every cached tensor of the step's layout, in place
+    assert fast(embeddings, logits, target).loss.item() == before
+
+
+def test_evaluation_does_not_fill_the_training_layout_cache():
+    CF.layer_layout.cache_clear()
+    mask = torch.rand(3, 40, 50) < 0.5
+    CF.distance_transform(mask)
+    assert CF.layer_layout.cache_size() == 0
+    with torch.inference_mode():  # a cache filled under inference mode still trains
+        layout = CF.layer_layout(1, ((4, 4),), torch.device("cpu"))
+    assert not layout.segments.ids.is_inference()
+
+
+def test_a_custom_sampler_plugs_into_the_loss():
+    class EveryError(PixelSampler):
+        """Every error pixel is a hard negative: BANE at K = 1."""
+
+        def select(self, labels, pred, num_classes=None, layout=None):
+            self.seen = (labels.shape, layout.segments.counts)
+            return (labels != pred) & (labels != 255)
+
+    g = torch.Generator().manual_seed(8)
+    features = [torch.randn(2, c, h, w, generator=g) for c, (h, w) in zip(CHANNELS, SIZES)]
+    _, logits, target = make_case(seed=8, dtype=torch.float32)
+    custom_sampler = EveryError()
+    custom = ContextrastLoss(N, CHANNELS, negatives=custom_sampler, max_positives=None,
+                             max_negatives=None)  # fmt: skip
+    bane = ContextrastLoss(N, CHANNELS, bane_ratio=1.0, max_positives=None, max_negatives=None)
+    bane.load_state_dict(custom.state_dict())
+    got, want = custom.terms(features, logits, target), bane.terms(features, logits, target)
+    m = sum(2 * h * w for h, w in SIZES)
+    assert custom_sampler.seen == ((m,), tuple(2 * h * w for h, w in SIZES))
+    assert torch.equal(got.hard_negatives, want.hard_negatives) and got.hard_negatives.sum() > 0
+    assert got.loss.item() == pytest.approx(want.loss.item(), rel=1e-6)
+    assert "EveryError" in repr(custom)
+    with pytest.raises(ValueError, match="PixelSampler instance"):
+        ContextrastLoss(N, CHANNELS, negatives=lambda labels, pred: labels)
