@@ -50,6 +50,7 @@ PAPER = {
 }
 LOSSES = {
     "contextrast (default)": lambda n, ch: ContextrastLoss(n, ch),
+    "contextrast, validate=False (trainer)": lambda n, ch: ContextrastLoss(n, ch, validate=False),
     "contextrast, K=0": lambda n, ch: ContextrastLoss(n, ch, bane_ratio=0.0),
     "contextrast, paper-literal": lambda n, ch: ContextrastLoss(n, ch, **PAPER),
     "pixel_contrast": lambda n, ch: PixelContrastLoss(n, ch),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from contextrast.engine import build_dataset, load_run
+from contextrast.engine import build_split, load_run
 from contextrast.evaluation.inference import predict_probabilities
 from contextrast.evaluation.metrics import confusion_matrix, mean_iou
 
@@ -39,7 +39,7 @@ def per_image_confusions(run_dir: Path, weights: str) -> torch.Tensor:
     if state is None:
         return torch.empty(0)
     run.model.load_state_dict(state)
-    data = build_dataset(run.config, run.config.data.val_split, train=False)
+    data = build_split(run.config, run.config.data.val_split, train=False)
     classes = data.num_classes
     out = []
     with torch.no_grad():

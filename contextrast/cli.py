@@ -165,7 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
         writable_path(args.out)
     dist = init_distributed(config.run.device)
     try:
-        dataset = engine.build_dataset(config, args.split or config.data.val_split, train=False)
+        dataset = engine.build_split(config, args.split or config.data.val_split, train=False)
         run = engine.load_run(args.checkpoint, config, num_classes=dataset.num_classes)
         metrics = evaluate(
             run.model.to(dist.device),
@@ -267,7 +267,7 @@ def _analysis_run(args: argparse.Namespace):
     """The run (config from --config or the checkpoint) and the dataset split to analyse."""
     config = load_config(args.config, args.set) if args.config else None
     run = engine.load_run(args.checkpoint, config, overrides=args.set)
-    dataset = engine.build_dataset(run.config, args.split or run.config.data.val_split, train=False)
+    dataset = engine.build_split(run.config, args.split or run.config.data.val_split, train=False)
     if dataset.num_classes != len(run.classes):
         engine.check_compatible(run.state, args.checkpoint, run.config, dataset.num_classes)
     return run, dataset
@@ -316,7 +316,7 @@ def _analyze_grid(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: the grid is written as PNG; give a .png file")
     runs = [engine.load_run(path) for path in args.checkpoints]
     config = runs[0].config
-    dataset = engine.build_dataset(config, args.split or config.data.val_split, train=False)
+    dataset = engine.build_split(config, args.split or config.data.val_split, train=False)
     indices = args.indices or range(min(args.count, len(dataset)))
     outside = [i for i in indices if not 0 <= i < len(dataset)]
     if outside or not indices:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from contextrast.config import CONFIG_DIR, load_config
-from contextrast.engine import Trainer, build_dataset, finished_metrics, load_run
+from contextrast.engine import Trainer, build_split, finished_metrics, load_run
 from contextrast.evaluation.report import comparison_rows, save_grid
 
 WEIGHTS = Path(".cache/efficientnet_lite0_timm.pth")
@@ -114,7 +114,7 @@ def comparison(dataset: str, extra: list[str], count: int = 6) -> Path:
         config = method_config(dataset, method, extra)
         run = load_run(config.run_dir / "best.pt", config)
         models.append((run.model, run.palette, {}))
-    data = build_dataset(config, config.data.val_split, train=False)
+    data = build_split(config, config.data.val_split, train=False)
     # Evenly spread over the split, so that the picture is not six neighbouring slices.
     indices = torch.linspace(0, len(data) - 1, count).round().long().tolist()
     titles = ["image", "ground truth", *(title for _, _, title in METHODS.values())]

@@ -3,13 +3,13 @@
 from contextrast.engine.builders import (
     LOSS_DESCRIPTIONS,
     build_contrast,
-    build_dataset,
     build_evaluator,
     build_model,
+    build_split,
     eval_options,
     predict_options,
 )
-from contextrast.engine.runs import Run, check_compatible, finished_metrics, load_run
+from contextrast.engine.runs import Run, check_compatible, finished_metrics, last_metrics, load_run
 from contextrast.engine.sampler import IterationBatchSampler
 from contextrast.engine.schedule import PolyLR
 from contextrast.engine.step import LossTerms, TrainingModule
@@ -25,12 +25,13 @@ __all__ = [
     "Trainer",
     "TrainingModule",
     "build_contrast",
-    "build_dataset",
     "build_evaluator",
     "build_model",
+    "build_split",
     "check_compatible",
     "eval_options",
     "finished_metrics",
+    "last_metrics",
     "load_run",
     "predict_options",
     "sweep",

@@ -23,10 +23,10 @@ __all__ = [
     "LOSSES",
     "LOSS_DESCRIPTIONS",
     "build_contrast",
-    "build_dataset",
     "build_evaluator",
     "build_model",
     "build_region",
+    "build_split",
     "eval_options",
     "predict_options",
 ]
@@ -42,7 +42,10 @@ LOSS_DESCRIPTIONS = {
 }
 
 
-def build_dataset(config: Config, split: str, train: bool) -> SegmentationDataset:
+def build_split(config: Config, split: str, train: bool) -> SegmentationDataset:
+    """The ``data.dataset`` split ``split`` with the config's transform: training
+    augmentations when ``train``, else the evaluation one. (``contextrast.data.build_dataset``
+    is the config-free constructor by dataset name.)"""
     data = config.data
     if data.dataset not in DATASETS:
         raise ConfigError(

@@ -13,7 +13,7 @@ from contextrast.engine.builders import build_model
 from contextrast.models import Segmentor
 from contextrast.utils.checkpoint import load_checkpoint, load_weights
 
-__all__ = ["Run", "check_compatible", "finished_metrics", "load_run"]
+__all__ = ["Run", "check_compatible", "finished_metrics", "last_metrics", "load_run"]
 
 #: The model keys that decide a checkpoint's state-dict layout.
 MODEL_KEYS = ("name", "head", "head_width", "aux")
@@ -82,13 +82,18 @@ def load_run(
     return Run(config, model.eval(), classes, state.get("palette", []), state)
 
 
+def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The last evaluation in a run directory's ``metrics.jsonl`` ({} before the first)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
 def finished_metrics(config: Config) -> dict[str, Any] | None:
     """The last evaluation of the run ``config`` names if it reached ``optim.iters``, else
     None (so that benchmarks and sweeps reuse finished runs and resume the others)."""
     run_dir = Path(config.run_dir)
-    metrics = run_dir / "metrics.jsonl"
-    if not ((run_dir / "last.pt").is_file() and metrics.is_file()):
+    if not (run_dir / "last.pt").is_file():
         return None
-    lines = metrics.read_text().splitlines()
-    last = json.loads(lines[-1]) if lines else {}
+    last = last_metrics(run_dir)
     return last if last.get("iteration", -1) >= config.optim.iters else None

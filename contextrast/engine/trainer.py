@@ -1,8 +1,14 @@
-"""The trainer: SGD + poly LR, CE + α·L_PA, AMP, DDP, atomic checkpoints, resume."""
+"""The trainer: SGD + poly LR, CE + α·L_PA, AMP, DDP, atomic checkpoints, resume.
+
+``Trainer._loop`` reads top to bottom: for each batch one optimiser step (``Trainer._step``),
+then the collaborators at their points: :class:`NonFiniteWatch` (a non-finite loss),
+:class:`TrainLog` (the log line, TensorBoard, the progress bar), ``Trainer._evaluate`` and
+:class:`Checkpoints` (last.pt, best.pt). Between those points a step never waits for the
+device.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -22,16 +28,16 @@ import contextrast
 from contextrast.config import Config, ConfigError
 from contextrast.contrast import NonFiniteError
 from contextrast.data import DatasetError, labelled_pixels, seed_worker
-from contextrast.data.datasets import sample_seed
+from contextrast.data.datasets import Sample, sample_seed
 from contextrast.engine.builders import (
     build_contrast,
-    build_dataset,
     build_evaluator,
     build_model,
     build_region,
+    build_split,
     eval_options,
 )
-from contextrast.engine.runs import check_compatible
+from contextrast.engine.runs import check_compatible, last_metrics
 from contextrast.engine.sampler import IterationBatchSampler
 from contextrast.engine.schedule import PolyLR
 from contextrast.engine.step import LossTerms, TrainingModule
@@ -48,7 +54,7 @@ from contextrast.utils.checkpoint import (
 )
 from contextrast.utils.distributed import all_reduce_sum, barrier, init_distributed
 
-__all__ = ["Trainer"]
+__all__ = ["Checkpoints", "NonFiniteWatch", "TrainLog", "Trainer"]
 
 log = logging.getLogger("contextrast")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,12 +69,14 @@ def _seed_everything(seed: int) -> None:
 class NonFiniteWatch:
     """The first non-finite loss since the last check, recorded on the device.
 
-    ``update`` runs every step without waiting for the device; the trainer reads the record
-    at its log points. Kept: the iteration (-1: none), the loss terms, and which samples of
-    that batch had non-finite pixels (with their dataset indices).
+    ``update`` runs every step without waiting for the device; ``check`` reads the record
+    at log, evaluation and checkpoint points and raises a ``FloatingPointError`` that names
+    the cause. Kept: the iteration (-1: none), the loss terms, and which samples of that
+    batch had non-finite pixels (with their dataset indices).
     """
 
-    def __init__(self, batch: int, device: torch.device):
+    def __init__(self, config: Config, model: nn.Module, batch: int, device: torch.device):
+        self.config, self.model = config, model
         self.iteration = torch.full((), -1, dtype=torch.long, device=device)
         self.terms = torch.zeros(len(LossTerms._fields), dtype=torch.float64, device=device)
         self.samples = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -86,6 +94,205 @@ class NonFiniteWatch:
         self.samples = torch.where(new, broken, self.samples)
         indices = indices.to(self.indices.device, non_blocking=True)
         self.indices = torch.where(new, indices, self.indices)
+
+    def check(self, iteration: int, everywhere: bool = True) -> None:
+        """Raise if any process (``everywhere``; else this one) saw a non-finite loss by
+        ``iteration``: one host sync and one all-reduce, at points that every rank reaches
+        at the same iteration; not per step."""
+        seen = (self.iteration >= 0).to(torch.float64)
+        if everywhere:
+            seen = all_reduce_sum(seen.clone())
+        if seen.item() == 0:
+            return
+        first = int(self.iteration)
+        if first < 0:
+            raise FloatingPointError(
+                f"the loss became non-finite on another process before iteration "
+                f"{iteration}; see that process's log"
+            )
+        total, ce, aux, contrast, region, _ = self.terms.tolist()
+        parts = {"ce": ce, "aux": aux, "contrast": contrast, "region": region}
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
+        head = f"loss is {total} at iteration {first} ({shown})"
+        raise FloatingPointError(self._explain(head, parts, self.indices[self.samples].tolist()))
+
+    def refused(
+        self, error: Exception, iteration: int, images: torch.Tensor, indices: torch.Tensor
+    ) -> FloatingPointError:
+        """The error to raise when a loss refused non-finite features itself
+        (``NonFiniteError``) at ``iteration``; images: (B, 3, H, W); indices: (B,) (CPU)."""
+        finite = torch.isfinite(images).flatten(1).all(1).cpu()  # (B,)
+        head = f"non-finite model features at iteration {iteration} ({error})"
+        return FloatingPointError(self._explain(head, None, indices[~finite].tolist()))
+
+    def _explain(self, head: str, parts: dict[str, float] | None, bad_samples: list[int]) -> str:
+        """A one-line account of a non-finite loss that names its cause.
+
+        head: what was found and when; parts: the step's ce / aux / contrast / region values
+        (None when the contrastive loss refused non-finite features); bad_samples: the
+        indices of that step's samples whose pixels were not finite.
+        """
+        c = self.config
+        if bad_samples:
+            return (
+                f"{head}: the input batch holds NaN/inf pixel values (sample indices "
+                f"{bad_samples} of split {c.data.train_split!r}); check those images "
+                "and model.mean/model.std"
+            )
+        hint = (
+            "fp16 overflowed: use optim.amp=bf16"
+            if c.optim.amp == "fp16"
+            else "training diverged: lower optim.lr or set optim.grad_clip"
+        )
+        broken = next(
+            (n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())),
+            None,
+        )
+        weights = f" (weights no longer finite, first: {broken})" if broken else ""
+        if parts is None or not (math.isfinite(parts["ce"]) and math.isfinite(parts["aux"])):
+            return f"{head}: the model's outputs are not finite{weights}; {hint}"
+        if not math.isfinite(parts["region"]):
+            return (
+                f"{head}: the region loss ({c.loss.region.name}) is not finite while "
+                "CE is; lower loss.region.weight, or report it with this config"
+            )
+        return (
+            f"{head}: the {c.loss.name!r} loss is not finite while CE is; lower its "
+            "loss_weight or raise its temperature, or report it with this config"
+        )
+
+
+class TrainLog:
+    """What a run reports: messages of the main process to train.log and stdout (above the
+    progress bar while one is shown), TensorBoard scalars, and the training loss.
+
+    ``add`` sums each step's loss terms on the device (no host sync); ``write``, at log
+    points, reports the window's means with one all-reduce and one host sync, on every
+    process (the all-reduce is collective). ``unlabelled_batches``: the run's batches (one
+    process's share each) without a labelled pixel; the checkpoints keep it.
+    """
+
+    def __init__(self, config: Config, is_main: bool, world_size: int, device: torch.device):
+        self.config, self.is_main, self.world_size = config, is_main, world_size
+        self.sums = torch.zeros(len(LossTerms._fields), dtype=torch.float64, device=device)
+        self.unlabelled_batches = 0
+        self.writer: Any = None
+        self.progress: Any = None
+        self._handler: logging.Handler | None = None
+
+    def open(self, run_dir: Path) -> None:
+        """Write to ``run_dir``'s train.log and TensorBoard folder (the main process's)."""
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        self._handler = handler
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            log.info("tensorboard is not installed: no TensorBoard scalars")
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            log.info(message)
+            if self.progress is not None:
+                self.progress.write(message)  # keeps the bar intact
+            else:
+                print(message, flush=True)
+
+    def scalars(self, values: dict[str, float], iteration: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, iteration)
+
+    def start(self, start: int, total: int) -> None:
+        """Training runs from iteration ``start`` to ``total``: the first window opens, and
+        on a terminal the main process shows a progress bar."""
+        self.total = total
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.step_seconds, self.steps = 0.0, 0
+        if self.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=total, initial=start, dynamic_ncols=True)
+
+    def add(self, terms: LossTerms, seconds: float) -> None:
+        """A step's loss terms; ``seconds``: the step's own time, without loading its batch."""
+        self.sums += torch.stack([t.detach() for t in terms]).double()
+        self.window_steps += 1
+        self.step_seconds += seconds
+        self.steps += 1
+        if self.progress is not None:
+            self.progress.update(1)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.step_seconds / max(1, self.steps)
+
+    def write(self, iteration: int, lr: float) -> None:
+        """The window's mean terms over all processes, as one line and as scalars; ``lr``:
+        the last step's. Starts the next window."""
+        totals = all_reduce_sum(self.sums.clone()).tolist()
+        count = self.window_steps
+        loss, ce, aux, contrast, region = (v / (count * self.world_size) for v in totals[:5])
+        unlabelled = round(totals[5])
+        self.unlabelled_batches += unlabelled
+        seconds = (time.perf_counter() - self.window_start) / max(1, count)
+        terms = {"loss": loss, "ce": ce, "aux": aux, "contrast": contrast, "region": region}
+        self.scalars({**{f"train/{k}": v for k, v in terms.items()}, "train/lr": lr}, iteration)
+        hours, rest = divmod(int(seconds * (self.total - iteration)), 3600)
+        self.say(
+            f"it {iteration}/{self.total} | loss {loss:.4f} (ce {ce:.4f}, aux {aux:.4f}, "
+            f"contrast {contrast:.4f}"
+            + (f", region {region:.4f}" if self.config.loss.region.name != "none" else "")
+            + f") | lr {lr:.2e} | {seconds:.3f} s/it | "
+            f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}"
+            + (f" | {unlabelled} batch(es) without labelled pixels (CE 0)" if unlabelled else "")
+        )
+        self.scalars({"train/unlabelled_batches": self.unlabelled_batches}, iteration)
+        if self.progress is not None:
+            self.progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        self.sums.zero_()
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self._handler is not None:
+            log.removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+
+
+class Checkpoints:
+    """The run's last.pt, and best.pt at a new best score, written atomically by the main
+    process from ``state(iteration)``. ``saved_iteration``: what last.pt holds, on every
+    process (None until this run or the one it resumes wrote it)."""
+
+    def __init__(self, run_dir: Path, is_main: bool, state: Callable[[int], dict[str, Any]]):
+        self.last, self.best = run_dir / "last.pt", run_dir / "best.pt"
+        self.is_main, self.state = is_main, state
+        self.saved_iteration: int | None = None
+
+    def save(self, iteration: int, best: bool = False) -> None:
+        self.saved_iteration = iteration
+        if self.is_main:
+            state = self.state(iteration)
+            save_checkpoint(state, self.last)
+            if best:
+                save_checkpoint(state, self.best)
+
+    def holds(self, iteration: int) -> str:
+        """What a run stopped at ``iteration`` can be resumed from, in words."""
+        if self.saved_iteration is None:
+            return f"no checkpoint written yet (iteration {iteration})"
+        return f"{self.last} holds iteration {self.saved_iteration}"
 
 
 class Trainer:
@@ -116,7 +323,9 @@ class Trainer:
                 f"{self.dist.world_size} processes"
             )
         self.batch_size = c.data.batch_size // self.dist.world_size
-        last = self.run_dir / "last.pt"
+        self.train_log = TrainLog(c, self.dist.is_main, self.dist.world_size, self.device)
+        self.checkpoints = Checkpoints(self.run_dir, self.dist.is_main, self._state)
+        last = self.checkpoints.last
         if resume and not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {last} to resume from")
         if not resume and last.is_file():
@@ -128,8 +337,8 @@ class Trainer:
         if c.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        self.train_set = build_dataset(c, c.data.train_split, train=True)
-        self.val_set = build_dataset(c, c.data.val_split, train=False)
+        self.train_set = build_split(c, c.data.train_split, train=True)
+        self.val_set = build_split(c, c.data.val_split, train=False)
         if c.data.check_labels:
             self._check_labels()
         num_classes = self.train_set.num_classes
@@ -141,6 +350,11 @@ class Trainer:
                 f"stride of {c.model.name}'s features"
             )
         contrast = build_contrast(c, num_classes, model.feature_channels)
+        if hasattr(contrast, "validate"):
+            # Its per-step checks each wait for the device. The labels are checked before
+            # the first step (data.check_labels, else as each file is read), and a
+            # non-finite loss is found at the next log point (NonFiniteWatch).
+            contrast.validate = False
         region = build_region(c)
         # Copied before compiling: a copy of a compiled module would call the original's graph.
         self.ema = (
@@ -174,15 +388,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.optim.amp == "fp16")
         self.start_iter = 0
         self.best_miou = -math.inf
-        self.unlabelled_batches = 0
         self._stop: str | None = None
-        self.saved_iteration: int | None = None  # what last.pt holds
-        self.history: list[dict[str, Any]] = []
         if resume:
             self._load(last)
-        self.writer = None
         if self.dist.is_main:
             self._prepare_run_dir()
+
+    @property
+    def unlabelled_batches(self) -> int:
+        """The run's batches (one process's share each) without a labelled pixel."""
+        return self.train_log.unlabelled_batches
 
     def _check_labels(self) -> None:
         """Every label file of both splits read before the first iteration: a bad value or
@@ -199,8 +414,6 @@ class Trainer:
                     f"{dataset.ignore_index} (ignore): nothing to {purpose}"
                 )
 
-    # ------------------------------------------------------------------ run directory
-
     def _prepare_run_dir(self) -> None:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,28 +425,9 @@ class Trainer:
         (self.run_dir / "metrics").mkdir(exist_ok=True)
         if self.start_iter < self.config.optim.iters:  # a finished run keeps the config it ran
             (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
-        handler = logging.FileHandler(self.run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        self._log_handler = handler
+        self.train_log.open(self.run_dir)
         for path in removed:
             log.info(f"removed {path.name}, left by a write that was killed")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        except ImportError:  # pragma: no cover - tensorboard is a dependency
-            log.info("tensorboard is not installed: no TensorBoard scalars")
-
-    def _say(self, message: str) -> None:
-        if self.dist.is_main:
-            log.info(message)
-            progress = getattr(self, "_progress", None)
-            if progress is not None:
-                progress.write(message)  # keeps the bar intact
-            else:
-                print(message, flush=True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -288,16 +482,16 @@ class Trainer:
             restore_rng(state["rng"], self.device)
         else:
             _seed_everything(self.config.run.seed + self.dist.rank + state["iteration"])
-        self.start_iter = self.saved_iteration = int(state["iteration"])
+        self.start_iter = self.checkpoints.saved_iteration = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
         if new_average:
             # best.pt so far was chosen on the trained weights' scores, not the average's.
             self.best_miou = -math.inf
-        self.unlabelled_batches = int(state.get("unlabelled_batches", 0))
-        self._say(f"resumed from {path} at iteration {self.start_iter}")
+        self.train_log.unlabelled_batches = int(state.get("unlabelled_batches", 0))
+        self.train_log.say(f"resumed from {path} at iteration {self.start_iter}")
         self._reschedule(saved.get("optim", {}), self.start_iter)
         if new_average:
-            self._say(
+            self.train_log.say(
                 "train.ema_decay: the checkpoint had no moving average; it starts from the "
                 "resumed weights, and best.pt is chosen among the averages from now on"
             )
@@ -319,21 +513,85 @@ class Trainer:
             if key in saved and saved[key] != getattr(o, key)
         ]
         if changed and iteration < o.iters:
-            self._say(
+            self.train_log.say(
                 f"resumed with a new schedule ({', '.join(changed)}): lr {lrs[0]:.2e} at "
                 f"iteration {iteration}, decaying to 0 at iteration {o.iters}"
             )
 
-    def _checkpoint(self, iteration: int, best: bool) -> None:
-        self.saved_iteration = iteration
-        if not self.dist.is_main:
-            return
-        state = self._state(iteration)
-        save_checkpoint(state, self.run_dir / "last.pt")
-        if best:
-            save_checkpoint(state, self.run_dir / "best.pt")
+    # ------------------------------------------------------------------ training
 
-    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Train to ``optim.iters``; returns the last evaluation's metrics.
+
+        An error or interrupt that stops the run is written to ``train.log`` too, then
+        raised; the last checkpoint stays the state to ``--resume`` from.
+        """
+        total = self.config.optim.iters
+        self.iteration = self.start_iter
+        try:
+            if self.start_iter >= total:
+                self.train_log.say(
+                    f"{self.run_dir} already finished at iteration {self.start_iter} of {total}: "
+                    "nothing to train (raise optim.iters to continue it)"
+                )
+                return last_metrics(self.run_dir)
+            return self._loop(total)
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                error.saved = self.checkpoints.holds(self.iteration)  # the CLI's one line
+            if self.dist.is_main:
+                what = "interrupted" if isinstance(error, KeyboardInterrupt) else "stopped"
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                saved = getattr(error, "saved", None)
+                behind = saved and self.checkpoints.saved_iteration != self.iteration
+                log.error(
+                    f"{what} at iteration {self.iteration}: {type(error).__name__}"
+                    + (f": {reason}" if reason else "")
+                    + (f" ({saved})" if behind else "")
+                )
+            raise
+        finally:
+            self.train_log.close()
+
+    def _loop(self, total: int) -> dict[str, Any]:
+        """Train from ``start_iter`` to ``total``; returns the last evaluation's metrics."""
+        t = self.config.train
+        self._watch = NonFiniteWatch(self.config, self.model, self.batch_size, self.device)
+        self.net.train()
+        self.train_log.start(self.start_iter, total)
+        self.train_log.say(
+            f"training {self.config.model.name} with {self.config.loss.name} on "
+            f"{self.config.data.dataset} for {total} iterations (from {self.start_iter}), "
+            f"{self.dist.world_size} process(es)"
+        )
+        metrics: dict[str, Any] = {}
+        for iteration, batch in enumerate(self._loader(), start=self.start_iter + 1):
+            started = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's; the step moves it on
+            terms = self._step(batch, iteration)
+            self.iteration = iteration
+            self.train_log.add(terms, time.perf_counter() - started)
+            logs, evaluates, saves = (
+                iteration % every == 0 or iteration == total
+                for every in (t.log_interval, t.eval_interval, t.checkpoint_interval)
+            )
+            if logs or evaluates or saves or self._stop is not None:
+                # Never log, score or save non-finite weights. A signal reaches each rank at
+                # its own step: a stop alone checks this rank only (no collective).
+                self._watch.check(iteration, everywhere=logs or evaluates or saves)
+            if logs:
+                self.train_log.write(iteration, lr)
+            best = False
+            if evaluates:
+                metrics, best = self._evaluate(iteration)
+            if saves or best:
+                self.checkpoints.save(iteration, best)
+                barrier()
+            if self.on_iteration is not None:
+                self.on_iteration(iteration)
+            if self._stop is not None:
+                self._stop_now(iteration, saved=saves or best)
+        return metrics
 
     def _loader(self) -> DataLoader:
         c = self.config
@@ -357,195 +615,40 @@ class Trainer:
             generator=torch.Generator().manual_seed(sample_seed(c.run.seed, 0, self.start_iter, 4)),
         )
 
-    def _score(self, model: nn.Module) -> dict[str, Any]:
-        return evaluate(
-            model,
-            self.val_set,
-            build_evaluator(self.config, self.val_set),
-            self.device,
-            **eval_options(self.config),
-            rank=self.dist.rank,
-            world=self.dist.world_size,
-        )
-
-    def _evaluate(self, iteration: int, seconds_per_iter: float) -> dict[str, Any]:
-        """The model's metrics; with ``train.ema_decay``, the average's, and the trained
-        weights' own under ``"raw"`` (as timm reports both)."""
-        metrics = self._score(self.model)
-        if self.ema is not None:
-            raw = {k: metrics[k] for k in ("miou", "pixel_accuracy", "boundary_miou")}
-            metrics = {**self._score(self.ema.module), "raw": raw}
-        metrics.update({"iteration": iteration, "seconds_per_iter": seconds_per_iter})
-        if self.dist.is_main:
-            path = self.run_dir / "metrics" / f"iter_{iteration:07d}.json"
-            path.write_text(metrics_json(metrics, indent=2) + "\n")
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(metrics_json(metrics) + "\n")
-            if self.writer is not None:
-                self.writer.add_scalar("val/miou", metrics["miou"], iteration)
-                if "raw" in metrics:
-                    self.writer.add_scalar("val/miou_raw", metrics["raw"]["miou"], iteration)
-                self.writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], iteration)
-                for width, value in metrics["boundary_miou"].items():
-                    self.writer.add_scalar(f"val/boundary_miou_{width}px", value, iteration)
-            boundary = ", ".join(f"{w}px {v:.4f}" for w, v in metrics["boundary_miou"].items())
-            raw = (
-                f" (EMA weights; trained weights {metrics['raw']['miou']:.4f})"
-                if "raw" in metrics
-                else ""
-            )
-            self._say(
-                f"eval @ {iteration}: mIoU {metrics['miou']:.4f}{raw}"
-                f", pixel acc {metrics['pixel_accuracy']:.4f}, boundary mIoU {boundary}"
-            )
-        return metrics
-
-    def fit(self) -> dict[str, Any]:
-        """Train to ``optim.iters``; returns the last evaluation's metrics.
-
-        An error or interrupt that stops the run is written to ``train.log`` too, then
-        raised; the last checkpoint stays the state to ``--resume`` from.
-        """
-        total = self.config.optim.iters
-        self.iteration = self.start_iter
-        try:
-            if self.start_iter >= total:
-                self._say(
-                    f"{self.run_dir} already finished at iteration {self.start_iter} of {total}: "
-                    "nothing to train (raise optim.iters to continue it)"
-                )
-                return self._last_metrics()
-            return self._loop(total)
-        except BaseException as error:
-            if isinstance(error, KeyboardInterrupt):
-                error.saved = (  # what the CLI's one line reports
-                    f"{self.run_dir / 'last.pt'} holds iteration {self.saved_iteration}"
-                    if self.saved_iteration is not None
-                    else f"no checkpoint written yet (iteration {self.iteration})"
-                )
-            if self.dist.is_main:
-                what = "interrupted" if isinstance(error, KeyboardInterrupt) else "stopped"
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                saved = getattr(error, "saved", None)
-                log.error(
-                    f"{what} at iteration {self.iteration}: {type(error).__name__}"
-                    + (f": {reason}" if reason else "")
-                    + (f" ({saved})" if saved and self.saved_iteration != self.iteration else "")
-                )
-            raise
-        finally:
-            self._close()
-
-    def _last_metrics(self) -> dict[str, Any]:
-        lines = (
-            (self.run_dir / "metrics.jsonl").read_text().splitlines()
-            if (self.run_dir / "metrics.jsonl").is_file()
-            else []
-        )
-        return json.loads(lines[-1]) if lines else {}
-
-    def _close(self) -> None:
-        progress = getattr(self, "_progress", None)
-        if progress is not None:
-            progress.close()
-            self._progress = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        handler = getattr(self, "_log_handler", None)
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
-            self._log_handler = None
-
-    def _loop(self, total: int) -> dict[str, Any]:
+    def _step(self, batch: Sample, iteration: int) -> LossTerms:
+        """One optimiser step on ``batch``, the run's ``iteration``-th (1 for the first),
+        without waiting for the device; returns its loss terms."""
         c = self.config
-        self.net.train()
-        progress = None
-        if self.dist.is_main and sys.stderr.isatty():
-            from tqdm import tqdm
+        images = batch.image.to(self.device, non_blocking=True)
+        target = batch.label.to(self.device, non_blocking=True)
+        scale = 1.0 if iteration > c.loss.contrast_warmup_iters else 0.0
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
+            try:
+                terms = self.net(images, target, scale)
+            except NonFiniteError as error:  # a contrastive loss that checks its features
+                raise self._watch.refused(error, iteration, images, batch.index) from None
+        self._watch.update(iteration, terms, images, batch.index)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        if c.optim.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.parameters(), c.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model, step=iteration)
+        self.scheduler.step()
+        return terms
 
-            progress = tqdm(total=total, initial=self.start_iter, dynamic_ncols=True)
-        self._progress = progress
-        sums = torch.zeros(len(LossTerms._fields), dtype=torch.float64, device=self.device)
-        self._watch = NonFiniteWatch(self.batch_size, self.device)
-        window_start, window_iters = time.perf_counter(), 0
-        train_seconds, train_iters = 0.0, 0
-        metrics: dict[str, Any] = {}
-        iteration = self.start_iter
-        self._say(
-            f"training {c.model.name} with {c.loss.name} on {c.data.dataset} "
-            f"for {total} iterations (from {self.start_iter}), {self.dist.world_size} process(es)"
-        )
-        for batch in self._loader():
-            step_start = time.perf_counter()
-            images = batch.image.to(self.device, non_blocking=True)
-            target = batch.label.to(self.device, non_blocking=True)
-            scale = 1.0 if iteration >= c.loss.contrast_warmup_iters else 0.0
-            with torch.autocast(
-                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-            ):
-                try:
-                    terms = self.net(images, target, scale)
-                except NonFiniteError as error:  # the contrastive loss checks its features
-                    finite = torch.isfinite(images).flatten(1).all(1).cpu()  # (B,)
-                    head = f"non-finite model features at iteration {iteration + 1} ({error})"
-                    bad = batch.index[~finite].tolist()
-                    raise FloatingPointError(self._explain(head, None, bad)) from None
-            # Recorded on the device and checked at the next log point: no host sync here.
-            self._watch.update(iteration + 1, terms, images, batch.index)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(terms.total).backward()
-            if c.optim.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.net.parameters(), c.optim.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update(self.model, step=iteration + 1)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
-            iteration += 1
-            self.iteration = iteration
-            elapsed = time.perf_counter() - step_start
-            train_seconds += elapsed
-            train_iters += 1
-            sums += torch.stack([t.detach() for t in terms]).double()  # no host sync
-            window_iters += 1
-            if progress is not None:
-                progress.update(1)
-            logs = iteration % c.train.log_interval == 0 or iteration == total
-            evaluates = iteration % c.train.eval_interval == 0 or iteration == total
-            saves = iteration % c.train.checkpoint_interval == 0 or iteration == total
-            if logs or evaluates or saves:
-                self._check_finite()  # never log, score or save non-finite weights
-            elif self._stop is not None:
-                # A signal reaches each rank at its own step: no collective here.
-                self._check_finite(everywhere=False)
-            if logs:
-                loss = self._log_window(iteration, total, sums, window_iters, window_start, lr)
-                if progress is not None:
-                    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-                sums.zero_()
-                window_start, window_iters = time.perf_counter(), 0
-            best = False
-            if evaluates:
-                metrics = self._evaluate(iteration, train_seconds / max(1, train_iters))
-                if metrics["miou"] > self.best_miou:
-                    self.best_miou, best = metrics["miou"], True
-            saved = saves or best
-            if saved:
-                self._checkpoint(iteration, best)
-                barrier()
-            if self.on_iteration is not None:
-                self.on_iteration(iteration)
-            if self._stop is not None:
-                # No barrier: under DDP the ranks may stop at different steps.
-                if not saved:
-                    self._checkpoint(iteration, best=False)
-                self._say(f"stop requested ({self._stop}): last.pt holds iteration {iteration}")
-                raise KeyboardInterrupt(self._stop)
-        return metrics
+    def _stop_now(self, iteration: int, saved: bool) -> None:
+        """After a ``request_stop``: last.pt at ``iteration`` (unless the step just wrote it),
+        then ``KeyboardInterrupt``."""
+        # No barrier: under DDP the ranks may stop at different steps.
+        if not saved:
+            self.checkpoints.save(iteration)
+        self.train_log.say(f"stop requested ({self._stop}): last.pt holds iteration {iteration}")
+        raise KeyboardInterrupt(self._stop)
 
     @property
     def stop_requested(self) -> bool:
@@ -557,91 +660,55 @@ class Trainer:
         so a resumed run loses nothing."""
         self._stop = reason
 
-    def _log_window(
-        self, iteration: int, total: int, sums: torch.Tensor, count: int, start: float, lr: float
-    ) -> float:
-        """Log the window's mean terms (one all-reduce, one host sync); returns the mean loss."""
-        totals = all_reduce_sum(sums.clone()).tolist()
-        loss, ce, aux, contrast, region = (
-            value / (count * self.dist.world_size) for value in totals[:5]
-        )
-        unlabelled = round(totals[5])
-        self.unlabelled_batches += unlabelled
-        seconds = (time.perf_counter() - start) / max(1, count)
-        eta = seconds * (total - iteration)
-        if self.writer is not None:
-            for name, value in (
-                ("loss", loss), ("ce", ce), ("aux", aux), ("contrast", contrast), ("region", region)
-            ):  # fmt: skip
-                self.writer.add_scalar(f"train/{name}", value, iteration)
-            self.writer.add_scalar("train/lr", lr, iteration)
-        hours, rest = divmod(int(eta), 3600)
-        self._say(
-            f"it {iteration}/{total} | loss {loss:.4f} (ce {ce:.4f}, aux {aux:.4f}, "
-            f"contrast {contrast:.4f}"
-            + (f", region {region:.4f}" if self.config.loss.region.name != "none" else "")
-            + f") | lr {lr:.2e} | {seconds:.3f} s/it | "
-            f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}"
-            + (f" | {unlabelled} batch(es) without labelled pixels (CE 0)" if unlabelled else "")
-        )
-        if self.writer is not None:
-            self.writer.add_scalar("train/unlabelled_batches", self.unlabelled_batches, iteration)
-        return loss
+    # ------------------------------------------------------------------ evaluation
 
-    def _explain(self, head: str, parts: dict[str, float] | None, bad_samples: list[int]) -> str:
-        """A one-line account of a non-finite loss that names its cause.
+    def _evaluate(self, iteration: int) -> tuple[dict[str, Any], bool]:
+        """The model's metrics, recorded, and whether they are the best so far. With
+        ``train.ema_decay``: the average's, and the trained weights' own under ``"raw"`` (as
+        timm reports both)."""
+        metrics = self._score(self.model)
+        if self.ema is not None:
+            raw = {k: metrics[k] for k in ("miou", "pixel_accuracy", "boundary_miou")}
+            metrics = {**self._score(self.ema.module), "raw": raw}
+        metrics.update(iteration=iteration, seconds_per_iter=self.train_log.seconds_per_step)
+        if self.dist.is_main:
+            self._record(metrics)
+        best = metrics["miou"] > self.best_miou
+        if best:
+            self.best_miou = metrics["miou"]
+        return metrics, best
 
-        head: what was found and when; parts: the step's ce / aux / contrast values (None
-        when the contrastive loss refused non-finite features); bad_samples: the indices of
-        that step's samples whose pixels were not finite.
-        """
-        if bad_samples:
-            return (
-                f"{head}: the input batch holds NaN/inf pixel values (sample indices "
-                f"{bad_samples} of split {self.config.data.train_split!r}); check those images "
-                "and model.mean/model.std"
-            )
-        hint = (
-            "fp16 overflowed: use optim.amp=bf16"
-            if self.config.optim.amp == "fp16"
-            else "training diverged: lower optim.lr or set optim.grad_clip"
-        )
-        broken = next(
-            (n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())),
-            None,
-        )
-        weights = f" (weights no longer finite, first: {broken})" if broken else ""
-        if parts is None or not (math.isfinite(parts["ce"]) and math.isfinite(parts["aux"])):
-            return f"{head}: the model's outputs are not finite{weights}; {hint}"
-        if not math.isfinite(parts["region"]):
-            return (
-                f"{head}: the region loss ({self.config.loss.region.name}) is not finite while "
-                "CE is; lower loss.region.weight, or report it with this config"
-            )
-        return (
-            f"{head}: the {self.config.loss.name!r} loss is not finite while CE is; lower its "
-            "loss_weight or raise its temperature, or report it with this config"
+    def _score(self, model: nn.Module) -> dict[str, Any]:
+        return evaluate(
+            model,
+            self.val_set,
+            build_evaluator(self.config, self.val_set),
+            self.device,
+            **eval_options(self.config),
+            rank=self.dist.rank,
+            world=self.dist.world_size,
         )
 
-    def _check_finite(self, everywhere: bool = True) -> None:
-        """Raise if any process (``everywhere``; else this one) saw a non-finite loss since
-        the last check: one host sync and one all-reduce, at log, evaluation and checkpoint
-        points, which every rank reaches at the same iteration; not per step."""
-        watch = self._watch
-        seen = (watch.iteration >= 0).to(torch.float64)
-        if everywhere:
-            seen = all_reduce_sum(seen.clone())
-        if seen.item() == 0:
-            return
-        iteration = int(watch.iteration)
-        if iteration < 0:
-            raise FloatingPointError(
-                f"the loss became non-finite on another process before iteration "
-                f"{self.iteration}; see that process's log"
-            )
-        total, ce, aux, contrast, region, _ = watch.terms.tolist()
-        parts = {"ce": ce, "aux": aux, "contrast": contrast, "region": region}
-        shown = ", ".join(f"{name} {value:.4g}" for name, value in parts.items())
-        head = f"loss is {total} at iteration {iteration} ({shown})"
-        bad = watch.indices[watch.samples].tolist()
-        raise FloatingPointError(self._explain(head, parts, bad))
+    def _record(self, metrics: dict[str, Any]) -> None:
+        """metrics/iter_<N>.json, a line of metrics.jsonl, TensorBoard and the log line."""
+        iteration = metrics["iteration"]
+        path = self.run_dir / "metrics" / f"iter_{iteration:07d}.json"
+        path.write_text(metrics_json(metrics, indent=2) + "\n")
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(metrics_json(metrics) + "\n")
+        raw = metrics.get("raw")
+        self.train_log.scalars(
+            {
+                "val/miou": metrics["miou"],
+                **({"val/miou_raw": raw["miou"]} if raw else {}),
+                "val/pixel_accuracy": metrics["pixel_accuracy"],
+                **{f"val/boundary_miou_{w}px": v for w, v in metrics["boundary_miou"].items()},
+            },
+            iteration,
+        )
+        boundary = ", ".join(f"{w}px {v:.4f}" for w, v in metrics["boundary_miou"].items())
+        weights = f" (EMA weights; trained weights {raw['miou']:.4f})" if raw else ""
+        self.train_log.say(
+            f"eval @ {iteration}: mIoU {metrics['miou']:.4f}{weights}"
+            f", pixel acc {metrics['pixel_accuracy']:.4f}, boundary mIoU {boundary}"
+        )
