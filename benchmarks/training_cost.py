@@ -42,8 +42,11 @@ from contextrast.engine.trainer import TrainingModule
 
 METHODS = {
     "ce": lambda n, ch: None,
-    "contextrast": lambda n, ch: ContextrastLoss(n, ch),
-    "contextrast_semi_hard": lambda n, ch: ContextrastLoss(n, ch, negatives="semi_hard"),
+    # validate=False: as the trainer runs it (labels checked once, no per-step host sync).
+    "contextrast": lambda n, ch: ContextrastLoss(n, ch, validate=False),
+    "contextrast_semi_hard": lambda n, ch: ContextrastLoss(
+        n, ch, negatives="semi_hard", validate=False
+    ),
     "pixel_contrast": lambda n, ch: PixelContrastLoss(n, ch),
     "pixel_contrast_memory": lambda n, ch: PixelContrastMemory(PixelContrastLoss(n, ch)),
     "ms_cs": lambda n, ch: MultiScaleCrossScaleLoss(n, ch),

@@ -16,17 +16,12 @@ from contextrast.contrast.projection import (
     raise_if_nonfinite,
 )
 from contextrast.contrast.sampling import BaneSampler, PixelSampler, SemiHardSampler
+from contextrast.functional.checks import check_fraction
 from contextrast.functional.loss import HARD_NEGATIVE_MODES, ContextrastTerms, contextrast_loss
 
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
 
 NEGATIVE_SAMPLERS = {"bane": BaneSampler, "semi_hard": SemiHardSampler}
-
-
-def _check_fraction(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def _check_channels(in_channels: Sequence[int]) -> list[int]:
@@ -95,6 +90,10 @@ class ContextrastLoss(nn.Module):
         detach_anchors: stop the gradient through the anchors (default: anchors carry it).
         normalize_anchors: L2-normalise the fused anchors (``False``: plain means, eq. 1
             taken literally).
+        global_anchors: under ``torch.distributed``, the anchors and the InfoNCE run over
+            every process's pixels (the loss of one process holding the whole batch, for
+            K = 0 and no sampling; BANE's quota and the sampling stay per process); no
+            effect in one process. ``False``: each process alone (the peers' way).
         validate: per call, check the label values and that the loss is finite (two host
             synchronisations; a non-finite loss then names the bad feature map). The trainer
             turns it off: it checks the labels once before training and watches the loss on
@@ -127,6 +126,7 @@ class ContextrastLoss(nn.Module):
         negatives: Literal["bane", "semi_hard"] | PixelSampler = "bane",
         detach_anchors: bool = False,
         normalize_anchors: bool = True,
+        global_anchors: bool = True,
         validate: bool = True,
     ):
         super().__init__()
@@ -174,8 +174,8 @@ class ContextrastLoss(nn.Module):
         self.embed_dim = embed_dim
         self.temperature = float(temperature)
         self.layer_weights = layer_weights
-        self.w_high = _check_fraction("w_high", w_high)
-        self.bane_ratio = _check_fraction("bane_ratio", bane_ratio)
+        self.w_high = check_fraction("w_high", w_high)
+        self.bane_ratio = check_fraction("bane_ratio", bane_ratio)
         self.loss_weight = float(loss_weight)
         self.ignore_index = ignore_index
         self.hard_negatives = hard_negatives
@@ -192,6 +192,7 @@ class ContextrastLoss(nn.Module):
         self.max_pixels = max_pixels
         self.max_positives = max_positives
         self.max_negatives = max_negatives
+        self.global_anchors = global_anchors
         self.validate = validate
 
     def extra_repr(self) -> str:
@@ -304,6 +305,7 @@ class ContextrastLoss(nn.Module):
             max_negatives=self.max_negatives,
             normalize_anchors=self.normalize_anchors,
             detach_anchors=self.detach_anchors,
+            global_anchors=self.global_anchors,
             validate=self.validate,
         )
         if self.validate and not is_finite(terms.loss):

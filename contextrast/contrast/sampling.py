@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from contextrast import functional as CF
+from contextrast.functional.checks import check_fraction
 
 __all__ = [
     "BalancedRandomSampler",
@@ -97,9 +98,7 @@ class BaneSampler(PixelSampler):
     """
 
     def __init__(self, ratio: float = 0.5, ignore_index: int = 255, validate: bool = True):
-        if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
-            raise ValueError(f"bane ratio must be a number in [0, 1], got {ratio!r}")
-        self.ratio = float(ratio)
+        self.ratio = check_fraction("bane ratio", ratio)
         self.ignore_index = ignore_index
         self.validate = validate
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from contextrast.functional.checks import check_integer, check_labels, check_rank
+from contextrast.functional.checks import check_fraction, check_integer, check_labels, check_rank
 
 __all__ = [
     "DENSE_EDT_LIMIT",
@@ -47,6 +47,7 @@ __all__ = [
     "gather_layers",
     "group_one_hot",
     "hard_negative_mask",
+    "info_nce_across_processes",
     "info_nce_from_logits",
     "layer_layout",
     "layer_similarity",
@@ -368,6 +369,12 @@ def class_one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) ->
     return (labels.unsqueeze(-2) == class_rows(num_classes, labels.device)).to(dtype)
 
 
+@tensor_cache(maxsize=16)
+def _lower_layers(layers: int, device: torch.device) -> torch.Tensor:
+    """(I, 1, 1) bool, True for every layer but the last."""
+    return (torch.arange(layers) < layers - 1).view(-1, 1, 1).to(device)
+
+
 def fuse_anchors(
     anchors: Sequence[torch.Tensor] | torch.Tensor,
     present: torch.Tensor,
@@ -392,22 +399,31 @@ def fuse_anchors(
     layers = anchors.shape[0]
     mixed = torch.lerp(anchors, anchors[-1:], w_high)  # (I, N, D): (1 − w)·A_i + w·A_I
     # Fused are the lower layers' anchors of the classes present at the last layer.
-    lower = _arange(layers, anchors.device) < constant(layers - 1, torch.long, anchors.device)
-    fuse = lower.view(-1, 1, 1) & present.view(1, -1, 1)  # (I, N, 1)
+    fuse = _lower_layers(layers, anchors.device) & present.view(1, -1, 1)  # (I, N, 1)
     fused = torch.where(fuse, mixed, anchors)
     return F.normalize(fused, dim=2) if normalize else fused
 
 
 def layer_sums(
-    coords: torch.Tensor, lift: torch.Tensor | None, one_hot: torch.Tensor, eps: float = 1e-12
+    coords: torch.Tensor,
+    lift: torch.Tensor | None,
+    one_hot: torch.Tensor,
+    eps: float = 1e-12,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's normalisation and class sums of factored embeddings ``v = lift @ c``.
+    """One layer's normalisation and class sums of factored embeddings ``v = lift @ c``
+    (eq. 1's numerator, lazily normalised: ``reference.representative_anchors`` times the
+    class counts).
 
     Args:
         coords: (K, M) coordinates c, one column per pixel.
         lift: (D, K), or ``None`` for the identity (the coords are the embeddings).
-        one_hot: (N, M) class membership of each pixel (:func:`class_one_hot`).
+        one_hot: (N, M) class membership of each pixel (:func:`class_one_hot`); at most one
+            1 per column.
         eps: the norm's floor, as ``F.normalize``'s.
+        rows: optional (M,) int64, each column's row of ``one_hot`` (any row in [0, N) where
+            the column is all zero: an unlabelled pixel). With it the backward gathers those
+            rows instead of keeping two (N, M) tensors until it runs.
 
     Returns:
         inverse: (M,) ``1 / max(‖v‖, eps)``; sums: (N, D) ``Σ_m one_hot[n, m] v_m / ‖v_m‖``,
@@ -424,7 +440,9 @@ def layer_sums(
         raise ValueError(
             f"one_hot must have shape (N, M) with M={coords.shape[1]}, got {tuple(one_hot.shape)}"
         )
-    return _LayerSums.apply(coords, lift, one_hot, eps)
+    if rows is not None and rows.shape != (coords.shape[1],):
+        raise ValueError(f"rows must have shape (M,) = ({coords.shape[1]},), got {rows.shape}")
+    return _LayerSums.apply(coords, lift, one_hot, eps, rows)
 
 
 class _LayerSums(torch.autograd.Function):
@@ -433,7 +451,7 @@ class _LayerSums(torch.autograd.Function):
     ``∂(1/√s)/∂s = −(1/√s)³ / 2`` (0 where the floor holds)."""
 
     @staticmethod
-    def forward(ctx, coords, lift, one_hot, eps):
+    def forward(ctx, coords, lift, one_hot, eps, rows):
         if lift is None:
             gram_coords = coords
         else:
@@ -446,32 +464,40 @@ class _LayerSums(torch.autograd.Function):
         weighted = one_hot * inverse  # (N, M)
         class_coords = torch.mm(weighted, coords.transpose(0, 1))  # (N, K)
         sums = class_coords if lift is None else torch.mm(class_coords, lift.transpose(0, 1))
+        if rows is None:
+            membership = (one_hot, weighted)
+        else:  # (M,) each: a valid row per column, and the column's one-hot value (0 or 1)
+            membership = (rows, one_hot.sum(0))
         ctx.save_for_backward(
-            coords, lift, one_hot, weighted, inverse, floored, class_coords, gram_coords
+            coords, lift, *membership, inverse, floored, class_coords, gram_coords
         )
+        ctx.gather = rows is not None
         return inverse, sums  # (M,), (N, D)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_inverse, grad_sums):
-        coords, lift, one_hot, weighted, inverse, floored, class_coords, gram_coords = (
-            ctx.saved_tensors
-        )
+        coords, lift, first, second, inverse, floored, class_coords, gram_coords = ctx.saved_tensors
         grad_lift = None
         grad_class = grad_sums  # (N, K)
         if lift is not None:
             grad_class = torch.mm(grad_sums, lift)
             grad_lift = torch.mm(grad_sums.transpose(0, 1), class_coords)  # (D, K)
-        grad_coords = torch.mm(grad_class.transpose(0, 1), weighted)  # (K, M)
-        through_sums = (torch.mm(grad_class, coords) * one_hot).sum(0)  # (M,)
+        if ctx.gather:  # first: rows (M,), second: one_hot's column sums (M,)
+            own = grad_class.index_select(0, first).transpose(0, 1)  # (K, M): own row's
+            grad_coords = own * (second * inverse)
+            through_sums = (own * coords).sum(0).mul_(second)  # (M,)
+        else:  # first: one_hot (N, M), second: weighted (N, M)
+            grad_coords = torch.mm(grad_class.transpose(0, 1), second)  # (K, M)
+            through_sums = (torch.mm(grad_class, coords) * first).sum(0)  # (M,)
         grad_inverse = through_sums if grad_inverse is None else through_sums + grad_inverse
         # ∂(1/√s)/∂s = −(1/√s)³/2; the factors 2 of ∂s and −1/2 meet as −1 below.
         grad_squared = (grad_inverse * inverse * inverse * inverse).masked_fill_(floored, 0.0)
         grad_coords = torch.addcmul(grad_coords, gram_coords, grad_squared, value=-1.0)
         if lift is not None:
-            second = torch.mm(coords * grad_squared, coords.transpose(0, 1))  # (K, K)
-            grad_lift = torch.addmm(grad_lift, lift, second, alpha=-1.0)
-        return grad_coords, grad_lift, None, None
+            square = torch.mm(coords * grad_squared, coords.transpose(0, 1))  # (K, K)
+            grad_lift = torch.addmm(grad_lift, lift, square, alpha=-1.0)
+        return grad_coords, grad_lift, None, None, None
 
 
 class LayerGroup(NamedTuple):
@@ -659,7 +685,6 @@ class _InfoNCE(torch.autograd.Function):
         )
         shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
         no_negative = shift == minus_inf  # (A, S)
-        has_negative = ~no_negative
         shift.masked_fill_(no_negative, 0.0)  # (A, S)
         # In place where a temporary would double the (A, C) memory.
         terms = masked.sub_(shift.index_select(1, blocks.ids)).exp_().mul_(weight)  # (A, C)
@@ -668,7 +693,7 @@ class _InfoNCE(torch.autograd.Function):
         gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
         positive = positive.to(dtype)
         num_positive = segment_sum(positive, blocks)  # (A, S)
-        used = (num_positive > zero).bitwise_and_(has_negative).to(dtype)  # (A, S)
+        used = (num_positive > zero).masked_fill_(no_negative, False).to(dtype)  # (A, S)
         # Each anchor's share of its block's mean; anchors without a positive or a negative
         # are exact zeros (masking by multiplication: no host synchronisation).
         one = constant(1.0, dtype, device)
@@ -677,18 +702,79 @@ class _InfoNCE(torch.autograd.Function):
         per_pair = F.softplus(gap).mul_(positive)  # (A, C)
         weighted = per_pair.mul_(share.index_select(1, blocks.ids)).sum(0, True)  # (1, C)
         ctx.blocks = blocks
-        ctx.save_for_backward(share, terms / sums.index_select(1, blocks.ids), gap, positive)
+        # The backward needs σ(z) on the positive pairs only: saved as one (A, C) tensor
+        # instead of z and the positives, one (N, M) float less held until the backward
+        # (~60 MB at 171 classes and a 4 × 512 × 512 batch).
+        positive_sigmoid = torch.sigmoid(gap).mul_(positive)  # (A, C)
+        soft = terms.div_(sums.index_select(1, blocks.ids))  # (A, C), in place: memory
+        ctx.save_for_backward(share, soft, positive_sigmoid)
         return segment_sum(weighted, blocks).view(-1)  # (S,)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        share, soft, gap, positive = ctx.saved_tensors
+        share, soft, positive_sigmoid = ctx.saved_tensors
         ids = ctx.blocks.ids
         scale = (share * grad).index_select(1, ids)  # (A, C): g · c of each pair's block
-        direct = scale * positive * torch.sigmoid(gap)  # (A, C)
+        direct = scale.mul_(positive_sigmoid)  # (A, C)
         through_lse = segment_sum(direct, ctx.blocks).index_select(1, ids)  # (A, C): q
         return through_lse * soft - direct, None, None, None, None
+
+
+def info_nce_across_processes(
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    extra_negative: torch.Tensor | None,
+    blocks: Segments,
+    group=None,
+) -> torch.Tensor:
+    """:func:`info_nce_from_logits` over the pixels of every process of ``group``: each
+    anchor's denominator sums its negatives on all processes, and the means run over all
+    processes' positives and anchors, so the result is the loss of one process holding the
+    whole batch.
+
+    Each process passes its own pixels' columns (the anchors, rows, must be the same on all:
+    global anchors). Three small collectives of (A, S) values: the shift (max), the
+    denominators and positive counts (sum, differentiable), and the per-block losses (sum).
+    Returns (S,) whose value is the whole batch's loss on every process and whose gradient
+    is ``world_size ×`` this process's share: after DDP averages the gradients over the
+    processes, they are the whole batch's. Plain autograd (no written-out gradient).
+    """
+    import torch.distributed as dist
+
+    from contextrast.utils.distributed import sum_across_processes
+
+    dtype, device = logits.dtype, logits.device
+    world = dist.get_world_size(group)
+    weight = negative.to(dtype)
+    denominator = negative
+    if extra_negative is not None:
+        weight = weight + extra_negative.to(dtype)
+        denominator = negative | extra_negative
+    masked = torch.where(denominator, logits, float("-inf"))
+    with torch.no_grad():
+        shift = torch.full(
+            (logits.shape[0], len(blocks.counts)), float("-inf"), dtype=dtype, device=device
+        )
+        shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=group)  # (A, S)
+        no_negative = shift == float("-inf")
+        shift = shift.masked_fill(no_negative, 0.0)
+    terms = torch.exp(masked - shift.index_select(1, blocks.ids)) * weight  # (A, C)
+    positive = positive.to(dtype)
+    local = torch.stack([segment_sum(terms, blocks), segment_sum(positive, blocks)])
+    sums, num_positive = sum_across_processes(local, group).unbind(0)  # (A, S) each, global
+    sums = torch.where(no_negative, torch.ones_like(sums), sums)
+    gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
+    used = ((num_positive > 0) & ~no_negative).to(dtype)  # (A, S)
+    share = used / (num_positive.clamp(min=1) * used.sum(0).clamp(min=1))  # (A, S)
+    pairs = F.softplus(gap) * positive * share.index_select(1, blocks.ids)  # (A, C)
+    mine = segment_sum(pairs.sum(0, keepdim=True), blocks).view(-1)  # (S,): this share
+    total = mine.detach().clone()
+    dist.all_reduce(total, group=group)
+    scaled = mine * world
+    return scaled + (total - scaled).detach()
 
 
 @torch.no_grad()
@@ -1092,8 +1178,7 @@ def bane_select_labels(
     Returns:
         bool of ``labels``' shape: the selected error pixels.
     """
-    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
-        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
+    check_fraction("ratio", ratio)
     flat_labels = labels if labels.dim() == 1 else labels.reshape(-1)  # (P,)
     device = labels.device
     errors = flat_labels < constant(num_classes, flat_labels.dtype, device)

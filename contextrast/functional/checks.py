@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["check_integer", "check_labels", "check_rank", "compute_dtype"]
+__all__ = ["check_fraction", "check_integer", "check_labels", "check_rank", "compute_dtype"]
 
 
 def check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
@@ -47,3 +49,15 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     if any(t.dtype == torch.float64 for t in tensors):
         return torch.float64
     return torch.float32
+
+
+def check_fraction(name: str, value: float) -> float:
+    """``value`` as a float in [0, 1] (BANE's K, ``w_high``), or a one-line ``ValueError``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or math.isnan(value)
+        or not 0.0 <= value <= 1.0
+    ):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)

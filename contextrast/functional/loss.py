@@ -16,6 +16,7 @@ import torch
 
 from contextrast.functional import batched as B
 from contextrast.functional.checks import check_labels, compute_dtype
+from contextrast.utils.distributed import sum_across_processes
 
 __all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "contextrast_loss"]
 
@@ -57,7 +58,9 @@ def contextrast_loss(
     max_negatives: int | None,
     normalize_anchors: bool,
     detach_anchors: bool,
+    global_anchors: bool,
     validate: bool = True,
+    process_group=None,
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
     :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
@@ -75,11 +78,19 @@ def contextrast_loss(
             num_classes=N, layout=layout)`` -> (M,) bool (the
             :class:`~contextrast.contrast.sampling.PixelSampler` contract); ``None``: plain
             CCL.
+        global_anchors: under ``torch.distributed`` with several processes, the anchors
+            (eq. 1) and the InfoNCE denominators and means run over every process's pixels
+            (:func:`_reduce_anchor_sums`, :func:`~.batched.info_nce_across_processes`): N
+            processes with B/N images each give one process's loss on B images, with K = 0
+            and sampling off. BANE's quota and the random sampling stay per process. No
+            effect in one process.
         validate: check the label values (one host synchronisation); ``False`` when the
             caller checked them before training.
+        process_group: the processes of ``global_anchors`` (default: all).
     """
     n = logits.shape[1]
     device = target.device
+    world = _world_size(process_group) if global_anchors else 1
     if validate:
         check_labels(target, n, ignore_index, "target")
     with torch.no_grad():
@@ -102,19 +113,27 @@ def contextrast_loss(
         is_class = labels == B.class_rows(n, device)  # (N, M)
         one_hot = is_class.to(dtype)
         counts = B.segment_sum(one_hot, blocks)  # (N, I)
-        inverse, sums = [], []
+        # A single layer's pixels' classes (any for unlabelled ones) let its backward gather
+        # by them instead of keeping two (N, M_1) tensors, and with them the whole (N, M)
+        # one-hot, alive until it runs: the stride-4 layer's, the largest.
+        inverse, sums, start = [], [], 0
         for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
+            single = len(group.counts) == 1
+            rows = labels.narrow(0, start, group.counts[0]).clamp(0, n - 1) if single else None
             group_inverse, group_sums = B.layer_sums(
-                group.coords, group.lift, B.group_one_hot(part, group.counts)
+                group.coords, group.lift, B.group_one_hot(part, group.counts), rows=rows
             )
+            start += sum(group.counts)
             inverse.append(group_inverse)  # (M_g,)
             sums.append(group_sums)  # (I_g·N, d)
         inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)
         sums = (torch.cat(sums) if len(sums) > 1 else sums[0]).view(len(sizes), n, -1)
+        if world > 1:
+            sums, counts = _reduce_anchor_sums(sums, counts, process_group)
         # Eq. 1: each layer's class sums over its class counts.
         one = B.constant(1.0, dtype, device)
         anchors = sums / torch.maximum(counts, one).transpose(0, 1).unsqueeze(2)  # (I, N, d)
-        present = counts[:, -1] >= one  # (N,) the classes of the last layer
+        present = counts.select(1, -1) >= one  # (N,) the classes of the last layer
         fused = B.fuse_anchors(anchors, present, w_high, normalize_anchors)
         if detach_anchors:
             fused = fused.detach()
@@ -139,7 +158,12 @@ def contextrast_loss(
             positive, negative, extra = B.sample_pairs(
                 positive, negative, extra, blocks, max_positives, max_negatives
             )
-        stacked = B.info_nce_from_logits(similarity, positive, negative, extra, blocks)  # (I,)
+        if world > 1:
+            stacked = B.info_nce_across_processes(
+                similarity, positive, negative, extra, blocks, process_group
+            )  # (I,)
+        else:
+            stacked = B.info_nce_from_logits(similarity, positive, negative, extra, blocks)
         weights = tuple(loss_weight * w for w in layer_weights)  # α·λ_i
         total = torch.dot(stacked, B.constant(weights, stacked.dtype, device))
         hard_counts = B.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
@@ -190,3 +214,21 @@ def _keep_columns(
         position += sum(layer_kept)
         layer += len(group.counts)
     return out
+
+
+def _world_size(group) -> int:
+    """The processes of ``group`` under ``torch.distributed``; 1 without it."""
+    import torch.distributed as dist
+
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def _reduce_anchor_sums(
+    sums: torch.Tensor, counts: torch.Tensor, group
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 over every process's images: the class sums (I, N, d), with gradient, and the
+    class counts (N, I) summed across ``group`` in one differentiable all-reduce (its
+    backward sums the processes' gradients, as the anchors are shared)."""
+    flat = torch.cat([sums.reshape(-1), counts.reshape(-1)])  # (I·N·d + N·I,)
+    reduced = sum_across_processes(flat, group)
+    return reduced[: sums.numel()].view_as(sums), reduced[sums.numel() :].view_as(counts)

@@ -20,7 +20,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from contextrast.functional.checks import check_labels, check_rank, compute_dtype
+from contextrast.functional.checks import check_fraction, check_labels, check_rank, compute_dtype
 
 __all__ = [
     "bane_select",
@@ -294,8 +294,7 @@ def bane_select(distance: torch.Tensor, error_maps: torch.Tensor, ratio: float) 
             f"distance must have the shape of error_maps {tuple(error_maps.shape)}, got "
             f"{tuple(distance.shape)}"
         )
-    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0) or math.isnan(ratio):
-        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
+    check_fraction("ratio", ratio)
     b, n_classes, h, w = error_maps.shape
     errors = error_maps.transpose(0, 1).reshape(n_classes, -1)  # (N, B·H·W): B^n per row
     scores = distance.transpose(0, 1).reshape(n_classes, -1)  # (N, B·H·W): D^n per row

@@ -39,6 +39,7 @@ __all__ = [
     "init_distributed",
     "read_environment",
     "slurm_environment",
+    "sum_across_processes",
 ]
 
 #: The rendezvous port when neither MASTER_PORT nor the caller names one (torchrun's default).
@@ -429,6 +430,33 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+class _SumAcrossProcesses(torch.autograd.Function):
+    """The sum of a tensor over the processes of a group, differentiable: every process's
+    output is the same sum, so the gradient of each input is the sum of all processes'
+    upstream gradients (an all-reduce of them)."""
+
+    @staticmethod
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total, None
+
+
+def sum_across_processes(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """A new tensor: ``tensor`` summed over the processes of ``group`` (default: all), with a
+    gradient; a copy on one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor.clone()
+    return _SumAcrossProcesses.apply(tensor, group)
 
 
 def barrier() -> None:

@@ -38,7 +38,7 @@ def fast(embeddings, logits, target, mode="add", ratio=0.5, normalize=True):
     return CF.contextrast_loss(
         embeddings, logits, target, **HYPER, ignore_index=255, sampler=sampler,
         hard_negatives=mode, max_pixels=None, max_positives=None, max_negatives=None,
-        normalize_anchors=normalize, detach_anchors=False,
+        normalize_anchors=normalize, detach_anchors=False, global_anchors=False,
     )  # fmt: skip
 
 
