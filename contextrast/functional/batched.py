@@ -335,7 +335,9 @@ def _gather_index(
 
 
 def gather_layers(maps: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
-    """Nearest-neighbour resize of (B, H, W) maps to every layer's size, on the flat axis.
+    """Nearest-neighbour resize of (B, H, W) maps to every layer's size, on the flat axis
+    (equals ``F.interpolate(mode="nearest")`` per layer, as ``reference.contextrast_loss``
+    resizes).
 
     maps: (B, H, W) (labels or predicted classes). Returns (M,): layer i's part equals
     ``resize_labels(maps, sizes[i]).flatten()`` (``F.interpolate(mode="nearest")``'s rule).
@@ -382,7 +384,8 @@ def fuse_anchors(
     normalize: bool = True,
 ) -> torch.Tensor:
     """The fused anchors ``Â_i = (1 − w_high)·A_i + w_high·A_I`` of every layer (the last
-    layer's are its own), optionally L2-normalised; all layers in one computation.
+    layer's are its own), optionally L2-normalised; all layers in one computation. Equals
+    ``reference.updated_anchors``.
 
     Args:
         anchors: (I, N, D), or I tensors (N, D), lowest layer first.
@@ -543,7 +546,8 @@ def layer_similarity(
     inverse: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """Every layer's anchor-pixel similarities ``â_i · v_m / (‖v_m‖ τ)`` side by side.
+    """Every layer's anchor-pixel similarities ``â_i · v_m / (‖v_m‖ τ)`` side by side: the
+    exponents of eq. 4 (``reference.info_nce``'s ``positives @ anchor / τ``).
 
     Args:
         anchors: (I, N, D) fused anchors.
@@ -562,6 +566,13 @@ def layer_similarity(
     return _LayerSimilarity.apply(anchors, inverse, temperature, counts, *pairs)
 
 
+def _group_anchors(anchors: torch.Tensor, first: int, layers: int) -> torch.Tensor:
+    """anchors: (I, N, D) -> (layers·N, D), the anchors of layers first … first + layers − 1."""
+    if layers == 1:
+        return anchors[first]  # one op: the factored layer's
+    return anchors[first : first + layers].reshape(-1, anchors.shape[2])
+
+
 class _LayerSimilarity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors, inverse, temperature, counts, *pairs):
@@ -569,7 +580,7 @@ class _LayerSimilarity(torch.autograd.Function):
         projected, parts, first = [], [], 0
         for g, layer_counts in enumerate(counts):
             coords, lift = pairs[2 * g], pairs[2 * g + 1]
-            group = anchors[first : first + len(layer_counts)].reshape(-1, anchors.shape[2])
+            group = _group_anchors(anchors, first, len(layer_counts))  # (I_g·N, D)
             q = group if lift is None else torch.mm(group, lift)  # (I_g·N, K)
             full = torch.mm(q, coords)  # (I_g·N, M_g)
             if len(layer_counts) > 1:
@@ -593,7 +604,7 @@ class _LayerSimilarity(torch.autograd.Function):
         pairs, projected = saved[3 : 3 + 2 * groups], saved[3 + 2 * groups :]
         grad_inverse = (grad * raw).sum(0).mul_(ctx.reciprocal_temperature)  # (M,)
         grad_raw = grad * scale  # (N, M)
-        n, d = anchors.shape[1:]
+        n = anchors.shape[1]
         grad_anchors, grad_pairs, first = [], [], 0
         parts = grad_raw.split([sum(c) for c in ctx.counts], dim=1)
         for g, (part, layer_counts) in enumerate(zip(parts, ctx.counts)):
@@ -609,7 +620,7 @@ class _LayerSimilarity(torch.autograd.Function):
                 grad_pairs.append(None)
             else:
                 grad_anchors.append(torch.mm(grad_projected, lift.transpose(0, 1)))
-                group = anchors[first : first + len(layer_counts)].reshape(-1, d)
+                group = _group_anchors(anchors, first, len(layer_counts))
                 grad_pairs.append(torch.mm(group.transpose(0, 1), grad_projected))
             first += len(layer_counts)
         grad_anchors = torch.cat(grad_anchors).view(anchors.shape)  # (I, N, D)
@@ -623,7 +634,8 @@ def info_nce_from_logits(
     extra_negative: torch.Tensor | None = None,
     blocks: Segments | None = None,
 ) -> torch.Tensor:
-    """Masked InfoNCE, the common core of every contrastive loss here.
+    """Masked InfoNCE, the common core of every contrastive loss here: with the layers as
+    blocks, ``reference.pixel_anchor_loss`` of every layer at once (eq. 2–4).
 
     For each anchor a with at least one positive and one negative:
     ``mean over positives p of −log(exp(s_ap) / (exp(s_ap) + Σ_negatives exp(s_an)))``,
@@ -889,7 +901,8 @@ def error_labels(
     validate: bool = True,
 ) -> torch.Tensor:
     """Eq. 6's N error maps collapsed into one label map: each pixel lies in at most one
-    (its ground-truth class's), so ``labels == n`` is ``class_error_maps(...)[:, n]``.
+    (its ground-truth class's), so ``labels == n`` is ``reference.class_error_maps(...)[:,
+    n]``.
 
     Args:
         pred: (B, H, W) predicted class ids in [0, N) (or any shape: e.g. the (M,) flat axis
@@ -984,7 +997,8 @@ def error_distance(
 ) -> torch.Tensor:
     """Eq. 7 for every class at once: for each error pixel (``labels`` < N, from
     :func:`error_labels`), the Euclidean distance to the nearest pixel outside its class's
-    error map; 0 elsewhere; +inf for an error map that fills its image.
+    error map; 0 elsewhere; +inf for an error map that fills its image. Equals
+    ``reference.distance_map`` of each pixel's own class's map.
 
     Equal to ``distance_transform(class_error_maps(...))`` taken at each pixel's own class,
     with one map per image instead of N.
@@ -1082,7 +1096,8 @@ DENSE_EDT_LIMIT = 2**24
 
 
 def distance_transform(mask: torch.Tensor, max_distance: float | None = None) -> torch.Tensor:
-    """Exact Euclidean distance transform, batched over all leading dimensions.
+    """Exact Euclidean distance transform, batched over all leading dimensions (equals
+    ``reference.distance_map``).
 
     For every True pixel, the Euclidean distance to the nearest False pixel of the same 2-D
     map; 0 on False pixels; ``+inf`` everywhere in a map that has no False pixel. Same values
@@ -1166,7 +1181,7 @@ def bane_select_labels(
 ) -> torch.Tensor:
     """BANE's selection on collapsed error maps: per class n, over the whole batch, the
     ⌈ratio · count_n⌉ pixels labelled n with the smallest distance (ties in (b, h, w) order);
-    no host synchronisation.
+    no host synchronisation. Equals ``reference.bane_select`` (per layer with ``blocks``).
 
     Args:
         distance: (B, H, W) float, e.g. :func:`error_distance` (any score: smaller first).
@@ -1223,7 +1238,8 @@ def hard_negative_mask(
     fallback: bool = True,
     blocks: Segments | None = None,
 ) -> torch.Tensor:
-    """Turn selected error pixels into per-anchor negative masks.
+    """Turn selected error pixels into per-anchor negative masks (equals
+    ``reference.hard_negative_mask``; per layer with ``blocks``).
 
     A pixel of class n predicted as m is a hard negative for the anchor of m (the class it
     was confused with), so row m of the mask holds the selected pixels predicted as m.
