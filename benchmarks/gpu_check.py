@@ -711,13 +711,20 @@ def main() -> int:
         "2-core machine two threads mostly wait on each other)",
     )
     args = parser.parse_args()
-    if args.threads is None and args.quick and args.device == "cpu":
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: {args.device!r} is not a device (cpu, cuda, cuda:1, ...)")
+    if Path(args.out).is_dir():
+        parser.error(f"--out: {args.out} is a folder; name the JSON file to write")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: must be >= 1, got {args.threads}")
+    if args.threads is None and args.quick and device.type == "cpu":
         args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
     deadline = start + args.budget
-    device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: pass --device cpu", file=sys.stderr)
         return 2

@@ -572,12 +572,15 @@ def test_analysis_arguments_out_of_range(trained, tmp_path, capsys, argv, messag
     fails(capsys, "analyze", argv[0], flag, checkpoint, "--out", out, *argv[1:], match=message)
 
 
-def test_a_training_step_waits_for_the_device_only_at_log_points(tmp_path, data):
-    """Between log points a CE step makes no host sync (``.item()``, ``bool()`` of a tensor
-    and data-dependent shapes end in these operators)."""
+@pytest.mark.parametrize("loss", ["ce", "contextrast"])
+def test_a_training_step_waits_for_the_device_only_at_log_points(tmp_path, data, loss):
+    """Between log points a step makes no host sync (``.item()``, ``bool()`` of a tensor
+    and data-dependent shapes end in these operators): with the contrastive loss too, whose
+    own label and finiteness checks the trainer switches off (it checks labels once and
+    watches the loss on the device)."""
     syncs = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
     # One DataLoader worker: the augmentations' own int(tensor) draws run in it, not here.
-    sections = {"optim": {"iters": 4}, "loss": {"name": "ce"}, "data": {"num_workers": 1}}
+    sections = {"optim": {"iters": 4}, "loss": {"name": loss}, "data": {"num_workers": 1}}
     sections["train"] = {"log_interval": 4, "eval_interval": 100, "checkpoint_interval": 100}
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
 

@@ -17,7 +17,7 @@ from contextrast.contrast.projection import (
 )
 from contextrast.contrast.sampling import BaneSampler, PixelSampler, SemiHardSampler
 from contextrast.functional.checks import check_fraction
-from contextrast.functional.loss import HARD_NEGATIVE_MODES, ContextrastTerms, contextrast_loss
+from contextrast.functional.loss import ContextrastTerms, check_options, contextrast_loss
 
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
 
@@ -97,7 +97,8 @@ class ContextrastLoss(nn.Module):
         validate: per call, check the label values and that the loss is finite (two host
             synchronisations; a non-finite loss then names the bad feature map). The trainer
             turns it off: it checks the labels once before training and watches the loss on
-            the device.
+            the device. Off, labels outside ``[0, N)`` and ``ignore_index`` give a wrong loss
+            without a word: the caller has checked them.
 
     The defaults of ``embed_dim``, ``hard_negatives``, ``max_positives``, ``max_negatives``
     and ``normalize_anchors`` are the readings that gained most reliably over CE on the
@@ -134,20 +135,16 @@ class ContextrastLoss(nn.Module):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         in_channels = _check_channels(in_channels)
         layer_weights = [float(x) for x in layer_weights]
-        if len(layer_weights) != len(in_channels):
-            raise ValueError(
-                f"layer_weights has {len(layer_weights)} entries but in_channels has "
-                f"{len(in_channels)} layers; pass one weight per layer, lowest layer first"
-            )
-        if any(x < 0 for x in layer_weights):
-            raise ValueError(f"layer_weights must be >= 0, got {layer_weights}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if hard_negatives not in HARD_NEGATIVE_MODES:
-            raise ValueError(
-                f"unknown hard_negatives {hard_negatives!r}; "
-                f"choose from {list(HARD_NEGATIVE_MODES)}"
-            )
+        check_options(
+            layers=len(in_channels),
+            temperature=temperature,
+            layer_weights=layer_weights,
+            w_high=w_high,
+            hard_negatives=hard_negatives,
+            max_pixels=max_pixels,
+            max_positives=max_positives,
+            max_negatives=max_negatives,
+        )
         if 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index={ignore_index} collides with a class id")
         if isinstance(negatives, str) and negatives not in NEGATIVE_SAMPLERS:
@@ -160,15 +157,6 @@ class ContextrastLoss(nn.Module):
                 f"negatives must be one of {sorted(NEGATIVE_SAMPLERS)} or a PixelSampler "
                 f"instance (contextrast.contrast.sampling), got {type(negatives).__name__}"
             )
-        for name, value in (
-            ("max_pixels", max_pixels),
-            ("max_positives", max_positives),
-            ("max_negatives", max_negatives),
-        ):
-            if value is not None and not (
-                isinstance(value, int) and not isinstance(value, bool) and value > 0
-            ):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.embed_dim = embed_dim

@@ -74,7 +74,21 @@ class PixelSampler:
         num_classes: int | None = None,
         layout: CF.LayerLayout | None = None,
     ) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement select(labels, pred, num_classes, layout)"
+        )
+
+
+def _per_image(labels: torch.Tensor, layout, name: str) -> None:
+    """The peers' samplers pick per image on (B, P) maps; refuse the loss's flat axis."""
+    if layout is not None or not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+        raise ValueError(
+            f"{name} picks per image on (B, P) labels (a pixel-contrast loss's maps), got "
+            f"shape {tuple(getattr(labels, 'shape', ()))}"
+            + (" with a layout: ContextrastLoss passes every layer's pixels on one flat axis; "
+               "use BaneSampler, SemiHardSampler or a sampler that reads the layout"
+               if layout is not None else "")
+        )  # fmt: skip
 
 
 def _needs_prediction(pred: torch.Tensor | None, name: str) -> torch.Tensor:
@@ -154,6 +168,10 @@ class SemiHardSampler(BaneSampler):
         return torch.rand(errors.shape, device=errors.device)
 
 
+def _count(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _pick(candidates: torch.Tensor, count: int) -> torch.Tensor:
     return candidates[torch.randperm(candidates.numel(), device=candidates.device)[:count]]
 
@@ -165,9 +183,10 @@ class HardAnchorSampler(PixelSampler):
     the other kind when one is short."""
 
     def __init__(self, max_samples: int = 1024, max_views: int = 100, ignore_index: int = 255):
-        if max_samples < 1 or max_views < 2:
+        if not (_count(max_samples, 1) and _count(max_views, 2)):
             raise ValueError(
-                f"max_samples >= 1 and max_views >= 2 needed, got {max_samples}, {max_views}"
+                f"max_samples >= 1 and max_views >= 2 (ints) needed, got {max_samples!r}, "
+                f"{max_views!r}"
             )
         self.max_samples, self.max_views, self.ignore_index = max_samples, max_views, ignore_index
 
@@ -179,7 +198,13 @@ class HardAnchorSampler(PixelSampler):
         layout: CF.LayerLayout | None = None,
     ) -> torch.Tensor:
         """labels, pred: (B, P) at the embeddings' resolution -> (B, P) bool."""
+        _per_image(labels, layout, type(self).__name__)
         pred = _needs_prediction(pred, type(self).__name__)
+        if pred.shape != labels.shape:
+            raise ValueError(
+                f"{type(self).__name__}: pred has shape {tuple(pred.shape)}, labels "
+                f"{tuple(labels.shape)}; pass both at the embeddings' resolution"
+            )
         pairs = []
         for b in range(labels.shape[0]):
             values, counts = torch.unique(labels[b], return_counts=True)
@@ -212,6 +237,11 @@ class BalancedRandomSampler(PixelSampler):
         max_samples: int = 10000,
         ignore_index: int = 255,
     ):
+        if not (_count(min_pixels, 1) and _count(max_views, 1) and _count(max_samples, 1)):
+            raise ValueError(
+                f"min_pixels, max_views and max_samples must be ints >= 1, got {min_pixels!r}, "
+                f"{max_views!r}, {max_samples!r}"
+            )
         self.min_pixels, self.max_views, self.max_samples = min_pixels, max_views, max_samples
         self.ignore_index = ignore_index
 
@@ -223,6 +253,7 @@ class BalancedRandomSampler(PixelSampler):
         layout: CF.LayerLayout | None = None,
     ) -> torch.Tensor:
         """labels: (B, P) -> (B, P) bool; pred: unused (the pick is uniform in each class)."""
+        _per_image(labels, layout, type(self).__name__)
         pairs, smallest = [], None
         for b in range(labels.shape[0]):
             values, counts = torch.unique(labels[b], return_counts=True)

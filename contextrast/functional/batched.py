@@ -84,7 +84,8 @@ def tensor_cache(maxsize: int) -> Callable[[Callable[..., _T]], Callable[..., _T
     corrupt them all. Each entry keeps its tensors' version counters (bumped by every in-place
     operation); a hit whose tensors changed is rebuilt. The check reads Python attributes
     only: no tensor operation, no host synchronisation. Entries are built outside inference
-    mode, so a cache first filled during evaluation still serves training.
+    mode, so a cache first filled during evaluation still serves training. (Edits that
+    bypass autograd's version counter, through ``.data`` or a NumPy view, are not seen.)
     """
 
     def decorate(build: Callable[..., _T]) -> Callable[..., _T]:

@@ -34,6 +34,8 @@ def check_labels(
             f"ignore_index={ignore_index} collides with a class id; expected a value outside "
             f"[0, {num_classes})"
         )
+    if labels.numel() == 0:
+        return
     # One pass: a value outside [0, N) that is not the ignore index (max of bool: any).
     bad = (labels < 0).bitwise_or_(labels >= num_classes).bitwise_and_(labels != ignore_index)
     if bool(bad.max()):

@@ -15,10 +15,10 @@ from typing import NamedTuple
 import torch
 
 from contextrast.functional import batched as B
-from contextrast.functional.checks import check_labels, compute_dtype
+from contextrast.functional.checks import check_fraction, check_labels, compute_dtype
 from contextrast.utils.distributed import sum_across_processes
 
-__all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "contextrast_loss"]
+__all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "check_options", "contextrast_loss"]
 
 HARD_NEGATIVE_MODES = ("only", "include", "add")
 
@@ -39,6 +39,46 @@ class ContextrastTerms(NamedTuple):
 #: One layer's embeddings: a (B, d, h, w) map, or ``(coords (B, K, h, w), lift (d, K))`` with
 #: ``v = lift @ c`` per pixel (:meth:`~contextrast.contrast.ProjectionHead.factored`).
 Embedding = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def check_options(
+    *,
+    layers: int,
+    temperature: float,
+    layer_weights: Sequence[float],
+    w_high: float,
+    hard_negatives: str,
+    max_pixels: int | None,
+    max_positives: int | None,
+    max_negatives: int | None,
+) -> None:
+    """Raise a one-line ``ValueError`` naming the first bad hyper-parameter of the loss (the
+    module's constructor and :func:`contextrast_loss` both call it)."""
+    if len(layer_weights) != layers:
+        raise ValueError(
+            f"layer_weights has {len(layer_weights)} entries but there are {layers} layers; "
+            "pass one weight per layer, lowest layer first"
+        )
+    if any(not (isinstance(x, (int, float)) and x >= 0) for x in layer_weights):
+        raise ValueError(f"layer_weights must be numbers >= 0, got {list(layer_weights)}")
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, (int, float)) and 0 < temperature < float("inf")
+    ):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    check_fraction("w_high", w_high)
+    if hard_negatives not in HARD_NEGATIVE_MODES:
+        raise ValueError(
+            f"unknown hard_negatives {hard_negatives!r}; choose from {list(HARD_NEGATIVE_MODES)}"
+        )
+    for name, value in (
+        ("max_pixels", max_pixels),
+        ("max_positives", max_positives),
+        ("max_negatives", max_negatives),
+    ):
+        if value is not None and not (
+            isinstance(value, int) and not isinstance(value, bool) and value > 0
+        ):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
 
 
 def contextrast_loss(
@@ -88,6 +128,18 @@ def contextrast_loss(
             caller checked them before training.
         process_group: the processes of ``global_anchors`` (default: all).
     """
+    check_options(
+        layers=len(embeddings),
+        temperature=temperature,
+        layer_weights=layer_weights,
+        w_high=w_high,
+        hard_negatives=hard_negatives,
+        max_pixels=max_pixels,
+        max_positives=max_positives,
+        max_negatives=max_negatives,
+    )
+    if sampler is not None and not callable(sampler):
+        raise ValueError(f"sampler must be a PixelSampler instance or None, got {sampler!r}")
     n = logits.shape[1]
     device = target.device
     world = _world_size(process_group) if global_anchors else 1

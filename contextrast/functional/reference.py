@@ -20,7 +20,13 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from contextrast.functional.checks import check_fraction, check_labels, check_rank, compute_dtype
+from contextrast.functional.checks import (
+    check_fraction,
+    check_integer,
+    check_labels,
+    check_rank,
+    compute_dtype,
+)
 
 __all__ = [
     "bane_select",
@@ -93,6 +99,9 @@ def updated_anchors(
     Returns:
         I tensors (N, d), Â_1 … Â_I.
     """
+    check_fraction("w_high", w_high)
+    if not anchors:
+        raise ValueError("anchors must hold one (N, d) tensor per layer, got none")
     last = anchors[-1]
     fused = []
     for a in anchors[:-1]:
@@ -117,6 +126,10 @@ def info_nce(
         scalar; ``log(e^s / (e^s + Σ e^s−))`` is taken as ``s − logsumexp(s, s−…)``, the same
         number without overflow at small τ.
     """
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if len(positives) == 0:
+        raise ValueError("info_nce needs at least one positive (V+ is empty)")
     positive = positives @ anchor / temperature  # (P,)
     negative = negatives @ anchor / temperature  # (Q,)
     denominator = torch.logsumexp(
@@ -243,8 +256,10 @@ def distance_map(error_map: torch.Tensor) -> torch.Tensor:
     """Eq. 7: ``D(u, v) = min_{(x, y) ∈ E} √((u − x)² + (v − y)²)`` on each 2-D map.
 
     Reading of E, the edge: the pixels just outside the error region, so that D is the exact
-    Euclidean distance transform (``scipy.ndimage.distance_transform_edt``): 1 for an error
-    pixel beside a correct one, 0 outside the region, +inf in a map that is all error.
+    Euclidean distance transform (``scipy.ndimage.distance_transform_edt``'s values on maps
+    with a pixel outside the region): 1 for an error pixel beside a correct one, 0 outside
+    the region, and +inf in a map that is all error (no edge; SciPy returns finite values
+    there).
     Brute force over every pair of pixels: memory (error pixels × other pixels) per map.
 
     Args:
@@ -347,17 +362,20 @@ def contextrast_loss(
     embeddings: Sequence[torch.Tensor],
     logits: torch.Tensor,
     target: torch.Tensor,
-    temperature: float = 0.1,
-    layer_weights: Sequence[float] = (0.1, 0.4, 0.7, 1.0),
-    w_high: float = 0.7,
-    bane_ratio: float = 0.5,
-    loss_weight: float = 0.1,
-    ignore_index: int = 255,
-    hard_negatives: str = "add",
-    normalize_anchors: bool = True,
+    *,
+    temperature: float,
+    layer_weights: Sequence[float],
+    w_high: float,
+    bane_ratio: float,
+    loss_weight: float,
+    ignore_index: int,
+    hard_negatives: str,
+    normalize_anchors: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole contrastive term ``α·L_PA`` (eq. 1–4 and BANE), layer by layer, without the
     random per-anchor sampling (the fast path's ``max_positives = max_negatives = None``).
+    The hyper-parameters are :class:`~contextrast.ContextrastLoss`'s (their defaults live
+    there).
 
     Per layer i: v = π(f)/‖π(f)‖; g and ŷ = argmax(logits) resized to the layer (nearest);
     A_i (eq. 1), Â_i (§3.2); BANE: B^n (eq. 6), D^n (eq. 7), the K share nearest the edge per
@@ -374,6 +392,12 @@ def contextrast_loss(
         loss α·Σ λ_i L_PA,i (scalar, with gradient); layer_losses (I,) the L_PA,i;
         hard_counts (I,) int64, the BANE pixels selected per layer.
     """
+    if hard_negatives not in ("only", "include", "add"):
+        raise ValueError(f"unknown hard_negatives {hard_negatives!r}")
+    check_fraction("bane_ratio", bane_ratio)
+    if len(layer_weights) != len(embeddings):
+        raise ValueError(f"{len(layer_weights)} layer_weights for {len(embeddings)} layers")
+    check_integer(target, "target")
     n = logits.shape[1]
     pred = logits.argmax(1)  # (B, h, w)
     v, g, y = [], [], []

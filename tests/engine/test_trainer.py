@@ -516,23 +516,3 @@ def test_last_metrics_is_the_last_evaluation_and_finished_metrics_needs_the_end(
     assert finished_metrics(c) == last_metrics(c.run_dir)
     longer = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 3}))
     assert finished_metrics(longer) is None
-
-
-def test_a_contextrast_step_waits_for_the_device_only_at_log_points(workspace):
-    """As tests/test_faults.py checks for CE: with the trainer's own label and non-finite
-    checks the contrastive loss adds no host sync per step either."""
-    syncs = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
-    sections = {"optim": {"iters": 4}, "data": {"num_workers": 1}}
-    sections["train"] = {"log_interval": 4, "eval_interval": 100, "checkpoint_interval": 100}
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-
-    def window(iteration):
-        if iteration == 1:
-            profiler.start()  # iterations 2 and 3: no log, evaluation or checkpoint
-        if iteration == 3:
-            profiler.stop()
-
-    Trainer(config_from_dict(config(workspace, **sections)), on_iteration=window).fit()
-    names = [event.name for event in profiler.events()]
-    assert names.count("aten::convolution") > 10  # the window held training steps
-    assert [n for n in names if n in syncs] == []

@@ -206,3 +206,48 @@ def test_a_custom_sampler_plugs_into_the_loss():
     assert "EveryError" in repr(custom)
     with pytest.raises(ValueError, match="PixelSampler instance"):
         ContextrastLoss(N, CHANNELS, negatives=lambda labels, pred: labels)
+
+
+def test_bad_options_are_one_line_errors_at_both_entries():
+    embeddings, logits, target = make_case(seed=9, d=4)
+    for options, match in [
+        ({"hard_negatives": "bogus"}, "unknown hard_negatives 'bogus'"),
+        ({"w_high": float("nan")}, r"w_high must be a number in \[0, 1\]"),
+        ({"temperature": 0.0}, "temperature must be a number > 0"),
+        ({"max_pixels": 0}, "max_pixels must be a positive int or None"),
+        ({"layer_weights": (1.0, 1.0)}, "2 entries but there are 4 layers"),
+    ]:
+        kwargs = dict(
+            HYPER, ignore_index=255, sampler=None, hard_negatives="add", max_pixels=None,
+            max_positives=None, max_negatives=None, normalize_anchors=True,
+            detach_anchors=False, global_anchors=False,
+        )  # fmt: skip
+        kwargs.update(options)
+        with pytest.raises(ValueError, match=match):
+            CF.contextrast_loss(embeddings, logits, target, **kwargs)
+    with pytest.raises(ValueError, match="unknown hard_negatives"):
+        R.contextrast_loss(
+            embeddings, logits, target, **HYPER, bane_ratio=0.5, ignore_index=255,
+            hard_negatives="bogus", normalize_anchors=True,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="target must be an integer tensor"):
+        reference(embeddings, logits, target.double())
+    with pytest.raises(ValueError, match="at least one positive"):
+        R.info_nce(torch.ones(2), torch.zeros(0, 2), torch.ones(3, 2), 0.1)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        R.info_nce(torch.ones(2), torch.ones(1, 2), torch.ones(3, 2), 0.0)
+    with pytest.raises(ValueError, match="w_high must be a number"):
+        R.updated_anchors([torch.ones(2, 3)] * 2, 2.0)
+    CF.check_labels(torch.zeros(0, 4, 4, dtype=torch.long), 3, 255)  # empty: nothing to check
+
+
+def test_per_image_samplers_refuse_the_loss_flat_axis():
+    from contextrast.contrast import BalancedRandomSampler, HardAnchorSampler
+
+    g = torch.Generator().manual_seed(10)
+    features = [torch.randn(2, c, h, w, generator=g) for c, (h, w) in zip(CHANNELS, SIZES)]
+    _, logits, target = make_case(seed=10, dtype=torch.float32)
+    for sampler in (HardAnchorSampler(), BalancedRandomSampler()):
+        loss = ContextrastLoss(N, CHANNELS, negatives=sampler)
+        with pytest.raises(ValueError, match=r"picks per image on \(B, P\) labels.*flat axis"):
+            loss(features, logits, target)
