@@ -334,9 +334,6 @@ class Trainer:
                 "it or choose another run.name"
             )
         _seed_everything(c.run.seed + self.dist.rank)
-        if c.run.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
         self.train_set = build_split(c, c.data.train_split, train=True)
         self.val_set = build_split(c, c.data.val_split, train=False)
         if c.data.check_labels:
@@ -528,6 +525,16 @@ class Trainer:
         """
         total = self.config.optim.iters
         self.iteration = self.start_iter
+        # run.deterministic holds for this run's steps only: the process's own setting is
+        # restored afterwards (a notebook or a test suite goes on with its own).
+        before = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark,
+        )
+        if self.config.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
         try:
             if self.start_iter >= total:
                 self.train_log.say(
@@ -552,6 +559,8 @@ class Trainer:
             raise
         finally:
             self.train_log.close()
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+            torch.backends.cudnn.benchmark = before[2]
 
     def _loop(self, total: int) -> dict[str, Any]:
         """Train from ``start_iter`` to ``total``; returns the last evaluation's metrics."""

@@ -516,3 +516,16 @@ def test_last_metrics_is_the_last_evaluation_and_finished_metrics_needs_the_end(
     assert finished_metrics(c) == last_metrics(c.run_dir)
     longer = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 3}))
     assert finished_metrics(longer) is None
+
+
+def test_run_deterministic_holds_for_the_run_only(workspace):
+    # The process's own algorithm setting is back after fit: a deterministic run inside a
+    # notebook or a test suite does not leave every later operation filling its tensors.
+    seen = []
+    c = config_from_dict(config(workspace, optim={"iters": 2}, train={"checkpoint_interval": 100}))
+    assert c.run.deterministic and not torch.are_deterministic_algorithms_enabled()
+    Trainer(
+        c, on_iteration=lambda i: seen.append(torch.are_deterministic_algorithms_enabled())
+    ).fit()
+    assert seen == [True, True]
+    assert not torch.are_deterministic_algorithms_enabled()
