@@ -93,7 +93,10 @@ class ContextrastLoss(nn.Module):
         global_anchors: under ``torch.distributed``, the anchors and the InfoNCE run over
             every process's pixels (the loss of one process holding the whole batch, for
             K = 0 and no sampling; BANE's quota and the sampling stay per process); no
-            effect in one process. ``False``: each process alone (the peers' way).
+            effect in one process. ``False``: each process alone (the peers' way). With it
+            every process of the group must call the loss at each step (it makes
+            collectives, as SyncBatchNorm does): a call on one rank only, under
+            ``torch.distributed``, needs ``global_anchors=False``.
         validate: per call, check the label values and that the loss is finite (two host
             synchronisations; a non-finite loss then names the bad feature map). The trainer
             turns it off: it checks the labels once before training and watches the loss on
