@@ -281,9 +281,10 @@ class ContextrastLoss(nn.Module):
         """
         features = self._validate(features, logits, target)
         terms = contextrast_loss(
-            self._embed(features),
+            lambda: self._embed(features),  # after BANE: a lower peak of memory
             logits,
             target,
+            sizes=[tuple(f.shape[-2:]) for f in features],
             temperature=self.temperature,
             layer_weights=self.layer_weights,
             w_high=self.w_high,

@@ -82,7 +82,7 @@ def check_options(
 
 
 def contextrast_loss(
-    embeddings: Sequence[Embedding],
+    embeddings: Sequence[Embedding] | Callable[[], Sequence[Embedding]],
     logits: torch.Tensor,
     target: torch.Tensor,
     *,
@@ -101,6 +101,7 @@ def contextrast_loss(
     global_anchors: bool,
     validate: bool = True,
     process_group=None,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
     :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
@@ -111,7 +112,10 @@ def contextrast_loss(
 
     Args:
         embeddings: I unnormalised embeddings (:data:`Embedding`), lowest layer first, any
-            resolutions of one aspect ratio.
+            resolutions of one aspect ratio; or a function that returns them, called after
+            BANE's selection so that the distance transform's temporaries never meet the
+            heads' activations (a lower peak; what :class:`~contextrast.ContextrastLoss`
+            passes), with their ``sizes``.
         logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
         target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
         sampler: picks the hard negatives: ``sampler(labels (M,), pred (M,),
@@ -127,9 +131,17 @@ def contextrast_loss(
         validate: check the label values (one host synchronisation); ``False`` when the
             caller checked them before training.
         process_group: the processes of ``global_anchors`` (default: all).
+        sizes: the (h_i, w_i) of the layers when ``embeddings`` is a function.
     """
+    lazy = callable(embeddings)
+    if lazy and sizes is None:
+        raise ValueError("sizes: give the layers' (h, w) when embeddings is a function")
+    if not lazy:
+        pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
+        sizes = [tuple(coords.shape[-2:]) for coords, _ in pairs]
+    sizes = tuple(tuple(size) for size in sizes)
     check_options(
-        layers=len(embeddings),
+        layers=len(sizes),
         temperature=temperature,
         layer_weights=layer_weights,
         w_high=w_high,
@@ -147,8 +159,6 @@ def contextrast_loss(
         check_labels(target, n, ignore_index, "target")
     with torch.no_grad():
         pred = logits.argmax(dim=1)  # (B, h, w)
-    pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
-    sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
     layout = B.layer_layout(target.shape[0], sizes, device)
     blocks = layout.segments
     with torch.autocast(device_type=device.type, enabled=False):
@@ -160,6 +170,12 @@ def contextrast_loss(
             hard = torch.zeros_like(labels, dtype=torch.bool)
         else:
             hard = sampler(labels, layer_pred, num_classes=n, layout=layout)  # (M,)
+    if lazy:  # the heads, under the caller's autocast
+        pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings()]
+        got = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
+        if got != sizes:
+            raise ValueError(f"the embedding function gave maps of sizes {got}, not {sizes}")
+    with torch.autocast(device_type=device.type, enabled=False):
         dtype = compute_dtype(*(coords for coords, _ in pairs))
         groups = _group_layers(pairs, blocks.counts, dtype)
         is_class = labels == B.class_rows(n, device)  # (N, M)

@@ -225,6 +225,15 @@ def test_bad_options_are_one_line_errors_at_both_entries():
         kwargs.update(options)
         with pytest.raises(ValueError, match=match):
             CF.contextrast_loss(embeddings, logits, target, **kwargs)
+    sampler = BaneSampler(0.5, validate=False)
+    lazy = dict(kwargs, **HYPER, hard_negatives="add", max_pixels=None, sampler=sampler)
+    with pytest.raises(ValueError, match="sizes: give the layers"):
+        CF.contextrast_loss(lambda: embeddings, logits, target, **lazy)
+    with pytest.raises(ValueError, match="gave maps of sizes"):
+        CF.contextrast_loss(lambda: embeddings, logits, target, **lazy, sizes=[(8, 12)] * 4)
+    called = fast(embeddings, logits, target).loss
+    lazily = CF.contextrast_loss(lambda: embeddings, logits, target, **lazy, sizes=SIZES)
+    assert lazily.loss.item() == pytest.approx(called.item(), rel=1e-12)
     with pytest.raises(ValueError, match="unknown hard_negatives"):
         R.contextrast_loss(
             embeddings, logits, target, **HYPER, bane_ratio=0.5, ignore_index=255,
