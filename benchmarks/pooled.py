@@ -11,11 +11,16 @@ another implementation (same config, same seeds: what a code change did). Printe
 method: each setting's mean Δ ± sd over seeds, and the mean over settings with its standard
 error sqrt(Σ sd_f² / n_f) / F (the seeds' training noise; the validation sets are
 independent across settings), then every seed's Δ pooled: mean ± sd / √n.
+
+Every run is counted once: a file given twice, or two files that hold one run (the run
+folders ``accuracy.py`` records end in the key of the run's resolved config), is refused.
+A method that is not in every file is left out with a note naming the files that lack it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -23,11 +28,48 @@ import sys
 from pathlib import Path
 
 
+def load(path: Path) -> dict:
+    """An ``accuracy.py`` result, or a one-line exit naming the file."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path}: not readable as JSON ({error})") from None
+    if not isinstance(result, dict) or result.get("benchmark") != "accuracy":
+        kind = result.get("benchmark") if isinstance(result, dict) else type(result).__name__
+        raise SystemExit(f"{path}: not an accuracy.py result (benchmark: {kind!r})")
+    return result
+
+
 def rows_of(path: Path) -> dict[str, dict]:
     try:
-        return {row["method"]: row for row in json.loads(path.read_text())["rows"]}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SystemExit(f"{path}: not an accuracy.py result ({error})") from None
+        return {row["method"]: row for row in load(path)["rows"]}
+    except (KeyError, TypeError) as error:
+        raise SystemExit(f"{path}: not an accuracy.py result (no {error} in its rows)") from None
+
+
+def check_distinct(paths: list[Path], files_only: list[Path] = ()) -> None:
+    """Exit in one line when two of ``paths`` are one file, or hold one run: pooling them
+    would count its seeds twice and shrink the standard error. ``files_only``: files that
+    none of ``paths`` may be (their runs may share names with those of ``paths``)."""
+    seen_files: dict[str, Path] = {}
+    seen_runs: dict[str, Path] = {}
+    for path in files_only:
+        seen_files[str(path.resolve())] = seen_files[
+            hashlib.sha1(path.read_bytes()).hexdigest()
+        ] = path
+    for path in paths:
+        text = path.read_bytes()
+        for key in (str(path.resolve()), hashlib.sha1(text).hexdigest()):
+            if key in seen_files:
+                raise SystemExit(f"{path}: the same result as {seen_files[key]}; give each once")
+            seen_files[key] = path
+        for run in load(path).get("runs", {}).values():
+            if run in seen_runs:
+                raise SystemExit(
+                    f"{path}: holds the run {run}, which {seen_runs[run]} holds too; a run "
+                    "is counted once"
+                )
+            seen_runs[run] = path
 
 
 def paired(reference: dict, row: dict, metric: str) -> list[float]:
@@ -45,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.before and len(args.before) != len(args.results):
         raise SystemExit(f"--before: {len(args.before)} files for {len(args.results)} results")
+    check_distinct(args.results)
+    if args.before:  # the same settings on another checkout: its run names may repeat
+        check_distinct(args.before, files_only=args.results)
     files = [(path, rows_of(path)) for path in args.results]
     if args.before:
         against = [rows_of(path) for path in args.before]
@@ -62,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         and all(m in rows for _, rows in files)
         and (not args.before or all(m in rows for rows in against))
     ]
+    listed = dict.fromkeys(m for _, rows in [*files, *((None, r) for r in against)] for m in rows)
+    for method in listed:
+        if method in methods or (not args.before and method == args.reference):
+            continue
+        lacking = [str(path) for path, rows in files if method not in rows]
+        if args.before:
+            lacking += [str(p) for p, rows in zip(args.before, against) if method not in rows]
+        print(f"note: {method} left out: not in {', '.join(lacking)}")
     if not methods:
         raise SystemExit("no method is in every file")
     print(f"Δ {args.metric} to {title} (points), paired per seed: mean ± sd per file; "

@@ -141,9 +141,23 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    #: the optimiser (``contextrast.engine.optim.OPTIMIZERS``)
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
+    #: SGD's momentum; ``nesterov``: Nesterov's form (as nnU-Net trains)
     momentum: float = 0.9
+    nesterov: bool = False
+    #: AdamW's (β1, β2)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0005
+    #: weight-decay multipliers of normalisation parameters and of other biases (mmseg's
+    #: paramwise_cfg norm_decay_mult / bias_decay_mult; 0: no decay on them)
+    norm_decay_mult: float = 1.0
+    bias_decay_mult: float = 1.0
+    #: learning-rate multipliers of the decode (and auxiliary) head and of the contrastive
+    #: loss's projection heads
+    head_lr_mult: float = 1.0
+    contrast_lr_mult: float = 1.0
     iters: int = 40000
     power: float = 0.9
     #: linear warm-up iterations, from ``lr · warmup_ratio`` to ``lr``
@@ -286,6 +300,27 @@ def _check(config: Config) -> Config:
         ),
         ("optim.iters", config.optim.iters >= 1, "must be >= 1"),
         ("optim.lr", 0 < config.optim.lr < math.inf, "must be finite and > 0"),
+        ("optim.momentum", 0 <= config.optim.momentum < 1, "must be in [0, 1)"),
+        (
+            "optim.nesterov",
+            not config.optim.nesterov or (config.optim.name == "sgd" and config.optim.momentum > 0),
+            "needs optim.name=sgd and optim.momentum > 0",
+        ),
+        (
+            "optim.betas",
+            len(config.optim.betas) == 2 and all(0 <= b < 1 for b in config.optim.betas),
+            "must be [beta1, beta2], each in [0, 1)",
+        ),
+        *(
+            (f"optim.{key}", 0 <= getattr(config.optim, key) < math.inf, "must be finite and >= 0")
+            for key in (
+                "weight_decay",
+                "norm_decay_mult",
+                "bias_decay_mult",
+                "head_lr_mult",
+                "contrast_lr_mult",
+            )
+        ),
         ("data.batch_size", config.data.batch_size >= 1, "must be >= 1"),
         ("data.crop_size", len(config.data.crop_size) == 2, "must be [height, width]"),
         ("eval.crop_size", len(config.eval.crop_size) == 2, "must be [height, width]"),

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from contextrast.config import CONFIG_DIR, load_config
-from contextrast.engine import Trainer, build_split, finished_metrics, load_run
+from contextrast.engine import Trainer, build_split, finished_metrics, load_run, settings_key
 from contextrast.evaluation.report import comparison_rows, save_grid
 
 WEIGHTS = Path(".cache/efficientnet_lite0_timm.pth")
@@ -94,9 +94,12 @@ def demo_overrides(dataset: str, method: str, extra: list[str]) -> list[str]:
 
 
 def method_config(dataset: str, method: str, extra: list[str]):
-    return load_config(
+    config = load_config(
         SETS[dataset][0] / METHODS[method][0], demo_overrides(dataset, method, extra)
     )
+    # A run folder holds one setting: another schedule or version trains its own.
+    config.run.name = f"{config.run.name}_{settings_key(config)}"
+    return config
 
 
 def train(dataset: str, method: str, extra: list[str]) -> dict:

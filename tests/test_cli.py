@@ -156,7 +156,10 @@ def test_eval_predict_export(trained, capsys):
     ("argv", "message"),
     [
         (["train", "missing.yaml"], "contextrast train: error: config file missing.yaml not found"),
-        (["train", "{config}", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'; allowed: ['lr'"),
+        (
+            ["train", "{config}", "--set", "optim.lrr=1"],
+            "unknown key 'optim.lrr'; allowed: ['name', 'lr'",
+        ),
         (
             ["train", "{config}", "--set", "optim.amp=fp8"],
             "'fp8' is not one of ['none', 'bf16', 'fp16']",

@@ -98,7 +98,7 @@ def test_load_and_override(tmp_path):
 @pytest.mark.parametrize(
     ("text", "overrides", "message"),
     [
-        ("optim: {lrr: 1}", [], "unknown key 'optim.lrr'; allowed: ['lr', 'momentum'"),
+        ("optim: {lrr: 1}", [], "unknown key 'optim.lrr'; allowed: ['name', 'lr', 'momentum'"),
         ("optim: {lr: fast}", [], "optim.lr: 'fast' is not float"),
         ("optim: {amp: fp8}", [], "optim.amp: 'fp8' is not one of ['none', 'bf16', 'fp16']"),
         (

@@ -20,8 +20,8 @@ def test_configs_are_up_to_date_and_cover_table_2():
         assert path.read_text() == text, f"{path} is stale: run make configs"
     # 3 models x 5 datasets x {CE, Contextrast, multi-/cross-scale}, pixel and region contrast
     # on Cityscapes, 2 Table 6 ablations on Cityscapes and CamVid, the 2 digits configs and
-    # the 2 INIA19 benchmark configs.
-    assert len(GENERATED) == 45 + 2 + 4 + 2 + 2
+    # the INIA19 benchmark's CE and Contextrast under its 4 schedules.
+    assert len(GENERATED) == 45 + 2 + 4 + 2 + 2 * 4
     names = {f"{p.parent.name}/{p.stem}" for p in GENERATED}
     assert {
         "cityscapes/hrnetv2_w48_pixel_contrast",
@@ -29,7 +29,20 @@ def test_configs_are_up_to_date_and_cover_table_2():
         "ade20k/deeplabv3_r101_ms_cs",
         "coco_stuff/ocrnet_hrnetv2_w48_ce",
         "inia19/contextrast",
+        "inia19/ce_adamw_plateau",
     } <= names
+
+
+def test_the_inia19_schedules_differ_only_in_the_optimiser_and_its_evaluation():
+    from contextrast.engine import differing_settings
+
+    base = load_config(ROOT / "configs/inia19/contextrast.yaml").to_dict()
+    for schedule in ("sgd_plateau", "adamw", "adamw_plateau"):
+        other = load_config(ROOT / f"configs/inia19/contextrast_{schedule}.yaml").to_dict()
+        changed = differing_settings(base, other)
+        assert changed and all(
+            key.startswith("optim.") or key == "train.eval_interval" for key in changed
+        ), changed
 
 
 @pytest.mark.parametrize("path", sorted(GENERATED), ids=lambda p: f"{p.parent.name}/{p.name}")

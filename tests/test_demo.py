@@ -43,7 +43,7 @@ def test_demo_trains_the_builtin_slices_with_seed_zero():
     assert overrides[:3] == ["data.dataset=inia19", "data.root=null", "run.seed=0"]
     region = demo.method_config("inia19", "ce+lovasz", [])
     assert (region.loss.name, region.loss.region.name) == ("ce", "lovasz")
-    assert region.run.name == "inia19_ce_lovasz"
+    assert region.run.name == f"inia19_ce_lovasz_{demo.settings_key(region)}"
     assert overrides[-1] == "optim.iters=2"
     config = demo.load_config(demo.SETS["inia19"][0] / "ce.yaml", overrides)
     assert (config.data.dataset, config.data.root, config.run.name) == ("inia19", None, "inia19_ce")

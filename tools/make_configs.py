@@ -87,9 +87,26 @@ INIA19_HEADER = """\
 # The real-image CPU benchmark: 2-D slices of the INIA19 macaque T1 MRI with 10 classes of its
 # NeuroMaps atlas (build with `contextrast prepare inia19`; coronal slices here, set
 # data.root=data/inia19/sagittal or .../axial for the others), an ImageNet-pretrained
-# EfficientNet-Lite0 encoder with an HRNetV2-style head, fine-tuned 400 iterations.
+# EfficientNet-Lite0 encoder with an HRNetV2-style head, fine-tuned
+# {schedule}.
 # Benchmark: python benchmarks/accuracy.py --config {path}
 """
+
+#: The INIA19 training schedules of the fit curve (docs/benchmarks.md, "The fit curve"):
+#: file suffix → (what the header says, optim settings over the SGD 400 ones, eval interval).
+ADAMW = {"name": "adamw", "weight_decay": 0.01, "norm_decay_mult": 0.0, "bias_decay_mult": 0.0}
+INIA19_SCHEDULES = {
+    "": ("400 iterations with SGD (lr 0.01: CE is under-fit)", {}),
+    "_sgd_plateau": (
+        "with SGD tuned for CE to its plateau (lr {lr:g}, {iters} iterations)",
+        {"lr": 0.04, "iters": 1600},
+    ),
+    "_adamw": ("400 iterations with AdamW (lr {lr:g})", {**ADAMW, "lr": 0.001}),
+    "_adamw_plateau": (
+        "with AdamW tuned for CE to its plateau (lr {lr:g}, {iters} iterations)",
+        {**ADAMW, "lr": 0.002, "iters": 800},
+    ),
+}
 
 
 #: extra loss settings per variant (file suffix → (loss.name, loss section settings, title))
@@ -187,9 +204,9 @@ def digits_config(loss: str) -> dict:
     }
 
 
-def inia19_config(loss: str) -> dict:
+def inia19_config(loss: str, schedule: str = "") -> dict:
     config = digits_config(loss)
-    config["run"].update(name=f"inia19_{loss}", output_dir="runs/inia19")
+    config["run"].update(name=f"inia19_{loss}{schedule}", output_dir="runs/inia19")
     config["data"].update(
         dataset="folder",
         root="data/inia19/coronal",
@@ -197,6 +214,9 @@ def inia19_config(loss: str) -> dict:
         hflip=0.5,  # the hemispheres are folded into one class each: a mirror keeps the labels
     )
     config["optim"].update(lr=0.01, weight_decay=0.0005)
+    config["optim"].update(INIA19_SCHEDULES[schedule][1])
+    # One evaluation, at the end: what the tables read (``final``).
+    config["train"].update(eval_interval=config["optim"]["iters"])
     config["eval"].update(crop_size=[128, 160], stride=[86, 106])
     return config
 
@@ -241,10 +261,16 @@ def files() -> dict[Path, str]:
         title = f"digits demo: {'CE baseline' if loss == 'ce' else 'Contextrast'}"
         header = DIGITS_HEADER.format(title=title, path=path.relative_to(ROOT.parent))
         out[path] = render(digits_config(loss), header)
-        path = ROOT / "inia19" / f"{loss}.yaml"
-        title = f"INIA19 slices: {'CE baseline' if loss == 'ce' else 'Contextrast'}"
-        header = INIA19_HEADER.format(title=title, path=path.relative_to(ROOT.parent))
-        out[path] = render(inia19_config(loss), header)
+        for schedule, (words, _) in INIA19_SCHEDULES.items():
+            path = ROOT / "inia19" / f"{loss}{schedule}.yaml"
+            title = f"INIA19 slices: {'CE baseline' if loss == 'ce' else 'Contextrast'}"
+            data = inia19_config(loss, schedule)
+            header = INIA19_HEADER.format(
+                title=title,
+                path=path.relative_to(ROOT.parent),
+                schedule=words.format(**data["optim"]),
+            )
+            out[path] = render(data, header)
     return out
 
 

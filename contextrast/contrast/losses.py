@@ -97,6 +97,13 @@ class ContextrastLoss(nn.Module):
             every process of the group must call the loss at each step (it makes
             collectives, as SyncBatchNorm does): a call on one rank only, under
             ``torch.distributed``, needs ``global_anchors=False``.
+        start_step: the term is 0 (weight 0, still in the graph) before this step.
+        ramp_steps: from ``start_step`` on, the weight rises linearly to α over this many
+            steps (0: at once).
+        bane_start_step: BANE's hard negatives from this step on; before it the loss is plain
+            CCL (the hardest negatives can trap early training, Contextrast++).
+            The three schedule options need ``step=`` in every call (the number of
+            optimiser steps taken before it: 0 for the first), as the trainer passes.
         validate: per call, check the label values and that the loss is finite (two host
             synchronisations; a non-finite loss then names the bad feature map). The trainer
             turns it off: it checks the labels once before training and watches the loss on
@@ -131,9 +138,19 @@ class ContextrastLoss(nn.Module):
         detach_anchors: bool = False,
         normalize_anchors: bool = True,
         global_anchors: bool = True,
+        start_step: int = 0,
+        ramp_steps: int = 0,
+        bane_start_step: int = 0,
         validate: bool = True,
     ):
         super().__init__()
+        for name, value in (
+            ("start_step", start_step),
+            ("ramp_steps", ramp_steps),
+            ("bane_start_step", bane_start_step),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         in_channels = _check_channels(in_channels)
@@ -184,7 +201,28 @@ class ContextrastLoss(nn.Module):
         self.max_positives = max_positives
         self.max_negatives = max_negatives
         self.global_anchors = global_anchors
+        self.start_step, self.ramp_steps = start_step, ramp_steps
+        self.bane_start_step = bane_start_step
         self.validate = validate
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the term or BANE depends on the step (``step=`` is then required)."""
+        return bool(self.start_step or self.ramp_steps or self.bane_start_step)
+
+    def weight_at(self, step: int | None) -> float:
+        """The factor on α at ``step`` (1 without a schedule): 0 before ``start_step``, then
+        a linear ramp over ``ramp_steps``."""
+        if not self.scheduled:
+            return 1.0
+        if step is None:
+            raise ValueError(
+                "this ContextrastLoss has a schedule (start_step, ramp_steps or "
+                "bane_start_step): pass step= (optimiser steps taken so far) in every call"
+            )
+        if step < self.start_step:
+            return 0.0
+        return min(1.0, (step - self.start_step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
 
     def extra_repr(self) -> str:
         return (
@@ -196,13 +234,23 @@ class ContextrastLoss(nn.Module):
             f"max_positives={self.max_positives}, "
             f"max_negatives={self.max_negatives}, "
             f"normalize_anchors={self.normalize_anchors}"
+            + (
+                f", start_step={self.start_step}, ramp_steps={self.ramp_steps}, "
+                f"bane_start_step={self.bane_start_step}"
+                if self.scheduled
+                else ""
+            )
         )
 
     def forward(
-        self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
+        self,
+        features: Sequence[torch.Tensor],
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        step: int | None = None,
     ) -> torch.Tensor:
         """Weighted pixel-anchor loss ``α · L_PA``; see :meth:`terms` for the arguments."""
-        return self.terms(features, logits, target).loss
+        return self.terms(features, logits, target, step=step).loss
 
     def _embed(
         self, features: Sequence[torch.Tensor]
@@ -269,7 +317,11 @@ class ContextrastLoss(nn.Module):
         return features
 
     def terms(
-        self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
+        self,
+        features: Sequence[torch.Tensor],
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        step: int | None = None,
     ) -> ContextrastTerms:
         """Compute the loss and its per-layer terms (:func:`functional.contextrast_loss
         <contextrast.functional.loss.contextrast_loss>` on the heads' embeddings).
@@ -278,7 +330,11 @@ class ContextrastLoss(nn.Module):
             features: I maps (B, C_i, h_i, w_i), lowest layer first, any resolutions.
             logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
             target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
+            step: optimiser steps taken before this call (0 for the first); needed only
+                with a schedule (``start_step``, ``ramp_steps``, ``bane_start_step``).
         """
+        weight = self.weight_at(step)
+        bane = self.bane_ratio > 0 and (step is None or step >= self.bane_start_step)
         features = self._validate(features, logits, target)
         terms = contextrast_loss(
             lambda: self._embed(features),  # after BANE: a lower peak of memory
@@ -288,9 +344,9 @@ class ContextrastLoss(nn.Module):
             temperature=self.temperature,
             layer_weights=self.layer_weights,
             w_high=self.w_high,
-            loss_weight=self.loss_weight,
+            loss_weight=self.loss_weight * weight,
             ignore_index=self.ignore_index,
-            sampler=self.sampler if self.bane_ratio > 0 else None,
+            sampler=self.sampler if bane else None,
             hard_negatives=self.hard_negatives,
             max_pixels=self.max_pixels,
             max_positives=self.max_positives,

@@ -9,7 +9,15 @@ from contextrast.engine.builders import (
     eval_options,
     predict_options,
 )
-from contextrast.engine.runs import Run, check_compatible, finished_metrics, last_metrics, load_run
+from contextrast.engine.runs import (
+    Run,
+    check_compatible,
+    differing_settings,
+    finished_metrics,
+    last_metrics,
+    load_run,
+    settings_key,
+)
 from contextrast.engine.sampler import IterationBatchSampler
 from contextrast.engine.schedule import PolyLR
 from contextrast.engine.step import LossTerms, TrainingModule
@@ -29,10 +37,12 @@ __all__ = [
     "build_model",
     "build_split",
     "check_compatible",
+    "differing_settings",
     "eval_options",
     "finished_metrics",
     "last_metrics",
     "load_run",
     "predict_options",
+    "settings_key",
     "sweep",
 ]

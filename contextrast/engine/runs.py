@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from contextrast.config import Config, apply_overrides, config_from_dict
+import yaml
+
+from contextrast.config import Config, ConfigError, apply_overrides, config_from_dict
 from contextrast.engine.builders import build_model
 from contextrast.models import Segmentor
 from contextrast.utils.checkpoint import load_checkpoint, load_weights
 
-__all__ = ["Run", "check_compatible", "finished_metrics", "last_metrics", "load_run"]
+__all__ = [
+    "Run",
+    "check_compatible",
+    "differing_settings",
+    "finished_metrics",
+    "last_metrics",
+    "load_run",
+    "settings_key",
+]
 
 #: The model keys that decide a checkpoint's state-dict layout.
 MODEL_KEYS = ("name", "head", "head_width", "aux")
@@ -89,11 +100,62 @@ def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
+#: Where a run is written, not what it trains: left out of its settings.
+PLACE_KEYS = ("name", "output_dir")
+
+
+def _settings(config: Config | dict[str, Any]) -> dict[str, Any]:
+    data = config.to_dict() if isinstance(config, Config) else json.loads(json.dumps(config))
+    for key in PLACE_KEYS:
+        data.get("run", {}).pop(key, None)
+    return data
+
+
+def settings_key(config: Config) -> str:
+    """Ten hex digits that change with every setting of ``config`` except where the run is
+    written (``run.name``, ``run.output_dir``). Benchmarks and sweeps put it in a run's
+    name, so that a run they reuse is one of exactly these settings: an edited config file,
+    another ``--iters`` or ``--set`` names another run."""
+    text = json.dumps(_settings(config), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def differing_settings(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (``run.name`` and
+    ``run.output_dir`` aside)."""
+    if not prefix:
+        before, now = _settings(before), _settings(now)
+    keys = []
+    for key in [*before, *(k for k in now if k not in before)]:
+        a, b = before.get(key), now.get(key)
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_settings(a, b, dotted)
+        elif a != b:
+            keys.append(dotted)
+    return keys
+
+
 def finished_metrics(config: Config) -> dict[str, Any] | None:
     """The last evaluation of the run ``config`` names if it reached ``optim.iters``, else
-    None (so that benchmarks and sweeps reuse finished runs and resume the others)."""
+    None (so that benchmarks and sweeps reuse finished runs and resume the others).
+
+    Raises a one-line ``ConfigError`` when the run directory holds a run of other settings
+    (its ``config.yaml`` differs from ``config`` in more than the run's name and folder):
+    its numbers are not this config's, and resuming it would mix two settings in one run."""
     run_dir = Path(config.run_dir)
     if not (run_dir / "last.pt").is_file():
         return None
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        changed = differing_settings(yaml.safe_load(saved.read_text()) or {}, config.to_dict())
+        if changed:
+            shown = ", ".join(changed[:4]) + (
+                f" and {len(changed) - 4} more" if changed[4:] else ""
+            )
+            raise ConfigError(
+                f"{run_dir} holds a run of other settings ({shown} differ from {saved}); "
+                "give this one another run.name"
+            )
     last = last_metrics(run_dir)
     return last if last.get("iteration", -1) >= config.optim.iters else None

@@ -37,13 +37,14 @@ class PolyLR(torch.optim.lr_scheduler.LRScheduler):
     def reset(self, base_lr: float, total_iters: int, power: float, warmup_iters: int,
               warmup_ratio: float, iteration: int) -> list[float]:  # fmt: skip
         """Continue at ``iteration`` on a new curve (a resume with a changed schedule): sets
-        every group's base and current lr; returns the current lrs."""
+        every group's base (``base_lr`` times the group's ``lr_mult``, 1 where it has none)
+        and current lr; returns the current lrs."""
         self.total_iters, self.power = total_iters, power
         self.warmup_iters, self.warmup_ratio = warmup_iters, warmup_ratio
-        self.base_lrs = [base_lr] * len(self.optimizer.param_groups)
+        self.base_lrs = [base_lr * g.get("lr_mult", 1.0) for g in self.optimizer.param_groups]
         self.last_epoch = iteration
         lrs = self.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group.update(initial_lr=base_lr, lr=lr)
+        for group, base, lr in zip(self.optimizer.param_groups, self.base_lrs, lrs):
+            group.update(initial_lr=base, lr=lr)
         self._last_lr = lrs
         return lrs

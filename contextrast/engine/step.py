@@ -3,6 +3,7 @@ one module."""
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -54,6 +55,9 @@ class TrainingModule(nn.Module):
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
         self.region = region if region is not None and region.active else None
+        self._takes_step = (
+            contrast is not None and "step" in inspect.signature(contrast.forward).parameters
+        )
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor):
         """Mean CE over the labelled pixels; exactly 0 (with a graph) when there are none.
@@ -67,10 +71,15 @@ class TrainingModule(nn.Module):
         return total / labelled.clamp(min=1)
 
     def forward(
-        self, images: torch.Tensor, target: torch.Tensor, contrast_scale: float = 1.0
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor,
+        contrast_scale: float = 1.0,
+        step: int | None = None,
     ) -> LossTerms:
         """images: (B, 3, H, W); target: (B, H, W). ``contrast_scale`` 0 keeps the term in the
-        graph with zero weight (warm-up), identically on one process and on many."""
+        graph with zero weight (warm-up), identically on one process and on many. ``step``:
+        optimiser steps taken so far, for a contrastive loss that takes it (a schedule)."""
         out = self.model(images)
         size = target.shape[-2:]
         labelled = (target != self.ignore_index).sum()
@@ -85,7 +94,10 @@ class TrainingModule(nn.Module):
             aux = self._ce(aux_logits, target, labelled)
         # Labels were checked before training (data.check_labels): no host sync per step.
         region = self.region(logits, target, validate=False) if self.region is not None else zero
-        contrast = self.contrast(out.features, out.logits, target) if self.contrast else zero
+        contrast = zero
+        if self.contrast is not None:
+            timed = {"step": step} if self._takes_step else {}
+            contrast = self.contrast(out.features, out.logits, target, **timed)
         total = ce + self.aux_weight * aux + region + contrast_scale * contrast
         unlabelled = (labelled == 0).to(ce.dtype)
         return LossTerms(

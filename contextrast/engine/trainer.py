@@ -1,4 +1,5 @@
-"""The trainer: SGD + poly LR, CE + α·L_PA, AMP, DDP, atomic checkpoints, resume.
+"""The trainer: SGD or AdamW (parameter groups) + poly LR, CE + α·L_PA, AMP, DDP, atomic
+checkpoints, resume.
 
 ``Trainer._loop`` reads top to bottom: for each batch one optimiser step (``Trainer._step``),
 then the collaborators at their points: :class:`NonFiniteWatch` (a non-finite loss),
@@ -37,6 +38,7 @@ from contextrast.engine.builders import (
     build_split,
     eval_options,
 )
+from contextrast.engine.optim import apply_hyperparameters, build_optimizer, load_optimizer_state
 from contextrast.engine.runs import check_compatible, last_metrics
 from contextrast.engine.sampler import IterationBatchSampler
 from contextrast.engine.schedule import PolyLR
@@ -372,12 +374,7 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
         self.net = net
-        self.optimizer = torch.optim.SGD(
-            net.parameters(),
-            lr=c.optim.lr,
-            momentum=c.optim.momentum,
-            weight_decay=c.optim.weight_decay,
-        )
+        self.optimizer = build_optimizer(c, net.module if self.dist.world_size > 1 else net)
         self.scheduler = PolyLR(
             self.optimizer, c.optim.iters, c.optim.power, c.optim.warmup_iters, c.optim.warmup_ratio
         )
@@ -450,7 +447,10 @@ class Trainer:
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
         saved = state["config"]
-        for section, key in (("loss", "name"), ("data", "dataset")):
+        # Checkpoints from before optim.name trained SGD. An optimiser's state means nothing
+        # to another optimiser.
+        saved.setdefault("optim", {}).setdefault("name", "sgd")
+        for section, key in (("loss", "name"), ("data", "dataset"), ("optim", "name")):
             before, now = saved[section][key], getattr(getattr(self.config, section), key)
             if before != now:
                 raise ConfigError(
@@ -471,7 +471,7 @@ class Trainer:
             load_weights(self.ema.module, state.get("ema", state["model"]), path, "model (EMA)")
         if self.contrast is not None:
             load_weights(self.contrast, state["contrast"], path, f"{self.config.loss.name} loss")
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"], list(self.net.parameters()))
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         # Each rank's RNG differs; the checkpoint holds rank 0's, so other ranks re-derive.
@@ -496,14 +496,18 @@ class Trainer:
     def _reschedule(self, saved: dict[str, Any], iteration: int) -> None:
         """The schedule of the config being resumed with, not the checkpoint's: a longer
         ``optim.iters`` extends the poly decay to the new end (as mmseg and timm do), a new
-        ``optim.lr`` is the new base, and the momentum buffers carry on."""
+        ``optim.lr`` (or multiplier) is the new base, new decay, momentum or betas apply, and
+        the momentum buffers (Adam's moments) carry on."""
         o = self.config.optim
-        for group in self.optimizer.param_groups:
-            group.update(momentum=o.momentum, weight_decay=o.weight_decay)
+        apply_hyperparameters(self.optimizer, o)
         lrs = self.scheduler.reset(
             o.lr, o.iters, o.power, o.warmup_iters, o.warmup_ratio, iteration
         )
-        keys = ("lr", "iters", "power", "warmup_iters", "warmup_ratio", "momentum", "weight_decay")
+        keys = (
+            "lr", "iters", "power", "warmup_iters", "warmup_ratio", "momentum", "nesterov",
+            "betas", "weight_decay", "norm_decay_mult", "bias_decay_mult", "head_lr_mult",
+            "contrast_lr_mult",
+        )  # fmt: skip
         changed = [
             f"optim.{key} {saved[key]} -> {getattr(o, key)}"
             for key in keys
@@ -571,7 +575,8 @@ class Trainer:
         self.train_log.say(
             f"training {self.config.model.name} with {self.config.loss.name} on "
             f"{self.config.data.dataset} for {total} iterations (from {self.start_iter}), "
-            f"{self.dist.world_size} process(es)"
+            f"{self.dist.world_size} process(es), "
+            f"{self.config.optim.name} lr {self.config.optim.lr:g}"
         )
         metrics: dict[str, Any] = {}
         for iteration, batch in enumerate(self._loader(), start=self.start_iter + 1):
@@ -634,7 +639,7 @@ class Trainer:
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
             try:
-                terms = self.net(images, target, scale)
+                terms = self.net(images, target, scale, iteration - 1)
             except NonFiniteError as error:  # a contrastive loss that checks its features
                 raise self._watch.refused(error, iteration, images, batch.index) from None
         self._watch.update(iteration, terms, images, batch.index)

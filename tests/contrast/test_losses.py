@@ -584,3 +584,48 @@ def test_an_empty_batch_is_a_one_line_error():
     features = [torch.randn(0, 8, 16, 16), torch.randn(0, 16, 8, 8)]
     with pytest.raises(ValueError, match=r"target has shape \(0, 16, 16\): an empty batch"):
         loss(features, torch.randn(0, 3, 16, 16), torch.zeros(0, 16, 16, dtype=torch.long))
+
+
+def scheduled(**options):
+    torch.manual_seed(0)
+    return ContextrastLoss(N, [4, 6], embed_dim=8, layer_weights=(0.4, 1.0), max_positives=None,
+                           max_negatives=None, **options).double()  # fmt: skip
+
+
+def test_schedule_weight_by_hand():
+    loss = scheduled(start_step=2, ramp_steps=4)
+    assert [loss.weight_at(s) for s in range(8)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert scheduled(start_step=3).weight_at(2) == 0 and scheduled(start_step=3).weight_at(3) == 1
+    assert scheduled().weight_at(None) == 1 and not scheduled().scheduled
+
+
+def test_ramped_loss_is_the_weight_times_the_plain_loss():
+    features, logits, target = make_inputs()
+    plain = scheduled()(features, logits, target).detach()
+    ramped = scheduled(ramp_steps=4)
+    assert ramped(features, logits, target, step=1).item() == pytest.approx(0.5 * plain.item())
+    off = scheduled(start_step=5)(features, logits, target, step=4)
+    assert off.item() == 0 and off.requires_grad  # still in the graph (DDP sees one graph)
+    assert scheduled(start_step=5)(features, logits, target, step=5).item() == pytest.approx(
+        plain.item(), rel=1e-12
+    )
+
+
+def test_bane_starts_at_its_step():
+    features, logits, target = make_inputs()
+    ccl = scheduled(bane_ratio=0.0)(features, logits, target)
+    bane = scheduled()(features, logits, target)
+    assert bane.item() != pytest.approx(ccl.item())
+    late = scheduled(bane_start_step=3)
+    assert late.terms(features, logits, target, step=2).hard_negatives.sum() == 0
+    assert late(features, logits, target, step=2).item() == pytest.approx(ccl.item(), rel=1e-12)
+    assert late(features, logits, target, step=3).item() == pytest.approx(bane.item(), rel=1e-12)
+
+
+def test_a_schedule_without_step_or_with_a_bad_value_is_one_clear_error():
+    features, logits, target = make_inputs()
+    with pytest.raises(ValueError, match=r"has a schedule .*: pass step="):
+        scheduled(ramp_steps=2)(features, logits, target)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"start_step must be an int >= 0"):
+            scheduled(start_step=bad)

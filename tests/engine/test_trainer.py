@@ -514,8 +514,10 @@ def test_last_metrics_is_the_last_evaluation_and_finished_metrics_needs_the_end(
     metrics = Trainer(c).fit()
     assert last_metrics(c.run_dir)["iteration"] == 2 == metrics["iteration"]
     assert finished_metrics(c) == last_metrics(c.run_dir)
+    # The folder holds a 2-iteration run: never read, or extended, as a 3-iteration one.
     longer = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 3}))
-    assert finished_metrics(longer) is None
+    with pytest.raises(ConfigError, match=r"other settings \(optim\.iters differ"):
+        finished_metrics(longer)
 
 
 def test_run_deterministic_holds_for_the_run_only(workspace):
@@ -529,3 +531,13 @@ def test_run_deterministic_holds_for_the_run_only(workspace):
     ).fit()
     assert seen == [True, True]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_the_trainer_gives_a_scheduled_loss_its_step(workspace, capsys):
+    # start_step=2: iterations 1 and 2 (steps 0 and 1) train without the term, 3 with it.
+    contrast = {"embed_dim": 16, "max_pixels": 200, "start_step": 2}
+    c = config_from_dict(config(workspace, optim={"iters": 3}, loss={"contrast": contrast}))
+    Trainer(c).fit()
+    logged = [line for line in capsys.readouterr().out.splitlines() if line.startswith("it ")]
+    terms = [float(line.split("contrast ")[1].split(")")[0]) for line in logged]
+    assert terms[:2] == [0.0, 0.0] and terms[2] > 0

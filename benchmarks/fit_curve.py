@@ -1,0 +1,127 @@
+"""The fit curve: each method's paired gain over CE against how well CE itself fits.
+
+    python benchmarks/fit_curve.py \\
+        --schedule "SGD 400" benchmarks/results/inia19_{coronal,sagittal,axial}_region.json \\
+        --schedule "AdamW 400" benchmarks/results/inia19_{coronal,sagittal,axial}_adamw.json \\
+        --png docs/fit_curve.png --out benchmarks/results/inia19_fit_curve.json
+
+Each ``--schedule NAME FILE...`` is one training schedule: ``accuracy.py`` results on the same
+settings but the orientation (or data set), which must not share a run
+(``pooled.check_distinct``). Per schedule and method: CE's mIoU (mean over the files), the
+paired Δ mIoU to CE (per file the mean over the seeds both have; then the mean over files ±
+its standard error sqrt(Σ sd_f² / n_f) / F, as ``pooled.py``), and the per-file Δs. Prints a
+Markdown table, writes the JSON and one plot: Δ mIoU over CE (y) against CE's mIoU (x), a
+line per method through its schedules, error bars of one standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pooled import check_distinct, paired, rows_of
+
+
+def _mean_miou(row: dict) -> float:
+    """A row's mIoU in points, the mean over its seeds."""
+    return statistics.mean(run["miou"] for run in row["per_seed"].values()) * 100
+
+
+def schedule_rows(name: str, paths: list[Path], reference: str) -> list[dict]:
+    """One row per method of ``paths`` (those in every file), its reference first."""
+    files = [rows_of(path) for path in paths]
+    for path, rows in zip(paths, files):
+        if reference not in rows:
+            raise SystemExit(f"{path}: no {reference!r} row; it has {sorted(rows)}")
+    methods = [m for m in files[0] if all(m in rows for rows in files)]
+    out = []
+    for method in [reference, *(m for m in methods if m != reference)]:
+        means, variances, per_file, seeds = [], [], [], 0
+        for path, rows in zip(paths, files):
+            deltas = paired(rows[reference], rows[method], "miou")
+            if not deltas:
+                raise SystemExit(f"{path}: {method} shares no seed with {reference}")
+            sd = statistics.stdev(deltas) if len(deltas) > 1 else math.nan
+            means.append(statistics.mean(deltas))
+            variances.append(sd**2 / len(deltas))
+            per_file.append(round(statistics.mean(deltas), 3))
+            seeds += len(deltas)
+        ce = [_mean_miou(rows[reference]) for rows in files]
+        own = [_mean_miou(rows[method]) for rows in files]
+        out.append({
+            "schedule": name, "method": method, "reference_miou": statistics.mean(ce),
+            "miou": statistics.mean(own), "delta": statistics.mean(means),
+            "se": math.sqrt(sum(variances)) / len(files), "per_file": per_file, "runs": seeds,
+        })  # fmt: skip
+    return out
+
+
+def plot(rows: list[dict], reference: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != reference]
+    for method in methods:
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["reference_miou"])
+        x = [r["reference_miou"] for r in mine]
+        y = [r["delta"] for r in mine]
+        axis.errorbar(x, y, yerr=[r["se"] for r in mine], marker="o", capsize=3, label=method)
+        for r in mine:
+            axis.annotate(r["schedule"], (r["reference_miou"], r["delta"]), fontsize=7,
+                          textcoords="offset points", xytext=(4, 4))  # fmt: skip
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xlabel(f"{reference} mIoU (mean over settings)")
+    axis.set_ylabel(f"Δ mIoU over {reference} (points, ± s.e.)")
+    axis.set_title("Gain over CE against how well CE fits")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--schedule", nargs="+", action="append", required=True, metavar="NAME FILE",
+        help="a schedule's name, then its accuracy.py results (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--reference", default="ce")
+    parser.add_argument("--png", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    rows = []
+    for name, *files in args.schedule:
+        if not files:
+            raise SystemExit(f"--schedule {name!r}: give its accuracy.py result files")
+        paths = [Path(f) for f in files]
+        check_distinct(paths)
+        rows += schedule_rows(name, paths, args.reference)
+    print(f"| schedule | {args.reference} mIoU | method | mIoU | Δ mIoU ± s.e. | per setting |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if r["method"] == args.reference:
+            continue
+        each = ", ".join(f"{d:+.2f}" for d in r["per_file"])
+        print(f"| {r['schedule']} | {r['reference_miou']:.2f} | {r['method']} | {r['miou']:.2f} "
+              f"| {r['delta']:+.2f} ± {r['se']:.2f} | {each} |")  # fmt: skip
+    if args.png:
+        plot(rows, args.reference, args.png)
+        print(f"wrote {args.png}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"benchmark": "fit_curve", "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Evidence that cannot mix runs: every run a benchmark table reads is the run of exactly the
+settings the table names (issue 28, item 0)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contextrast.config import ConfigError, config_from_dict
+from contextrast.engine import Trainer, differing_settings, finished_metrics, settings_key
+from tests.benchmarks import load_tool
+from tests.engine.runs import config, learnable_folder
+
+
+@pytest.fixture()
+def workspace(tmp_path, monkeypatch):
+    learnable_folder(tmp_path / "data", count=4)
+    monkeypatch.chdir(tmp_path)  # accuracy.py writes runs/ under the working folder
+    return tmp_path
+
+
+def write_config(path: Path, workspace: Path, **optim) -> Path:
+    data = config(workspace, loss={"name": "ce"}, optim={"iters": 2, **optim})
+    data["eval"]["boundary_widths"] = [5]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_settings_key_changes_with_every_setting_but_the_run_s_place(tmp_path):
+    base = config_from_dict(config(tmp_path))
+    moved = config_from_dict(config(tmp_path, name="elsewhere"))
+    moved.run.output_dir = "other"
+    assert settings_key(base) == settings_key(moved)
+    for section, key, value in [("optim", "lr", 0.02), ("optim", "iters", 7), ("run", "seed", 4)]:
+        other = config_from_dict(config(tmp_path, **{section: {key: value}}))
+        assert settings_key(other) != settings_key(base)
+        assert differing_settings(base.to_dict(), other.to_dict()) == [f"{section}.{key}"]
+
+
+def test_finished_metrics_refuses_a_folder_of_other_settings(workspace):
+    c = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 2}))
+    Trainer(c).fit()
+    assert finished_metrics(c)["iteration"] == 2
+    edited = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 2, "lr": 0.5}))
+    with pytest.raises(ConfigError, match=r"holds a run of other settings \(optim\.lr differ"):
+        finished_metrics(edited)
+
+
+def test_accuracy_trains_again_after_an_edit_and_never_extends_a_shorter_run(workspace, capsys):
+    accuracy = load_tool("accuracy")
+    path = write_config(workspace / "cfg" / "tiny.yaml", workspace)
+    common = ["--config", str(path), "--methods", "ce", "--seeds", "0"]
+
+    def bench(out: str, *extra: str) -> dict:
+        accuracy.main([*common, "--out", out, *extra])
+        return json.loads((workspace / out).read_text())
+
+    first = bench("a.json")
+    (run_a,) = first["runs"].values()
+    write_config(path, workspace, lr=0.5)  # the user edits the config file
+    second = bench("b.json")
+    (run_b,) = second["runs"].values()
+    assert run_a != run_b
+    saved = yaml.safe_load((workspace / "runs/bench_cfg" / run_b / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.5
+    # The same command again reads the finished run instead of training it a second time.
+    assert bench("c.json")["runs"] == second["runs"]
+    log = (workspace / "runs/bench_cfg" / run_b / "train.log").read_text()
+    assert log.count("training ") == 1
+
+    longer = bench("d.json", "--iters", "3")
+    (run_d,) = longer["runs"].values()
+    assert run_d not in (run_a, run_b)
+    log = (workspace / "runs/bench_cfg" / run_d / "train.log").read_text()
+    assert "resumed" not in log and "for 3 iterations (from 0)" in log
+    (evaluations,) = longer["evaluations"].values()
+    assert [e["iteration"] for e in evaluations] == [3]
+    # The 2-iteration run is left as it was.
+    short = json.loads((workspace / "runs/bench_cfg" / run_b / "metrics.jsonl").read_text())
+    assert short["iteration"] == 2
+    capsys.readouterr()
+
+
+def result(path: Path, rows: dict[str, dict[int, float]], runs: dict | None = None) -> Path:
+    """A minimal accuracy.py result: method → seed → mIoU (a fraction)."""
+    data = {
+        "benchmark": "accuracy",
+        "rows": [
+            {"method": m, "per_seed": {str(s): {"miou": v} for s, v in seeds.items()}}
+            for m, seeds in rows.items()
+        ],
+    }
+    if runs is not None:
+        data["runs"] = runs
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_pooled_mean_and_standard_error_by_hand(tmp_path, capsys):
+    pooled = load_tool("pooled")
+    a = result(tmp_path / "a.json", {"ce": {0: 0.50, 1: 0.50}, "x": {0: 0.51, 1: 0.53}})
+    b = result(tmp_path / "b.json", {"ce": {0: 0.40, 1: 0.40}, "x": {0: 0.40, 1: 0.42}})
+    pooled.main([str(a), str(b)])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("x "))
+    # Δ: a +1, +3 (sd √2); b 0, +2 (sd √2). Mean of means 1.5, s.e. √(2/2 + 2/2) / 2 = 0.71;
+    # pooled seeds: mean 1.5, sd √(5/3) / √4 = 0.65.
+    assert "+2.00 ± 1.41 (n=2)" in line and "+1.00 ± 1.41 (n=2)" in line
+    assert "+1.50 ± 0.71" in line and "+1.50 ± 0.65 (n=4)" in line
+
+
+def test_pooled_counts_each_run_once(tmp_path):
+    pooled = load_tool("pooled")
+    a = result(tmp_path / "a.json", {"ce": {0: 0.5}, "x": {0: 0.6}}, {"ce/0": "ce_s0_1"})
+    with pytest.raises(SystemExit, match="the same result as"):
+        pooled.main([str(a), str(a)])
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(a.read_bytes())
+    with pytest.raises(SystemExit, match="the same result as"):
+        pooled.main([str(a), str(copy)])
+    b = result(tmp_path / "b.json", {"ce": {0: 0.4}, "x": {0: 0.3}}, {"ce/0": "ce_s0_1"})
+    with pytest.raises(SystemExit, match=r"holds the run ce_s0_1, which .*a\.json holds too"):
+        pooled.main([str(a), str(b)])
+
+
+def test_pooled_notes_the_methods_it_leaves_out(tmp_path, capsys):
+    pooled = load_tool("pooled")
+    a = result(tmp_path / "a.json", {"ce": {0: 0.5}, "x": {0: 0.6}, "y": {0: 0.7}})
+    b = result(tmp_path / "b.json", {"ce": {0: 0.4}, "x": {0: 0.3}})
+    pooled.main([str(a), str(b)])
+    out = capsys.readouterr().out
+    assert f"note: y left out: not in {b}" in out
+
+
+def test_pooled_refuses_another_benchmark_s_result_in_one_line(tmp_path):
+    pooled = load_tool("pooled")
+    other = tmp_path / "cost.json"
+    other.write_text(json.dumps({"benchmark": "training_cost", "rows": [{"case": 1}]}))
+    with pytest.raises(SystemExit, match=r"cost.json: not an accuracy.py result \(benchmark: "):
+        pooled.main([str(other)])
+
+
+def test_dropin_refuses_an_out_file_of_other_settings(workspace):
+    dropin = load_tool("dropin")
+    out = workspace / "sgd.json"
+    out.write_text(json.dumps({"model": "unet", "root": "data", "iters": 400, "runs": {}}))
+    argv = ["--root", "data", "--out", str(out), "--optimizer", "adamw", "--lr", "1e-3"]
+    with pytest.raises(SystemExit, match=r"holds runs of other settings \(optimizer sgd "):
+        dropin.main(argv)
+    with pytest.raises(SystemExit):
+        dropin.main(["--root", "nowhere"])
+    with pytest.raises(SystemExit):
+        dropin.main(["--root", "data", "--iters", "0"])
