@@ -154,3 +154,22 @@ def test_dropin_refuses_an_out_file_of_other_settings(workspace):
         dropin.main(["--root", "nowhere"])
     with pytest.raises(SystemExit):
         dropin.main(["--root", "data", "--iters", "0"])
+
+
+def test_runs_table_names_each_run_s_settings_and_last_evaluation(workspace, capsys):
+    table = load_tool("runs_table")
+    c = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 2}))
+    Trainer(c).fit()
+    unfinished = workspace / "runs" / "later"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text(c.to_yaml())
+    out = workspace / "table.json"
+    table.main([str(workspace / "runs"), "--keys", "optim.lr", "--out", str(out)])
+    rows = {row["run"]: row for row in json.loads(out.read_text())["rows"]}
+    metrics = json.loads((c.run_dir / "metrics.jsonl").read_text())
+    assert rows["run"]["miou"] == metrics["miou"] and rows["run"]["iteration"] == 2
+    assert rows["run"]["optim.lr"] == 0.05 and rows["run"]["settings_key"] == settings_key(c)
+    assert rows["later"]["miou"] is None
+    assert "| later | 0.05 | None | unfinished | unfinished |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"--keys optim\.lrr: not a config key"):
+        table.main([str(workspace / "runs"), "--keys", "optim.lrr"])
