@@ -2,6 +2,7 @@
 
     python benchmarks/dropin.py --model unet --seeds 0 1 2 [--root data/inia19/coronal]
         [--optimizer adamw --lr 1e-3] [--arms ce contextrast ce+lovasz contextrast+lovasz]
+        [--contrast loss_weight=0.03 start_step=200]
 
 A segmentation_models_pytorch model (``unet``: ``smp.Unet``, ``deeplabv3plus``:
 ``smp.DeepLabV3Plus``) on the same ImageNet-pretrained EfficientNet-Lite0 encoder as the
@@ -9,18 +10,20 @@ project's benchmark, or the project's own model (``hrnetv2``: that encoder under
 HRNetV2-style head of ``configs/inia19/contextrast.yaml``, wrapped to return logits only, so
 that only the loop differs from the project's trainer), trained by the short loop below (the
 README's snippet with an optimiser and a schedule: the trainer's SGD, or ``--optimizer
-adamw`` as smp's examples train): CE alone and CE + the default ``ContextrastLoss`` through
-``FeatureTap``, paired per seed (same initial weights, same batches and augmentations as the
-project's trainer draws for that seed), scored like the trainer (whole val slices, mIoU and
-boundary mIoU at 5 px) with the final weights. Writes JSON (``--out``, by default named
-after the model, the set, the optimiser, the learning rate and the iterations) and prints the
-paired table. A file holds the runs of one setting: ``--out`` naming a file of other settings
-is refused, so that no run is read under another setting's header.
+adamw`` as smp's examples train): CE alone and CE + ``ContextrastLoss`` (its defaults, or
+``--contrast`` arguments; the loop passes ``step=``) through ``FeatureTap``, paired per seed
+(same initial weights, same batches and augmentations as the project's trainer draws for that
+seed), scored like the trainer (whole val slices, mIoU and boundary mIoU at 5 px) with the
+final weights. Writes JSON (``--out``, by default named after the model, the set, the
+optimiser, the learning rate and the iterations) and prints the paired table. A file holds the
+runs of one setting: ``--out`` naming a file of other settings is refused, so that no run is
+read under another setting's header.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -30,6 +33,7 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from contextrast import ContextrastLoss, FeatureTap
@@ -94,7 +98,7 @@ def train_one(args, seed: int, arm: str) -> dict:
 
     # --- the practitioner's loop: the README's lines plus an optimiser and a schedule ---
     tap = FeatureTap(model)
-    contrast = ContextrastLoss(classes, tap.channels(next(iter(loader)).image[:2]))
+    contrast = ContextrastLoss(classes, tap.channels(next(iter(loader)).image[:2]), **args.contrast)
     params = [*model.parameters(), *contrast.parameters()]
     if args.optimizer == "sgd":  # the project trainer's optimiser
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
@@ -110,7 +114,7 @@ def train_one(args, seed: int, arm: str) -> dict:
         if lovasz is not None:  # a region term, as the trainer's loss.region.name=lovasz
             loss = loss + lovasz(logits, batch.label)
         if contrast_on:
-            loss = loss + contrast(features, logits, batch.label)
+            loss = loss + contrast(features, logits, batch.label, step=step - 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -125,6 +129,21 @@ def train_one(args, seed: int, arm: str) -> dict:
     return {"miou": metrics["miou"], "boundary_miou_5": metrics["boundary_miou"]["5"]}
 
 
+def contrast_options(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as ContextrastLoss keyword arguments (values read as YAML),
+    checked against its constructor."""
+    allowed = set(inspect.signature(ContextrastLoss).parameters) - {"num_classes", "in_channels"}
+    options = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in allowed:
+            parser.error(
+                f"--contrast {item!r}: expected KEY=VALUE with KEY one of {sorted(allowed)}"
+            )
+        options[key] = yaml.safe_load(raw)
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="unet")
@@ -136,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=["ce", "contextrast"])
+    parser.add_argument(
+        "--contrast", nargs="*", default=[], metavar="KEY=VALUE",
+        help="ContextrastLoss arguments beside the defaults (values as YAML: loss_weight=0.03)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.contrast = contrast_options(parser, args.contrast)
     if args.iters < 1:
         parser.error(f"--iters {args.iters}: must be >= 1")
     if not (args.root / "images" / "train").is_dir():
@@ -144,14 +168,16 @@ def main(argv: list[str] | None = None) -> int:
                      "`contextrast prepare inia19`)")  # fmt: skip
     torch.set_num_threads(args.threads)
     settings = {"model": args.model, "root": str(args.root), "iters": args.iters,
-                "optimizer": args.optimizer, "lr": args.lr}  # fmt: skip
+                "optimizer": args.optimizer, "lr": args.lr, "contrast": args.contrast}  # fmt: skip
+    extra = "".join(f"_{k}{v}" for k, v in sorted(args.contrast.items()))
     out = args.out or Path(
         f"benchmarks/results/dropin_{args.model}_{args.root.name}_{args.optimizer}"
-        f"_lr{args.lr:g}_it{args.iters}.json"
+        f"_lr{args.lr:g}_it{args.iters}{extra}.json"
     )
     done = json.loads(out.read_text()) if out.is_file() else {**settings, "runs": {}}
-    # Files written before the settings were recorded held SGD, lr 0.01 runs.
-    saved = {key: done.get(key, {"optimizer": "sgd", "lr": 0.01}.get(key)) for key in settings}
+    # Files written before the settings were recorded held SGD, lr 0.01, default-loss runs.
+    before = {"optimizer": "sgd", "lr": 0.01, "contrast": {}}
+    saved = {key: done.get(key, before.get(key)) for key in settings}
     if saved != settings:
         differ = ", ".join(f"{k} {saved[k]} (asked: {settings[k]})" for k in settings
                            if saved[k] != settings[k])  # fmt: skip
@@ -168,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(done, indent=2) + "\n")  # after each run: resumable
     runs = done["runs"]
-    how = f"{args.optimizer}, lr {args.lr:g}, {args.iters} iterations"
+    how = f"{args.optimizer}, lr {args.lr:g}, {args.iters} iterations" + "".join(
+        f", {k}={v}" for k, v in sorted(args.contrast.items())
+    )
     print(f"{args.model} on {args.root} ({how}): mean ± sd over seeds; Δ paired to CE per seed")
     for arm in [a for a in ARMS if a != "ce"]:
         seeds = sorted(int(k.split("/")[1]) for k in runs if k.startswith(f"{arm}/"))

@@ -173,3 +173,15 @@ def test_runs_table_names_each_run_s_settings_and_last_evaluation(workspace, cap
     assert "| later | 0.05 | None | unfinished | unfinished |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"--keys optim\.lrr: not a config key"):
         table.main([str(workspace / "runs"), "--keys", "optim.lrr"])
+
+
+def test_dropin_checks_its_loss_arguments_and_keys_the_file_by_them(workspace):
+    dropin = load_tool("dropin")
+    with pytest.raises(SystemExit):
+        dropin.main(["--root", "data", "--contrast", "loss_weigth=0.03"])
+    out = workspace / "plain.json"
+    out.write_text(json.dumps({"model": "unet", "root": "data", "iters": 400, "optimizer": "sgd",
+                               "lr": 0.01, "contrast": {}, "runs": {}}))  # fmt: skip
+    argv = ["--root", "data", "--out", str(out), "--contrast", "loss_weight=0.03"]
+    with pytest.raises(SystemExit, match=r"contrast \{\} \(asked: \{'loss_weight': 0\.03\}\)"):
+        dropin.main(argv)
