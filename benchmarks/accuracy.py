@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.methods and not args.k_sweep and not args.variant:
         raise SystemExit("--methods: give at least one method")
     try:  # the configs' pretrained encoder, written once from its PyPI package
-        base = load_config(args.config)
+        base = load_config(args.config, args.set)
     except ConfigError as error:
         raise SystemExit(str(error)) from None
     if 5 not in base.eval.boundary_widths:

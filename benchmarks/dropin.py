@@ -33,11 +33,10 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from contextrast import ContextrastLoss, FeatureTap
-from contextrast.config import load_config
+from contextrast.config import load_config, read_yaml
 from contextrast.data import EvalTransform, Folder, TrainTransform
 from contextrast.demo import prepare_weights
 from contextrast.engine.builders import build_model
@@ -140,7 +139,11 @@ def contrast_options(parser: argparse.ArgumentParser, items: list[str]) -> dict:
             parser.error(
                 f"--contrast {item!r}: expected KEY=VALUE with KEY one of {sorted(allowed)}"
             )
-        options[key] = yaml.safe_load(raw)
+        options[key] = read_yaml(raw)  # 3e-2 is a float, as in configs
+    try:  # a bad value stops here, not after the CE arm has trained
+        ContextrastLoss(2, [4] * 4, **options)
+    except (TypeError, ValueError) as error:
+        parser.error(f"--contrast: {error}")
     return options
 
 
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--root {args.root}: no images/train folder (build it with "
                      "`contextrast prepare inia19`)")  # fmt: skip
     torch.set_num_threads(args.threads)
-    settings = {"model": args.model, "root": str(args.root), "iters": args.iters,
+    settings = {"model": args.model, "root": str(args.root.resolve()), "iters": args.iters,
                 "optimizer": args.optimizer, "lr": args.lr, "contrast": args.contrast}  # fmt: skip
     extra = "".join(f"_{k}{v}" for k, v in sorted(args.contrast.items()))
     out = args.out or Path(
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     # Files written before the settings were recorded held SGD, lr 0.01, default-loss runs.
     before = {"optimizer": "sgd", "lr": 0.01, "contrast": {}}
     saved = {key: done.get(key, before.get(key)) for key in settings}
+    saved["root"] = str(Path(saved["root"]).resolve())  # relative to where it was run
     if saved != settings:
         differ = ", ".join(f"{k} {saved[k]} (asked: {settings[k]})" for k in settings
                            if saved[k] != settings[k])  # fmt: skip

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pooled import check_distinct, paired, rows_of
 
 
-def _mean_miou(row: dict) -> float:
-    """A row's mIoU in points, the mean over its seeds."""
-    return statistics.mean(run["miou"] for run in row["per_seed"].values()) * 100
+def _mean_miou(row: dict, other: dict) -> float:
+    """A row's mIoU in points, the mean over the seeds it shares with ``other``."""
+    seeds = set(row["per_seed"]) & set(other["per_seed"])
+    return statistics.mean(row["per_seed"][s]["miou"] for s in seeds) * 100
 
 
 def schedule_rows(name: str, paths: list[Path], reference: str) -> list[dict]:
@@ -39,6 +40,10 @@ def schedule_rows(name: str, paths: list[Path], reference: str) -> list[dict]:
         if reference not in rows:
             raise SystemExit(f"{path}: no {reference!r} row; it has {sorted(rows)}")
     methods = [m for m in files[0] if all(m in rows for rows in files)]
+    for method in dict.fromkeys(m for rows in files for m in rows):
+        if method not in methods:
+            lacking = [str(p) for p, rows in zip(paths, files) if method not in rows]
+            print(f"note: {name}: {method} left out: not in {', '.join(lacking)}")
     out = []
     for method in [reference, *(m for m in methods if m != reference)]:
         means, variances, per_file, seeds = [], [], [], 0
@@ -51,8 +56,9 @@ def schedule_rows(name: str, paths: list[Path], reference: str) -> list[dict]:
             variances.append(sd**2 / len(deltas))
             per_file.append(round(statistics.mean(deltas), 3))
             seeds += len(deltas)
-        ce = [_mean_miou(rows[reference]) for rows in files]
-        own = [_mean_miou(rows[method]) for rows in files]
+        # Both over the seeds the pair shares, as the Δ.
+        ce = [_mean_miou(rows[reference], rows[method]) for rows in files]
+        own = [_mean_miou(rows[method], rows[reference]) for rows in files]
         out.append({
             "schedule": name, "method": method, "reference_miou": statistics.mean(ce),
             "miou": statistics.mean(own), "delta": statistics.mean(means),
@@ -102,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, *files in args.schedule:
         if not files:
             raise SystemExit(f"--schedule {name!r}: give its accuracy.py result files")
-        paths = [Path(f) for f in files]
-        check_distinct(paths)
-        rows += schedule_rows(name, paths, args.reference)
+    # One file, or one run, in two places would be counted twice.
+    check_distinct([Path(f) for _, *files in args.schedule for f in files])
+    for name, *files in args.schedule:
+        rows += schedule_rows(name, [Path(f) for f in files], args.reference)
     print(f"| schedule | {args.reference} mIoU | method | mIoU | Δ mIoU ± s.e. | per setting |")
     print("|---|---|---|---|---|---|")
     for r in rows:

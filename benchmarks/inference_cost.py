@@ -1,7 +1,8 @@
 """Inference cost: the exported model of a Contextrast run against the CE baseline's.
 
-    python benchmarks/inference_cost.py [--checkpoints runs/demo/demo_ce/best.pt \
-        runs/demo/demo_contextrast/best.pt] [--size 512 1024]
+    python benchmarks/inference_cost.py [--checkpoints CE.pt CONTEXTRAST.pt] [--size 512 1024]
+
+(default: the ``best.pt`` of ``make demo``'s CE and Contextrast runs on inia19).
 
 Each checkpoint's inference model is exported with ``torch.export`` (``contextrast export``),
 loaded back, and timed on the same input, interleaved over rounds (median). Parameters are
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from contextrast.config import config_from_dict
+from contextrast.demo import method_config
 from contextrast.engine.builders import build_model
 from contextrast.models import export_inference
 from contextrast.utils.checkpoint import load_checkpoint
@@ -32,7 +34,9 @@ def main() -> None:
     parser.add_argument(
         "--checkpoints",
         nargs="+",
-        default=["runs/demo/demo_ce/best.pt", "runs/demo/demo_contextrast/best.pt"],
+        default=[
+            str(method_config("inia19", m, []).run_dir / "best.pt") for m in ("ce", "contextrast")
+        ],
     )
     parser.add_argument("--size", type=int, nargs=2, default=[512, 1024])
     parser.add_argument("--rounds", type=int, default=10)

@@ -47,6 +47,13 @@ def rows_of(path: Path) -> dict[str, dict]:
         raise SystemExit(f"{path}: not an accuracy.py result (no {error} in its rows)") from None
 
 
+def _bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SystemExit(f"{path}: cannot be read ({error.strerror})") from None
+
+
 def check_distinct(paths: list[Path], files_only: list[Path] = ()) -> None:
     """Exit in one line when two of ``paths`` are one file, or hold one run: pooling them
     would count its seeds twice and shrink the standard error. ``files_only``: files that
@@ -54,11 +61,10 @@ def check_distinct(paths: list[Path], files_only: list[Path] = ()) -> None:
     seen_files: dict[str, Path] = {}
     seen_runs: dict[str, Path] = {}
     for path in files_only:
-        seen_files[str(path.resolve())] = seen_files[
-            hashlib.sha1(path.read_bytes()).hexdigest()
-        ] = path
+        seen_files[str(path.resolve())] = path
+        seen_files[hashlib.sha1(_bytes(path)).hexdigest()] = path
     for path in paths:
-        text = path.read_bytes()
+        text = _bytes(path)
         for key in (str(path.resolve()), hashlib.sha1(text).hexdigest()):
             if key in seen_files:
                 raise SystemExit(f"{path}: the same result as {seen_files[key]}; give each once")

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     for saved in sorted(args.folder.glob("*/config.yaml")):
         try:
             config = config_from_dict(yaml.safe_load(saved.read_text()))
-        except ConfigError as error:
-            raise SystemExit(f"{saved}: {error}") from None
+        except (ConfigError, yaml.YAMLError) as error:
+            print(f"note: {saved} left out: {error}")
+            continue
         data = config.to_dict()
         last = last_metrics(saved.parent)
         rows.append({

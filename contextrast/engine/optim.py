@@ -113,7 +113,7 @@ def load_optimizer_state(
     (one group of ``order``, the training module's parameters in their order) is mapped
     onto the groups parameter by parameter, so that its momentum carries on."""
     saved_groups = state["param_groups"]
-    if len(saved_groups) == 1 and len(optimizer.param_groups) > 1:
+    if len(saved_groups) == 1 and "role" not in saved_groups[0]:
         old_index = {id(p): i for i, p in enumerate(order)}
         current = optimizer.state_dict()
         new_index = [p for group in optimizer.param_groups for p in group["params"]]

@@ -115,7 +115,10 @@ def settings_key(config: Config) -> str:
     """Ten hex digits that change with every setting of ``config`` except where the run is
     written (``run.name``, ``run.output_dir``). Benchmarks and sweeps put it in a run's
     name, so that a run they reuse is one of exactly these settings: an edited config file,
-    another ``--iters`` or ``--set`` names another run."""
+    another ``--iters`` or ``--set`` names another run. Every key counts, those that do not
+    change the weights too (``eval.*``, ``data.num_workers``, ``run.device``), and so does a
+    key a new version adds: such a change trains new runs rather than risk reading old ones
+    as new."""
     text = json.dumps(_settings(config), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -153,8 +156,9 @@ def finished_metrics(config: Config) -> dict[str, Any] | None:
             shown = ", ".join(changed[:4]) + (
                 f" and {len(changed) - 4} more" if changed[4:] else ""
             )
+            verb = "differs" if len(changed) == 1 else "differ"
             raise ConfigError(
-                f"{run_dir} holds a run of other settings ({shown} differ from {saved}); "
+                f"{run_dir} holds a run of other settings ({shown} {verb} from {saved}); "
                 "give this one another run.name"
             )
     last = last_metrics(run_dir)

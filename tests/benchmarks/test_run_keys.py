@@ -46,7 +46,9 @@ def test_finished_metrics_refuses_a_folder_of_other_settings(workspace):
     Trainer(c).fit()
     assert finished_metrics(c)["iteration"] == 2
     edited = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 2, "lr": 0.5}))
-    with pytest.raises(ConfigError, match=r"holds a run of other settings \(optim\.lr differ"):
+    with pytest.raises(
+        ConfigError, match=r"holds a run of other settings \(optim\.lr differs from"
+    ):
         finished_metrics(edited)
 
 
@@ -179,9 +181,12 @@ def test_dropin_checks_its_loss_arguments_and_keys_the_file_by_them(workspace):
     dropin = load_tool("dropin")
     with pytest.raises(SystemExit):
         dropin.main(["--root", "data", "--contrast", "loss_weigth=0.03"])
+    with pytest.raises(SystemExit):  # refused before any training
+        dropin.main(["--root", "data", "--contrast", "start_step=-1"])
     out = workspace / "plain.json"
-    out.write_text(json.dumps({"model": "unet", "root": "data", "iters": 400, "optimizer": "sgd",
-                               "lr": 0.01, "contrast": {}, "runs": {}}))  # fmt: skip
-    argv = ["--root", "data", "--out", str(out), "--contrast", "loss_weight=0.03"]
+    saved = {"model": "unet", "root": str(workspace / "data"), "iters": 400, "optimizer": "sgd",
+             "lr": 0.01, "contrast": {}, "runs": {}}  # fmt: skip
+    out.write_text(json.dumps(saved))
+    argv = ["--root", "data", "--out", str(out), "--contrast", "loss_weight=3e-2"]
     with pytest.raises(SystemExit, match=r"contrast \{\} \(asked: \{'loss_weight': 0\.03\}\)"):
         dropin.main(argv)

@@ -133,14 +133,34 @@ def test_poly_reset_keeps_each_groups_multiplier():
 def test_a_one_group_checkpoint_state_maps_onto_the_groups():
     torch.manual_seed(0)
     net = Tiny()
+    # conv, BN, conv, BN: the groups (weights, then biases, then norms) reorder the
+    # parameters, so a copy by index would hand conv 2 the momentum of BN 1.
+    net.model.encoder = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+    )
     old = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)  # what earlier runs saved
     for p in net.parameters():
         p.grad = torch.randn_like(p)
     old.step()
     grouped = build_optimizer(tiny_config(), net)
     load_optimizer_state(grouped, old.state_dict(), list(net.parameters()))
+    grouped_order = [p for group in grouped.param_groups for p in group["params"]]
+    assert [id(p) for p in grouped_order] != [id(p) for p in net.parameters()]
     for p in net.parameters():
         assert torch.equal(grouped.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+    # A one-group model (a bias-free encoder only) takes the same path.
+    lone = nn.Module()
+    lone.model = nn.Module()
+    lone.model.encoder = nn.Linear(2, 2, bias=False)
+    old = torch.optim.SGD(lone.parameters(), lr=0.1, momentum=0.9)
+    lone.model.encoder.weight.grad = torch.ones(2, 2)
+    old.step()
+    grouped = build_optimizer(tiny_config(), lone)
+    load_optimizer_state(grouped, old.state_dict(), list(lone.parameters()))
+    assert grouped.param_groups[0]["role"] == "encoder"
+    assert torch.equal(
+        grouped.state[lone.model.encoder.weight]["momentum_buffer"], torch.ones(2, 2)
+    )
 
 
 def test_adamw_run_resumes_to_the_uninterrupted_weights(workspace):

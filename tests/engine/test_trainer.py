@@ -516,7 +516,7 @@ def test_last_metrics_is_the_last_evaluation_and_finished_metrics_needs_the_end(
     assert finished_metrics(c) == last_metrics(c.run_dir)
     # The folder holds a 2-iteration run: never read, or extended, as a 3-iteration one.
     longer = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 3}))
-    with pytest.raises(ConfigError, match=r"other settings \(optim\.iters differ"):
+    with pytest.raises(ConfigError, match=r"other settings \(optim\.iters differs from"):
         finished_metrics(longer)
 
 
