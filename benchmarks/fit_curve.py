@@ -17,14 +17,13 @@ line per method through its schedules, error bars of one standard error.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pooled import check_distinct, paired, rows_of
+from results_io import write_result
 
 
 def _mean_miou(row: dict, other: dict) -> float:
@@ -124,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, args.reference, args.png)
         print(f"wrote {args.png}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"benchmark": "fit_curve", "rows": rows}, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_result(args.out, "fit_curve", rows, schedules=args.schedule)
     return 0
 
 

@@ -12,11 +12,11 @@ unfinished.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import yaml
+from results_io import write_result
 
 from contextrast.config import ConfigError, config_from_dict
 from contextrast.engine import last_metrics, settings_key
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print(f"| {row['run']} | " + " | ".join([*cells, str(row["iteration"]), *scores]) + " |")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"benchmark": "runs_table", "rows": rows}, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_result(args.out, "runs_table", rows, folder=str(args.folder))
     return 0
 
 

@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_tool(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module (its ``main(argv)`` is the command line)."""
+    """``benchmarks/<name>.py`` as a module (its ``main(argv)`` is the command line), with
+    ``benchmarks/`` on the import path as when it runs as a script."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     path = ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
