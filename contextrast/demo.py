@@ -134,8 +134,9 @@ def _paired(rows: dict, method: str, metric: str = "miou") -> tuple[float, float
 
 
 def evidence_lines(path: Path = EVIDENCE) -> list[str]:
-    """The benchmark's paired multi-seed result, per orientation: CE, the best region loss,
-    Contextrast and Contextrast with that region loss (mIoU, and Δ to CE per seed)."""
+    """The benchmark's paired multi-seed result, per training schedule and orientation: CE,
+    the best region loss, Contextrast and Contextrast with that region loss (mIoU, and Δ to
+    CE per seed)."""
     if not path.is_file():
         return [f"(no multi-seed benchmark result at {path}; see docs/benchmarks.md)"]
     data = json.loads(path.read_text())
@@ -143,26 +144,33 @@ def evidence_lines(path: Path = EVIDENCE) -> list[str]:
         f"Evidence ({data['source']}; {data['protocol_text']}): mIoU, mean over paired seeds, "
         "and the paired difference to CE (mean ± sd)"
     ]
-    for orientation, result in data["orientations"].items():
-        rows = {row["method"]: row for row in result["rows"]}
-        if "ce" not in rows:
-            lines.append(f"  {orientation}: no CE row")
-            continue
-        regions = [m for m in rows if m.startswith("ce+")]
-        best = max(regions, key=lambda m: _paired(rows, m)[0]) if regions else None
-        stacked = f"contextrast+{best[3:]}" if best else None
-        shown = [m for m in ("ce", best, "contextrast", stacked) if m in rows]
-        cells = []
-        for method in shown:
-            miou = statistics.mean(rows[method]["miou"]) * 100
-            if method == "ce":
-                cells.append(f"CE {miou:.2f}")
-                continue
-            mean, sd, _ = _paired(rows, method)
-            cells.append(f"{TITLES.get(method, method)} {miou:.2f} ({mean:+.2f} ± {sd:.2f})")
-        seeds = len(rows["ce"]["miou"])
-        lines.append(f"  {orientation} ({seeds} seeds): " + "; ".join(cells))
+    # A file from before the schedules holds one (SGD 400) under "orientations".
+    schedules = data.get("schedules") or {"": {"orientations": data["orientations"]}}
+    for schedule, measured in schedules.items():
+        indent = "    " if schedule else "  "
+        if schedule:
+            lines.append(f"  {schedule}:")
+        for orientation, result in measured["orientations"].items():
+            lines.append(indent + _evidence_line(orientation, result))
     return lines
+
+
+def _evidence_line(orientation: str, result: dict) -> str:
+    rows = {row["method"]: row for row in result["rows"]}
+    if "ce" not in rows:
+        return f"{orientation}: no CE row"
+    regions = [m for m in rows if m.startswith("ce+")]
+    best = max(regions, key=lambda m: _paired(rows, m)[0]) if regions else None
+    stacked = f"contextrast+{best[3:]}" if best else None
+    cells = []
+    for method in [m for m in ("ce", best, "contextrast", stacked) if m in rows]:
+        miou = statistics.mean(rows[method]["miou"]) * 100
+        if method == "ce":
+            cells.append(f"CE {miou:.2f}")
+            continue
+        mean, sd, _ = _paired(rows, method)
+        cells.append(f"{TITLES.get(method, method)} {miou:.2f} ({mean:+.2f} ± {sd:.2f})")
+    return f"{orientation} ({len(rows['ce']['miou'])} seeds): " + "; ".join(cells)
 
 
 def main(argv: list[str] | None = None) -> int:

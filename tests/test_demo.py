@@ -29,6 +29,19 @@ def test_evidence_lines_give_paired_differences_and_pick_the_best_region_loss(tm
     )
     assert lines[2] == "  axial (3 seeds): CE 40.00; Contextrast 41.33 (+1.33 ± 2.08)"
     assert "no multi-seed benchmark result" in demo.evidence_lines(tmp_path / "none.json")[0]
+    # Several training schedules: one block each, the orientations indented under it.
+    adamw = [{**row, "miou": [v + 0.2 for v in row["miou"]]} for row in rows[:1] + rows[3:4]]
+    schedules = {
+        "SGD 400": {"orientations": data["orientations"]},
+        "AdamW 400": {"orientations": {"coronal": {"seeds": [0, 1, 2], "rows": adamw}}},
+    }
+    path.write_text(json.dumps({**data, "schedules": schedules}))
+    lines = demo.evidence_lines(path)
+    assert lines[1] == "  SGD 400:" and lines[2].startswith("    coronal (3 seeds): CE 40.00;")
+    assert lines[4:] == [
+        "  AdamW 400:",
+        "    coronal (3 seeds): CE 60.00; Contextrast 61.33 (+1.33 ± 2.08)",
+    ]
 
 
 def test_the_packaged_evidence_is_read_from_inside_the_package():
