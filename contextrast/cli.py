@@ -21,7 +21,7 @@ import torch
 
 import contextrast
 from contextrast import engine
-from contextrast.config import CONFIG_DIR, load_config, packaged_configs
+from contextrast.config import CONFIG_DIR, ConfigError, load_config, packaged_configs
 from contextrast.contrast import REGION_LOSSES
 from contextrast.data import DATASETS, check_dataset
 from contextrast.data.inia19 import DEFAULT_SOURCE, ORIENTATIONS, prepare_inia19
@@ -123,6 +123,10 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.accept_changes and not args.resume:
+        raise ConfigError(
+            "--accept-changes: only with --resume (it accepts a resumed run's changes)"
+        )
     config = load_config(args.config, args.set)
     trainer = None
 
@@ -138,7 +142,7 @@ def _train(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            trainer = engine.Trainer(config, resume=args.resume)
+            trainer = engine.Trainer(config, resume=args.resume, accept_changes=args.accept_changes)
         except Exception as error:
             # A run directory that already has a log (--resume) keeps the reason it did
             # not start; a new run stopped by its config leaves nothing behind.
@@ -424,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config: a path or a packaged name (cityscapes/...yaml)")
     train.add_argument("--set", **overrides)
     train.add_argument("--resume", action="store_true", help="continue from <run dir>/last.pt")
+    train.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="with --resume: continue although settings that change what is trained (the "
+        "loss, augmentations, batch, seed) differ from the checkpoint's",
+    )
     train.add_argument("--launcher", **launcher)
     train.set_defaults(handler=_train)
 

@@ -169,6 +169,7 @@ def test_eval_predict_export(trained, capsys):
             "contextrast train: error: folder: dataset root /nowhere does not exist",
         ),
         (["eval", "{config}", "--checkpoint", "/no.pt"], "checkpoint /no.pt: no such file"),
+        (["train", "{config}", "--accept-changes"], "--accept-changes: only with --resume"),
         (
             ["train", "{config}", "--launcher", "slurm"],
             "--launcher slurm: SLURM_PROCID is None, expected a number; start each process",

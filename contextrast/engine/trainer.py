@@ -39,7 +39,7 @@ from contextrast.engine.builders import (
     eval_options,
 )
 from contextrast.engine.optim import apply_hyperparameters, build_optimizer, load_optimizer_state
-from contextrast.engine.runs import check_compatible, last_metrics
+from contextrast.engine.runs import check_compatible, differing_settings, last_metrics
 from contextrast.engine.sampler import IterationBatchSampler
 from contextrast.engine.schedule import PolyLR
 from contextrast.engine.step import LossTerms, TrainingModule
@@ -56,10 +56,26 @@ from contextrast.utils.checkpoint import (
 )
 from contextrast.utils.distributed import all_reduce_sum, barrier, init_distributed
 
-__all__ = ["Checkpoints", "NonFiniteWatch", "TrainLog", "Trainer"]
+__all__ = ["RESUME_APPLIES", "Checkpoints", "NonFiniteWatch", "TrainLog", "Trainer"]
+
+#: Settings a resume takes from the config it is given without asking: the schedule, the
+#: evaluation, logging, the device and where the data lie. Any other change (the loss, the
+#: augmentations, the batch, the seed, the weight average) changes what is trained, and a
+#: resume refuses it unless ``accept_changes`` (``--accept-changes``).
+RESUME_APPLIES = (
+    "optim.", "eval.", "train.log_interval", "train.eval_interval",
+    "train.checkpoint_interval", "data.root", "data.num_workers", "data.check_labels",
+    "data.val_split", "run.device", "run.deterministic", "model.pretrained",
+)  # fmt: skip
 
 log = logging.getLogger("contextrast")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _at(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def _seed_everything(seed: int) -> None:
@@ -305,6 +321,9 @@ class Trainer:
         resume: continue from ``<run dir>/last.pt``.
         on_iteration: called with the iteration number after each optimiser step (hooks,
             tests).
+        accept_changes: with ``resume``, continue although settings that change what is
+            trained (:data:`RESUME_APPLIES` lists those a resume applies without asking)
+            differ from the checkpoint's; every changed key is named in the log either way.
     """
 
     def __init__(
@@ -312,8 +331,10 @@ class Trainer:
         config: Config,
         resume: bool = False,
         on_iteration: Callable[[int], None] | None = None,
+        accept_changes: bool = False,
     ):
         self.config = config
+        self.accept_changes = accept_changes
         self.on_iteration = on_iteration
         self.dist = init_distributed(config.run.device)
         self.device = self.dist.device
@@ -383,6 +404,7 @@ class Trainer:
         self.start_iter = 0
         self.best_miou = -math.inf
         self._stop: str | None = None
+        self.changed_settings: list[str] = []
         if resume:
             self._load(last)
         if self.dist.is_main:
@@ -418,7 +440,11 @@ class Trainer:
         removed = remove_stale_temporaries(self.run_dir)
         (self.run_dir / "metrics").mkdir(exist_ok=True)
         if self.start_iter < self.config.optim.iters:  # a finished run keeps the config it ran
-            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
+            written = self.run_dir / "config.yaml"
+            if self.changed_settings and written.is_file():
+                # What ran until now stays beside what runs from now on.
+                written.replace(self.run_dir / f"config_until_{self.start_iter}.yaml")
+            written.write_text(self.config.to_yaml())
         self.train_log.open(self.run_dir)
         for path in removed:
             log.info(f"removed {path.name}, left by a write that was killed")
@@ -457,6 +483,7 @@ class Trainer:
                     f"{section}.{key}: {now!r} differs from {before!r} in the checkpoint {path}"
                 )
         check_compatible(state, path, self.config, self.train_set.num_classes)
+        self._check_changes(saved, path, int(state["iteration"]))
         load_weights(self.model, state["model"], path, "model")
         saved_decay = saved.get("train", {}).get("ema_decay")
         if "ema" in state and self.ema is None:
@@ -493,6 +520,39 @@ class Trainer:
                 "resumed weights, and best.pt is chosen among the averages from now on"
             )
 
+    def _check_changes(self, saved: dict[str, Any], path: Path, iteration: int) -> None:
+        """Name every setting that differs from the checkpoint's; refuse those that change
+        what is trained (not in :data:`RESUME_APPLIES`) unless ``accept_changes``, and an
+        interrupted run's schedule cut below the iteration it reached."""
+        now = self.config.to_dict()
+        changed = differing_settings(saved, now)
+        # Adding a weight average to a run without one, or dropping one, are their own cases
+        # (_load): the first is allowed, the second refused, each with its own message.
+        if None in (saved.get("train", {}).get("ema_decay"), self.config.train.ema_decay):
+            changed = [key for key in changed if key != "train.ema_decay"]
+        trained = [key for key in changed if not key.startswith(RESUME_APPLIES)]
+
+        def show(keys: list[str]) -> str:
+            return ", ".join(f"{k} {_at(saved, k)!r} -> {_at(now, k)!r}" for k in keys)
+
+        if trained and not self.accept_changes:
+            raise ConfigError(
+                f"--resume: {show(trained)} differ from the checkpoint {path}; they change what "
+                "is trained: resume with the checkpoint's values, or pass --accept-changes"
+            )
+        finished = iteration >= saved.get("optim", {}).get("iters", iteration)
+        if not finished and iteration > self.config.optim.iters:
+            raise ConfigError(
+                f"optim.iters: {self.config.optim.iters} is below iteration {iteration}, which "
+                f"the interrupted run in {path} reached (of {saved['optim']['iters']}); resume "
+                f"with optim.iters >= {iteration} to finish it and evaluate"
+            )
+        others = [key for key in changed if not key.startswith("optim.")]
+        if others:  # optim.* are named with the schedule they make (_reschedule)
+            accepted = " (accepted: --accept-changes)" if trained else ""
+            self.train_log.say(f"resumed with changed settings: {show(others)}{accepted}")
+        self.changed_settings = changed
+
     def _reschedule(self, saved: dict[str, Any], iteration: int) -> None:
         """The schedule of the config being resumed with, not the checkpoint's: a longer
         ``optim.iters`` extends the poly decay to the new end (as mmseg and timm do), a new
@@ -503,15 +563,10 @@ class Trainer:
         lrs = self.scheduler.reset(
             o.lr, o.iters, o.power, o.warmup_iters, o.warmup_ratio, iteration
         )
-        keys = (
-            "lr", "iters", "power", "warmup_iters", "warmup_ratio", "momentum", "nesterov",
-            "betas", "weight_decay", "norm_decay_mult", "bias_decay_mult", "head_lr_mult",
-            "contrast_lr_mult",
-        )  # fmt: skip
         changed = [
-            f"optim.{key} {saved[key]} -> {getattr(o, key)}"
-            for key in keys
-            if key in saved and saved[key] != getattr(o, key)
+            f"{key} {saved[key[6:]]} -> {getattr(o, key[6:])}"
+            for key in self.changed_settings
+            if key.startswith("optim.") and key[6:] in saved
         ]
         if changed and iteration < o.iters:
             self.train_log.say(

@@ -541,3 +541,66 @@ def test_the_trainer_gives_a_scheduled_loss_its_step(workspace, capsys):
     logged = [line for line in capsys.readouterr().out.splitlines() if line.startswith("it ")]
     terms = [float(line.split("contrast ")[1].split(")")[0]) for line in logged]
     assert terms[:2] == [0.0, 0.0] and terms[2] > 0
+
+
+def test_resume_names_every_change_and_refuses_those_that_change_the_training(workspace, capsys):
+    base = config(workspace, optim={"iters": 4}, train={"checkpoint_interval": 2})
+    Trainer(config_from_dict(base)).fit()
+    written = (workspace / "runs" / "run" / "config.yaml").read_text()
+    longer = {**base, "optim": {**base["optim"], "iters": 6}}
+    for section, key, value in [
+        ("loss", "contrast", {**base["loss"]["contrast"], "temperature": 0.2}),
+        ("data", "batch_size", 2),
+        ("data", "crop_size", [64, 32]),
+        ("run", "seed", 4),
+    ]:
+        changed = {**longer, section: {**longer[section], key: value}}
+        refused = r"--resume: .* differ from the checkpoint .*last\.pt; they change what is trained"
+        with pytest.raises(ConfigError, match=refused):
+            Trainer(config_from_dict(changed), resume=True)
+    assert (workspace / "runs" / "run" / "config.yaml").read_text() == written  # untouched
+    # Asked for, the change is made, named, and the config that ran before is kept.
+    contrast = {**base["loss"]["contrast"], "temperature": 0.2}
+    hotter = {
+        **longer,
+        "loss": {**base["loss"], "contrast": contrast},
+        "eval": {**base["eval"], "flip": True},
+    }
+    capsys.readouterr()
+    Trainer(config_from_dict(hotter), resume=True, accept_changes=True).fit()
+    out = capsys.readouterr().out
+    assert (
+        "resumed with changed settings: loss.contrast.temperature 0.1 -> 0.2, eval.flip False "
+        "-> True (accepted: --accept-changes)" in out
+    )
+    assert "optim.iters 4 -> 6" in out
+    kept = workspace / "runs" / "run" / "config_until_4.yaml"
+    assert kept.read_text() == written
+    assert "temperature: 0.2" in (workspace / "runs" / "run" / "config.yaml").read_text()
+
+
+def test_resume_applies_evaluation_changes_without_asking(workspace, capsys):
+    base = config(workspace, loss={"name": "ce"}, optim={"iters": 2})
+    Trainer(config_from_dict(base)).fit()
+    later = {**base, "optim": {**base["optim"], "iters": 3}, "eval": {"boundary_widths": [3]}}
+    Trainer(config_from_dict(later), resume=True).fit()
+    assert "resumed with changed settings: eval.boundary_widths [2] -> [3]\n" in (
+        capsys.readouterr().out.replace("\r", "") + "\n"
+    )
+
+
+def test_an_interrupted_run_resumed_below_its_iteration_is_refused(workspace):
+    long = config(
+        workspace, loss={"name": "ce"}, optim={"iters": 8}, train={"checkpoint_interval": 2}
+    )
+
+    def crash(iteration):
+        if iteration == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config_from_dict(long), on_iteration=crash).fit()
+    shorter = {**long, "optim": {**long["optim"], "iters": 3}}
+    refused = r"optim\.iters: 3 is below iteration 4, which the interrupted run in .* reached"
+    with pytest.raises(ConfigError, match=refused + r" \(of 8\); resume with optim\.iters >= 4"):
+        Trainer(config_from_dict(shorter), resume=True)
