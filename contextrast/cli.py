@@ -50,7 +50,12 @@ from contextrast.models import (
     writable_path,
 )
 from contextrast.utils.checkpoint import load_weights
-from contextrast.utils.distributed import cleanup, init_distributed, slurm_environment
+from contextrast.utils.distributed import (
+    check_one_launch,
+    cleanup,
+    init_distributed,
+    slurm_environment,
+)
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -537,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "launcher", None) == "slurm":
             os.environ.update(slurm_environment(os.environ))
+        elif getattr(args, "launcher", None) == "torchrun":
+            check_one_launch(os.environ)
         return args.handler(args)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as error:
         print(f"contextrast {args.command}: error: {error}", file=sys.stderr)

@@ -208,6 +208,12 @@ def _rendezvous(launch: Launch) -> dist.Store:
     span = timedelta(seconds=seconds)
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun serves it
     if rank == 0 and not agent:
+        try:  # an unknown host would leave the store retrying for minutes in C++
+            socket.getaddrinfo(addr, port)
+        except socket.gaierror as error:
+            raise RendezvousError(
+                f"MASTER_ADDR={addr!r}: unknown host ({_reason(error.strerror or str(error))})"
+            ) from None
         try:
             store = dist.TCPStore(
                 addr, port, world, is_master=True, timeout=span, wait_for_workers=False,
@@ -365,6 +371,20 @@ def _tasks_per_node(value: str, name: str) -> int | None:
         raise ValueError(f"{name}={value!r}: expected task counts per node such as '4(x2),3'")
     distinct = {int(c.split("(")[0]) for c in counts}
     return distinct.pop() if len(distinct) == 1 else None
+
+
+def check_one_launch(environ: Mapping[str, str]) -> None:
+    """Refuse in one line a torchrun-style launch (``--launcher torchrun``, the default) that
+    is one of several tasks of an ``srun`` step without torchrun's variables: each task would
+    train the whole run on its own, into the same run folder."""
+    tasks = environ.get("SLURM_STEP_NUM_TASKS", "")
+    if "RANK" in environ or not tasks.isdigit() or int(tasks) <= 1:
+        return
+    raise ValueError(
+        f"SLURM_STEP_NUM_TASKS={tasks}: this is task {environ.get('SLURM_PROCID', '?')} of an "
+        "srun step, and without --launcher slurm every task would train the whole run into "
+        "the same folder; pass --launcher slurm (one process per task) or start one task"
+    )
 
 
 def slurm_environment(environ: Mapping[str, str], port: int = DEFAULT_PORT) -> dict[str, str]:

@@ -291,6 +291,13 @@ def test_an_unknown_master_or_a_taken_port_is_said_at_once(launch_env):
     with pytest.raises(distributed.RendezvousError) as error:
         init_distributed("cpu")
     assert str(error.value).startswith("MASTER_ADDR='no-such-host.invalid': unknown host (")
+    # RANK 0 too: its store would otherwise retry the unknown host for minutes.
+    launch_env(**{**TWO, "RANK": "0", "MASTER_ADDR": "no-such-host.invalid"})
+    start = time.monotonic()
+    with pytest.raises(distributed.RendezvousError) as error:
+        init_distributed("cpu")
+    assert str(error.value).startswith("MASTER_ADDR='no-such-host.invalid': unknown host (")
+    assert time.monotonic() - start < 10
     with socket.socket() as taken:
         taken.bind(("", 0))
         taken.listen()
@@ -438,3 +445,14 @@ def test_the_command_line_reports_a_bad_launch_in_one_line(
         "contextrast train: error: RANK=2 must be below WORLD_SIZE=2\n"
     )
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_several_srun_tasks_without_the_slurm_launcher_are_refused():
+    from contextrast.utils.distributed import check_one_launch
+
+    step = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    with pytest.raises(ValueError, match=r"SLURM_STEP_NUM_TASKS=2: this is task 1 of an srun step"):
+        check_one_launch(step)
+    check_one_launch({**step, "SLURM_STEP_NUM_TASKS": "1"})  # one task: one run
+    check_one_launch({**step, "RANK": "1"})  # torchrun under srun: its variables decide
+    check_one_launch({"SLURM_NTASKS": "2", "SLURM_PROCID": "0"})  # the batch script itself
