@@ -16,7 +16,7 @@ from contextrast.contrast.projection import (
     raise_if_nonfinite,
 )
 from contextrast.contrast.sampling import BaneSampler, PixelSampler, SemiHardSampler
-from contextrast.functional.checks import check_fraction
+from contextrast.functional.checks import check_fraction, check_layer_order, check_map_size
 from contextrast.functional.loss import ContextrastTerms, check_options, contextrast_loss
 
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
@@ -37,22 +37,6 @@ def _check_channels(in_channels: Sequence[int]) -> list[int]:
             f"{in_channels!r}"
         )
     return channels
-
-
-def _check_size(name: str, shape: Sequence[int], target_shape: Sequence[int]) -> None:
-    """Raise unless the (h, w) map ``shape`` and the (H, W) labels are one picture at one
-    scale in both axes, up to one pixel of rounding per axis (odd sizes through strided
-    layers round up or down): some s > 0 with |H/s − h| ≤ 1 and |W/s − w| ≤ 1, that is
-    |h·W − w·H| ≤ H + W. Any scale passes (the labels are resized, nearest, to each map)."""
-    (h, w), (height, width) = shape, target_shape
-    if min(h, w) < 1 or abs(h * width - w * height) <= height + width:
-        return  # (an empty map is refused with the layer layout)
-    raise ValueError(
-        f"target (labels) of size {height}x{width} does not match {name} of size {h}x{w}: "
-        f"{height / h:.3g}x its height but {width / w:.3g}x its width; the labels and every "
-        "map must share one aspect ratio (labels at the input's resolution, maps at the "
-        "model's strides)"
-    )
 
 
 class ContextrastLoss(nn.Module):
@@ -86,7 +70,9 @@ class ContextrastLoss(nn.Module):
         negatives: the hard-negative sampler: "bane" (nearest the error edge), "semi_hard"
             (the same share of error pixels, at random: the Table 6 ablation), or any
             :class:`~contextrast.contrast.sampling.PixelSampler` instance (its pick replaces
-            BANE's; ``bane_ratio`` then only switches it off at 0).
+            BANE's; ``bane_ratio`` then only switches it off at 0, and for a sampler with its
+            own ``ratio``, as :class:`~contextrast.contrast.sampling.BaneSampler`, must be 0
+            or that ratio).
         detach_anchors: stop the gradient through the anchors (default: anchors carry it).
         normalize_anchors: L2-normalise the fused anchors (``False``: plain means, eq. 1
             taken literally).
@@ -177,6 +163,13 @@ class ContextrastLoss(nn.Module):
                 f"negatives must be one of {sorted(NEGATIVE_SAMPLERS)} or a PixelSampler "
                 f"instance (contextrast.contrast.sampling), got {type(negatives).__name__}"
             )
+        ratio = getattr(negatives, "ratio", None)
+        if ratio is not None and bane_ratio not in (0, ratio):
+            # Its own K picks; a different bane_ratio would be reported but not used.
+            raise ValueError(
+                f"bane_ratio={bane_ratio} but negatives={type(negatives).__name__}(ratio={ratio})"
+                f" picks by its own K: give bane_ratio={ratio} (or 0 to switch it off)"
+            )
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.embed_dim = embed_dim
@@ -184,6 +177,10 @@ class ContextrastLoss(nn.Module):
         self.layer_weights = layer_weights
         self.w_high = check_fraction("w_high", w_high)
         self.bane_ratio = check_fraction("bane_ratio", bane_ratio)
+        if isinstance(loss_weight, bool) or not (
+            isinstance(loss_weight, (int, float)) and 0 <= loss_weight < float("inf")
+        ):
+            raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
         self.loss_weight = float(loss_weight)
         self.ignore_index = ignore_index
         self.hard_negatives = hard_negatives
@@ -311,9 +308,10 @@ class ContextrastLoss(nn.Module):
             features, self.in_channels, batch, dtype, self.training, check_finite=False
         )
         labels_size = target.shape[-2:]
+        check_layer_order("features", [f.shape[-2:] for f in features])
         for i, feature in enumerate(features):
-            _check_size(f"features[{i}]", feature.shape[-2:], labels_size)
-        _check_size("logits", logits.shape[-2:], labels_size)
+            check_map_size(f"features[{i}]", feature.shape[-2:], labels_size)
+        check_map_size("logits", logits.shape[-2:], labels_size)
         return features
 
     def terms(
@@ -356,7 +354,13 @@ class ContextrastLoss(nn.Module):
             global_anchors=self.global_anchors,
             validate=self.validate,
         )
-        if self.validate and not is_finite(terms.loss):
+        # Non-finite logits leave the loss finite (BANE reads only their argmax): the same
+        # synchronisation probes them. One value (logits[0, 0, 0, 0], as one operator): a NaN
+        # from the model (its weights, a normalisation's statistics) fills its logits, and
+        # reading them all would cost more than the loss's budget of operators.
+        if self.validate and not is_finite(terms.loss + logits.as_strided((), ())):
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteError("logits hold NaN or inf values (BANE reads their argmax)")
             self._explain_nonfinite(features)
         return terms
 

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_fraction", "check_integer", "check_labels", "check_rank", "compute_dtype"]
+__all__ = [
+    "check_fraction",
+    "check_integer",
+    "check_labels",
+    "check_layer_order",
+    "check_map_size",
+    "check_rank",
+    "compute_dtype",
+]
 
 
 def check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
@@ -63,3 +72,33 @@ def check_fraction(name: str, value: float) -> float:
     ):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def check_map_size(name: str, shape: Sequence[int], target_shape: Sequence[int]) -> None:
+    """Raise unless the (h, w) map ``shape`` and the (H, W) labels are one picture at one
+    scale in both axes, up to one pixel of rounding per axis (odd sizes through strided
+    layers round up or down): some s > 0 with |H/s − h| ≤ 1 and |W/s − w| ≤ 1, that is
+    |h·W − w·H| ≤ H + W. Any scale passes (the labels are resized, nearest, to each map)."""
+    (h, w), (height, width) = shape, target_shape
+    if min(h, w) < 1 or abs(h * width - w * height) <= height + width:
+        return  # (an empty map is refused with the layer layout)
+    raise ValueError(
+        f"target (labels) of size {height}x{width} does not match {name} of size {h}x{w}: "
+        f"{height / h:.3g}x its height but {width / w:.3g}x its width; the labels and every "
+        "map must share one aspect ratio (labels at the input's resolution, maps at the "
+        "model's strides)"
+    )
+
+
+def check_layer_order(name: str, sizes: Sequence[Sequence[int]]) -> None:
+    """Raise unless the layers' (h, w) never grow from one layer to the next: the loss's
+    layer weights and fusion (the last layer's anchors) assume the lowest layer, the
+    largest map, first. Equal sizes pass (dilated backbones keep stride 8 in two stages)."""
+    for i in range(1, len(sizes)):
+        (h0, w0), (h1, w1) = sizes[i - 1], sizes[i]
+        if h1 > h0 or w1 > w0:
+            raise ValueError(
+                f"{name}[{i}] ({h1}x{w1}) is larger than {name}[{i - 1}] ({h0}x{w0}): give the "
+                "layers lowest first, the largest map first (reverse the list, and "
+                "in_channels with it)"
+            )

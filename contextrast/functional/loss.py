@@ -9,13 +9,21 @@ uniform random subsets of the reference's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 
 from contextrast.functional import batched as B
-from contextrast.functional.checks import check_fraction, check_labels, compute_dtype
+from contextrast.functional.checks import (
+    check_fraction,
+    check_labels,
+    check_layer_order,
+    check_map_size,
+    check_rank,
+    compute_dtype,
+)
 from contextrast.utils.distributed import sum_across_processes
 
 __all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "check_options", "contextrast_loss"]
@@ -79,6 +87,23 @@ def check_options(
             isinstance(value, int) and not isinstance(value, bool) and value > 0
         ):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def _check_embeddings(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]], batch: int):
+    """One-line errors for embeddings that are not (B, d, h, w) maps of one d (or factored
+    pairs of one d) with the labels' batch."""
+    dims = set()
+    for i, (coords, lift) in enumerate(pairs):
+        if not torch.is_tensor(coords) or coords.dim() != 4:
+            shape = tuple(coords.shape) if torch.is_tensor(coords) else type(coords).__name__
+            raise ValueError(f"embeddings[{i}] must be a (B, d, h, w) map, got {shape}")
+        if coords.shape[0] != batch:
+            raise ValueError(
+                f"embeddings[{i}] has batch {coords.shape[0]} but target (labels) has {batch}"
+            )
+        dims.add(coords.shape[1] if lift is None else lift.shape[0])
+    if len(dims) > 1:
+        raise ValueError(f"the embeddings must share one size d, got {sorted(dims)} across layers")
 
 
 def contextrast_loss(
@@ -152,6 +177,20 @@ def contextrast_loss(
     )
     if sampler is not None and not callable(sampler):
         raise ValueError(f"sampler must be a PixelSampler instance or None, got {sampler!r}")
+    if not isinstance(loss_weight, (int, float)) or not 0 <= loss_weight < math.inf:
+        raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
+    check_rank(target, 3, "target", "(B, H, W)")
+    check_rank(logits, 4, "logits", "(B, N, h, w)")
+    if logits.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"logits have batch {logits.shape[0]} but target (labels) has {target.shape[0]}"
+        )
+    if not lazy:
+        _check_embeddings(pairs, target.shape[0])
+    check_layer_order("embeddings", sizes)
+    for i, size in enumerate(sizes):
+        check_map_size(f"embeddings[{i}]", size, target.shape[-2:])
+    check_map_size("logits", logits.shape[-2:], target.shape[-2:])
     n = logits.shape[1]
     device = target.device
     world = _world_size(process_group) if global_anchors else 1
@@ -175,6 +214,7 @@ def contextrast_loss(
         got = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
         if got != sizes:
             raise ValueError(f"the embedding function gave maps of sizes {got}, not {sizes}")
+        _check_embeddings(pairs, target.shape[0])
     with torch.autocast(device_type=device.type, enabled=False):
         dtype = compute_dtype(*(coords for coords, _ in pairs))
         groups = _group_layers(pairs, blocks.counts, dtype)

@@ -629,3 +629,28 @@ def test_a_schedule_without_step_or_with_a_bad_value_is_one_clear_error():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match=r"start_step must be an int >= 0"):
             scheduled(start_step=bad)
+
+
+def test_the_module_refuses_reversed_layers_a_bad_weight_and_nan_logits():
+    from contextrast.contrast import NonFiniteError
+    from contextrast.contrast.sampling import BaneSampler
+
+    features, logits, target = make_inputs()
+    loss = ContextrastLoss(N, [4, 6], embed_dim=8, layer_weights=(0.4, 1.0)).double()
+    with pytest.raises(ValueError, match=r"features\[1\] \(8x10\) is larger than features\[0\]"):
+        ContextrastLoss(N, [6, 4], embed_dim=8, layer_weights=(0.4, 1.0)).double()(
+            features[::-1], logits, target
+        )
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"loss_weight must be a finite number >= 0"):
+            ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), loss_weight=bad)
+    with pytest.raises(NonFiniteError, match=r"logits hold NaN or inf values"):
+        loss(features, torch.full_like(logits, float("nan")), target)
+    assert math.isfinite(loss(features, logits, target).item())
+    # A sampler with its own K: the loss's bane_ratio must say the same (or 0: off).
+    with pytest.raises(ValueError, match=r"bane_ratio=0.1 but negatives=BaneSampler\(ratio=0.9\)"):
+        ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), bane_ratio=0.1,
+                        negatives=BaneSampler(0.9))  # fmt: skip
+    same = ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), bane_ratio=0.9,
+                           negatives=BaneSampler(0.9))  # fmt: skip
+    assert same.bane_ratio == 0.9 and "bane_ratio=0.9" in repr(same)

@@ -604,3 +604,12 @@ def test_an_interrupted_run_resumed_below_its_iteration_is_refused(workspace):
     refused = r"optim\.iters: 3 is below iteration 4, which the interrupted run in .* reached"
     with pytest.raises(ConfigError, match=refused + r" \(of 8\); resume with optim\.iters >= 4"):
         Trainer(config_from_dict(shorter), resume=True)
+
+
+@pytest.mark.parametrize("weight", [-1, ".nan"])
+def test_a_bad_contrastive_weight_stops_the_run_before_it_starts(workspace, weight):
+    from contextrast.config import apply_overrides
+
+    data = apply_overrides(config(workspace), [f"loss.contrast.loss_weight={weight}"])
+    with pytest.raises(ConfigError, match=r"loss\.contrast: loss_weight must be a finite number"):
+        Trainer(config_from_dict(data))

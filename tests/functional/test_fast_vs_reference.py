@@ -260,3 +260,46 @@ def test_per_image_samplers_refuse_the_loss_flat_axis():
         loss = ContextrastLoss(N, CHANNELS, negatives=sampler)
         with pytest.raises(ValueError, match=r"picks per image on \(B, P\) labels.*flat axis"):
             loss(features, logits, target)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            "reversed",
+            r"embeddings\[1\] \(8x12\) is larger than embeddings\[0\] \(4x6\): give the "
+            r"layers lowest first",
+        ),
+        ("transposed", r"target \(labels\) of size 192x128 does not match embeddings\[0\]"),
+        ("batch", r"logits have batch 2 but target \(labels\) has 1"),
+        ("embedding_batch", r"embeddings\[2\] has batch 1 but target \(labels\) has 2"),
+        ("flat", r"embeddings\[0\] must be a \(B, d, h, w\) map, got \(2, 16, 1536\)"),
+        ("width", r"the embeddings must share one size d, got \[8, 16\]"),
+        ("negative_weight", r"loss_weight must be a finite number >= 0, got -1"),
+        ("nan_weight", r"loss_weight must be a finite number >= 0, got nan"),
+    ],
+)
+def test_the_functional_entry_names_a_bad_input_in_one_line(change, match):
+    embeddings, logits, target = make_case(seed=3)
+    weight = HYPER["loss_weight"]
+    if change == "reversed":  # highest layer first, as from a reversed in_channels list
+        embeddings = embeddings[::-1]
+    elif change == "transposed":
+        target = target.transpose(1, 2).contiguous()
+    elif change == "batch":
+        target = target[:1]
+    elif change == "embedding_batch":
+        embeddings[2] = embeddings[2][:1]
+    elif change == "flat":
+        embeddings[0] = embeddings[0].flatten(2)
+    elif change == "width":
+        embeddings[1] = embeddings[1][:, :8]
+    else:
+        weight = -1 if change == "negative_weight" else float("nan")
+    with pytest.raises(ValueError, match=match):
+        CF.contextrast_loss(
+            embeddings, logits, target, **{**HYPER, "loss_weight": weight}, ignore_index=255,
+            sampler=None, hard_negatives="add", max_pixels=None, max_positives=None,
+            max_negatives=None, normalize_anchors=True, detach_anchors=False,
+            global_anchors=False,
+        )  # fmt: skip
