@@ -52,7 +52,9 @@ def preset_layers(model: nn.Module) -> list[str]:
     - torchvision segmentation models (``deeplabv3_*``, ``fcn_*``, ``lraspp_*``): ResNet
       backbones ``backbone.layer1`` … ``backbone.layer4``; MobileNetV3 backbones the last
       block of each resolution (``backbone.3``, ``.6``, ``.12``, ``.16`` for -large);
-    - segmentation_models_pytorch models: the last four items of ``encoder``'s feature list;
+    - segmentation_models_pytorch models: the last four items of ``encoder``'s feature list
+      at strides 4 and up (item i has stride 2^i; with ``encoder_depth`` 3 or 4, the two or
+      three there are: never the input image, item 0);
     - a timm ``features_only`` backbone (the model itself or a submodule, any family:
       ResNets, EfficientNets, MobileNetV3s, …): the last four items of its feature list.
 
@@ -73,7 +75,10 @@ def preset_layers(model: nn.Module) -> list[str]:
             return [f"{prefix}backbone.{name}" for name in ends[-4:]]
     encoder = getattr(inner, "encoder", None)
     if encoder is not None and hasattr(encoder, "out_channels") and hasattr(inner, "decoder"):
-        return [f"{prefix}encoder[{i}]" for i in range(-4, 0)]
+        # Item i of an smp encoder's list has stride 2^i; item 0 is the input image itself.
+        # A shallower encoder (encoder_depth < 5) has fewer maps at strides 4 and up.
+        depth = len(encoder.out_channels) - 1
+        return [f"{prefix}encoder[{i}]" for i in range(max(2, depth - 3), depth + 1)]
     for name, module in [("", inner), *inner.named_modules()]:
         # timm's features_only models (FeatureListNet, and the EfficientNetFeatures /
         # MobileNetV3Features kinds that some families build instead) carry a FeatureInfo;

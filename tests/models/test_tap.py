@@ -55,7 +55,7 @@ FAMILIES = {
     "smp-unet": (
         lambda: smp.Unet("resnet18", encoder_weights=None, classes=N),
         lambda out: out,
-        [f"encoder[{i}]" for i in range(-4, 0)],
+        [f"encoder[{i}]" for i in range(2, 6)],
         "encoder.layer1",
     ),
     "timm-features-only": (
@@ -263,7 +263,7 @@ def test_under_autocast_and_torch_compile_the_tap_sees_the_same_features():
     loss(features, logits, target).backward()
     assert model.encoder.layer1[0].conv1.weight.grad.abs().sum() > 0
     # A tap on the compiled wrapper names the same layers through it.
-    assert FeatureTap(compiled).layers == [f"_orig_mod.encoder[{i}]" for i in range(-4, 0)]
+    assert FeatureTap(compiled).layers == [f"_orig_mod.encoder[{i}]" for i in range(2, 6)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(images)
         features = tap.features()
@@ -309,3 +309,16 @@ def test_under_ddp_the_tapped_layers_get_the_all_reduced_gradient(tmp_path):
     assert first["layers"] == [f"module.backbone[{i}]" for i in range(-4, 0)]
     assert first["grad"].abs().sum() > 0
     assert torch.equal(first["grad"], second["grad"])  # DDP averaged them
+
+
+@pytest.mark.parametrize(("depth", "items"), [(3, [2, 3]), (4, [2, 3, 4]), (5, [2, 3, 4, 5])])
+def test_a_shallow_smp_encoder_never_taps_the_input_image(depth, items):
+    decoder = {3: (64, 32, 16), 4: (128, 64, 32, 16), 5: (256, 128, 64, 32, 16)}[depth]
+    model = smp.Unet("resnet18", encoder_weights=None, classes=N, encoder_depth=depth,
+                     decoder_channels=decoder)  # fmt: skip
+    tap = FeatureTap(model)
+    assert tap.layers == [f"encoder[{i}]" for i in items]
+    images, _ = batch()
+    model(images)
+    sizes = [f.shape[-1] for f in tap.features()]
+    assert sizes == [64 // 2**i for i in items]  # strides 4, 8, …: no 3-channel stride-1 map
