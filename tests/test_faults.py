@@ -220,8 +220,9 @@ def test_checkpoint_and_config_that_differ_give_one_line_naming_both(trained, tm
         checkpoint,
         "--set",
         f"data.root={three}",
-        match=f"checkpoint {checkpoint} has 2 classes (hrnetv2_w18_small), the config and "
-        "dataset have 3 classes (hrnetv2_w18_small)",
+        match=f"checkpoint {checkpoint} holds another model (the class count differs): it has "
+        "model hrnetv2_w18_small with 2 classes, the config and dataset build model "
+        "hrnetv2_w18_small with 3 classes",
     )
     for command in (["predict", tmp / "data" / "images" / "val", "--out", tmp_path / "p"],
                     ["export", "--out", tmp_path / "m.pt2"]):  # fmt: skip
@@ -234,8 +235,9 @@ def test_checkpoint_and_config_that_differ_give_one_line_naming_both(trained, tm
             "model.name=tu-resnet18",
             "--set",
             "model.head=ocr",
-            match="has 2 classes (hrnetv2_w18_small), the config and dataset have 2 classes "
-            "(tu-resnet18, head ocr)",
+            match="holds another model (model.name, model.head differ): it has model "
+            "hrnetv2_w18_small with 2 classes, the config and dataset build model tu-resnet18, "
+            "head ocr with 2 classes",
         )
     fails(
         capsys,
@@ -246,7 +248,8 @@ def test_checkpoint_and_config_that_differ_give_one_line_naming_both(trained, tm
         tmp_path / "m.pt2",
         "--set",
         "model.aux=true",
-        match="2 classes (hrnetv2_w18_small, aux True)",
+        match="(model.aux differs): it has model hrnetv2_w18_small with 2 classes, the config "
+        "and dataset build model hrnetv2_w18_small, aux True with 2 classes",
     )
     assert not (tmp_path / "m.pt2").exists()
 
@@ -261,13 +264,24 @@ def test_resume_with_another_model_or_loss_size_is_one_line_and_logged(trained, 
         "--resume",
         "--set",
         f"data.root={three}",
-        match="has 2 classes (hrnetv2_w18_small), the config and dataset have 3 classes",
+        match="it has model hrnetv2_w18_small with 2 classes, the config and dataset build "
+        "model hrnetv2_w18_small with 3 classes",
     )
     fails(
         capsys,
         "train",
         path,
         "--resume",
+        "--set",
+        "loss.contrast.embed_dim=32",
+        match="--resume: loss.contrast.embed_dim 16 -> 32 differs from the checkpoint",
+    )
+    fails(
+        capsys,
+        "train",
+        path,
+        "--resume",
+        "--accept-changes",
         "--set",
         "loss.contrast.embed_dim=32",
         match=f"checkpoint {checkpoint}: its contextrast loss weights do not fit the "

@@ -44,21 +44,27 @@ def _describe(model: dict[str, Any], classes: int | None) -> str:
     parts = [str(model.get("name"))]
     parts += [f"{k} {model[k]}" for k in MODEL_KEYS[1:] if model.get(k) not in (None, False)]
     count = classes if classes is not None else "an unknown number of"
-    return f"{count} classes ({', '.join(parts)})"
+    return f"model {', '.join(parts)} with {count} classes"
 
 
 def check_compatible(
     state: dict[str, Any], path: str | os.PathLike, config: Any, num_classes: int
 ) -> None:
-    """Raise a one-line ``ValueError`` naming both sides when the checkpoint's model (class
-    count, model name, head, head width, auxiliary head) is not the one ``config`` builds."""
+    """Raise a one-line ``ValueError`` naming what differs (model name, head, head width,
+    auxiliary head, class count) when the checkpoint's model is not the one ``config``
+    builds, then both sides."""
     saved = state["config"].get("model", {})
     before = {key: saved.get(key) for key in MODEL_KEYS}
     now = {key: getattr(config.model, key) for key in MODEL_KEYS}
     classes = len(state["classes"]) if "classes" in state else None
-    if before != now or classes not in (None, num_classes):
+    differ = [f"model.{key}" for key in MODEL_KEYS if before[key] != now[key]]
+    if classes not in (None, num_classes):
+        differ.append("the class count")
+    if differ:
+        verb = "differs" if len(differ) == 1 else "differ"
         raise ValueError(
-            f"checkpoint {path} has {_describe(before, classes)}, the config and dataset have "
+            f"checkpoint {path} holds another model ({', '.join(differ)} {verb}): it has "
+            f"{_describe(before, classes)}, the config and dataset build "
             f"{_describe(now, num_classes)}"
         )
 

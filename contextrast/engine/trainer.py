@@ -536,8 +536,11 @@ class Trainer:
             return ", ".join(f"{k} {_at(saved, k)!r} -> {_at(now, k)!r}" for k in keys)
 
         if trained and not self.accept_changes:
+            verb, pronoun = (
+                ("differs", "it changes") if len(trained) == 1 else ("differ", "they change")
+            )
             raise ConfigError(
-                f"--resume: {show(trained)} differ from the checkpoint {path}; they change what "
+                f"--resume: {show(trained)} {verb} from the checkpoint {path}; {pronoun} what "
                 "is trained: resume with the checkpoint's values, or pass --accept-changes"
             )
         finished = iteration >= saved.get("optim", {}).get("iters", iteration)

@@ -555,7 +555,7 @@ def test_resume_names_every_change_and_refuses_those_that_change_the_training(wo
         ("run", "seed", 4),
     ]:
         changed = {**longer, section: {**longer[section], key: value}}
-        refused = r"--resume: .* differ from the checkpoint .*last\.pt; they change what is trained"
+        refused = r"--resume: .* differs from the checkpoint .*last\.pt; it changes what is trained"
         with pytest.raises(ConfigError, match=refused):
             Trainer(config_from_dict(changed), resume=True)
     assert (workspace / "runs" / "run" / "config.yaml").read_text() == written  # untouched
