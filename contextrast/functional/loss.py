@@ -209,6 +209,14 @@ def contextrast_loss(
             hard = torch.zeros_like(labels, dtype=torch.bool)
         else:
             hard = sampler(labels, layer_pred, num_classes=n, layout=layout)  # (M,)
+            if not (
+                torch.is_tensor(hard) and hard.dtype == torch.bool and hard.shape == labels.shape
+            ):
+                got = f"{hard.dtype} {tuple(hard.shape)}" if torch.is_tensor(hard) else type(hard)
+                raise ValueError(
+                    f"sampler {getattr(sampler, '__name__', type(sampler).__name__)} returned "
+                    f"{got}; expected a bool mask of the labels' shape {tuple(labels.shape)}"
+                )
     if lazy:  # the heads, under the caller's autocast
         pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings()]
         got = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)

@@ -303,3 +303,30 @@ def test_the_functional_entry_names_a_bad_input_in_one_line(change, match):
             max_negatives=None, normalize_anchors=True, detach_anchors=False,
             global_anchors=False,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("returns", "got"),
+    [
+        (lambda labels: labels != 0, None),  # the contract: a (M,) bool mask
+        (lambda labels: (labels != 0).long(), r"torch.int64 \(\d+,\)"),
+        (lambda labels: labels[:5] != 0, r"torch.bool \(5,\)"),
+        (lambda labels: [True], r"<class 'list'>"),
+    ],
+)
+def test_a_plain_function_sampler_is_held_to_the_contract(returns, got):
+    embeddings, logits, target = make_case(seed=4)
+
+    def picks(labels, pred, num_classes=None, layout=None):
+        return returns(labels)
+
+    kwargs = dict(
+        HYPER, ignore_index=255, sampler=picks, hard_negatives="add", max_pixels=None,
+        max_positives=None, max_negatives=None, normalize_anchors=True, detach_anchors=False,
+        global_anchors=False,
+    )  # fmt: skip
+    if got is None:
+        assert torch.isfinite(CF.contextrast_loss(embeddings, logits, target, **kwargs).loss)
+        return
+    with pytest.raises(ValueError, match=rf"sampler picks returned {got}; expected a bool mask"):
+        CF.contextrast_loss(embeddings, logits, target, **kwargs)
