@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,24 @@ def _check_out(out: Path, orientations: Sequence[str]) -> None:
             raise ValueError(f"output folder {out}: {folder} is a file, not a folder")
 
 
+def _read_volume(nibabel, path: Path) -> np.ndarray:
+    """A NIfTI volume's voxels, or a one-line ``ValueError`` naming a file that is truncated
+    or not NIfTI."""
+    try:
+        return np.asarray(nibabel.load(path).dataobj)
+    except (
+        EOFError,
+        OSError,
+        ValueError,
+        zlib.error,
+        nibabel.filebasedimages.ImageFileError,
+    ) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{path}: not a readable NIfTI volume ({reason}); download or copy it again"
+        ) from None
+
+
 def prepare_inia19(
     out: str | Path,
     source: str | Path = DEFAULT_SOURCE,
@@ -188,8 +207,8 @@ def prepare_inia19(
         raise ValueError(f"unknown orientation {unknown[0]!r}; choose from {list(ORIENTATIONS)}")
     out = Path(out)
     _check_out(out, orientations)
-    t1 = np.asarray(nibabel.load(paths[0]).dataobj, dtype=np.float32)
-    atlas = np.asarray(nibabel.load(paths[1]).dataobj)
+    t1 = _read_volume(nibabel, paths[0]).astype(np.float32)
+    atlas = _read_volume(nibabel, paths[1])
     if t1.shape != atlas.shape:
         raise ValueError(f"{paths[0]} is {t1.shape} but {paths[1]} is {atlas.shape}")
     brain = (t1 > 0) | (atlas > 0)

@@ -216,3 +216,16 @@ def test_prepare_into_a_file_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(ValueError, match=f"{out}/coronal/labels is a file, not a folder$"):
         prepare_inia19(out, tmp_path / "src", num_regions=2)
     assert not (out / "sagittal").exists()  # refused before writing anything
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_nifti"])
+def test_a_damaged_volume_is_one_line_naming_it(tmp_path, capsys, damage):
+    write_volumes(tmp_path / "src")
+    atlas = tmp_path / "src" / ATLAS_FILE
+    data = atlas.read_bytes()
+    atlas.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"plain text")
+    argv = ["prepare", "inia19", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"contextrast prepare: error: {atlas}: not a readable NIfTI volume (")
+    assert err.count("\n") == 1
