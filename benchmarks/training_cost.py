@@ -113,6 +113,27 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every argument checked before any work, each in one line."""
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"--methods {unknown[0]!r}: choose from {list(METHODS)}")
+    if not args.methods:
+        parser.error("--methods: give at least one method")
+    for name, value, least in (("--batch", args.batch, 2), ("--rounds", args.rounds, 1),
+                               ("--classes", args.classes, 2)):  # fmt: skip
+        if value < least:
+            why = " (BatchNorm needs two images)" if name == "--batch" else ""
+            parser.error(f"{name} {value}: must be >= {least}{why}")
+    if any(side < 32 or side % 32 for side in args.size):
+        parser.error(f"--size {args.size[0]} {args.size[1]}: each side a multiple of 32 "
+                     "(the encoder's largest stride)")  # fmt: skip
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        parser.error(f"--device {args.device!r}: expected cpu or cuda")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="hrnetv2_w18_small")
@@ -132,6 +153,7 @@ def main() -> None:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_arguments(parser, args)
     if args.child:
         return child(args)
     if args.compile:
