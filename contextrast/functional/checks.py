@@ -12,6 +12,7 @@ __all__ = [
     "check_integer",
     "check_labels",
     "check_layer_order",
+    "check_loss_inputs",
     "check_map_size",
     "check_rank",
     "compute_dtype",
@@ -102,3 +103,30 @@ def check_layer_order(name: str, sizes: Sequence[Sequence[int]]) -> None:
                 "layers lowest first, the largest map first (reverse the list, and "
                 "in_channels with it)"
             )
+
+
+def check_loss_inputs(
+    shapes: Sequence[Sequence[int]], logits: torch.Tensor, target: torch.Tensor
+) -> None:
+    """One-line errors for the whole loss's inputs (the reference's and the fast entry's):
+    ``shapes``, each layer's embedding shape, must be (B, d, h, w) with the labels' batch,
+    one d, the layers lowest first, and every map and the logits of the labels' aspect."""
+    check_rank(target, 3, "target", "(B, H, W)")
+    check_rank(logits, 4, "logits", "(B, N, h, w)")
+    batch = target.shape[0]
+    if logits.shape[0] != batch:
+        raise ValueError(f"logits have batch {logits.shape[0]} but target (labels) has {batch}")
+    for i, shape in enumerate(shapes):
+        if len(shape) != 4:
+            raise ValueError(f"embeddings[{i}] must be a (B, d, h, w) map, got {tuple(shape)}")
+        if shape[0] != batch:
+            raise ValueError(
+                f"embeddings[{i}] has batch {shape[0]} but target (labels) has {batch}"
+            )
+    dims = sorted({shape[1] for shape in shapes})
+    if len(dims) > 1:
+        raise ValueError(f"the embeddings must share one size d, got {dims} across layers")
+    check_layer_order("embeddings", [tuple(shape[2:]) for shape in shapes])
+    for i, shape in enumerate(shapes):
+        check_map_size(f"embeddings[{i}]", shape[2:], target.shape[-2:])
+    check_map_size("logits", logits.shape[-2:], target.shape[-2:])

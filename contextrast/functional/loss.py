@@ -19,9 +19,7 @@ from contextrast.functional import batched as B
 from contextrast.functional.checks import (
     check_fraction,
     check_labels,
-    check_layer_order,
-    check_map_size,
-    check_rank,
+    check_loss_inputs,
     compute_dtype,
 )
 from contextrast.utils.distributed import sum_across_processes
@@ -89,21 +87,17 @@ def check_options(
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
 
 
-def _check_embeddings(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]], batch: int):
-    """One-line errors for embeddings that are not (B, d, h, w) maps of one d (or factored
-    pairs of one d) with the labels' batch."""
-    dims = set()
-    for i, (coords, lift) in enumerate(pairs):
-        if not torch.is_tensor(coords) or coords.dim() != 4:
-            shape = tuple(coords.shape) if torch.is_tensor(coords) else type(coords).__name__
-            raise ValueError(f"embeddings[{i}] must be a (B, d, h, w) map, got {shape}")
-        if coords.shape[0] != batch:
-            raise ValueError(
-                f"embeddings[{i}] has batch {coords.shape[0]} but target (labels) has {batch}"
-            )
-        dims.add(coords.shape[1] if lift is None else lift.shape[0])
-    if len(dims) > 1:
-        raise ValueError(f"the embeddings must share one size d, got {sorted(dims)} across layers")
+def _shapes(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> list[tuple[int, ...]]:
+    """Each layer's (B, d, h, w), d from the lift of a factored pair."""
+    if not all(torch.is_tensor(coords) for coords, _ in pairs):
+        kinds = [type(coords).__name__ for coords, _ in pairs]
+        raise ValueError(f"embeddings must be tensors (or (coords, lift) pairs), got {kinds}")
+    return [
+        tuple(c.shape)
+        if lift is None or c.dim() != 4
+        else (c.shape[0], lift.shape[0], *c.shape[2:])
+        for c, lift in pairs
+    ]
 
 
 def contextrast_loss(
@@ -179,18 +173,10 @@ def contextrast_loss(
         raise ValueError(f"sampler must be a PixelSampler instance or None, got {sampler!r}")
     if not isinstance(loss_weight, (int, float)) or not 0 <= loss_weight < math.inf:
         raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
-    check_rank(target, 3, "target", "(B, H, W)")
-    check_rank(logits, 4, "logits", "(B, N, h, w)")
-    if logits.shape[0] != target.shape[0]:
-        raise ValueError(
-            f"logits have batch {logits.shape[0]} but target (labels) has {target.shape[0]}"
-        )
-    if not lazy:
-        _check_embeddings(pairs, target.shape[0])
-    check_layer_order("embeddings", sizes)
-    for i, size in enumerate(sizes):
-        check_map_size(f"embeddings[{i}]", size, target.shape[-2:])
-    check_map_size("logits", logits.shape[-2:], target.shape[-2:])
+    # A function's maps are checked once it made them (the module checked its features).
+    check_loss_inputs(
+        _shapes(pairs) if not lazy else [(len(target), 1, *size) for size in sizes], logits, target
+    )
     n = logits.shape[1]
     device = target.device
     world = _world_size(process_group) if global_anchors else 1
@@ -222,7 +208,7 @@ def contextrast_loss(
         got = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
         if got != sizes:
             raise ValueError(f"the embedding function gave maps of sizes {got}, not {sizes}")
-        _check_embeddings(pairs, target.shape[0])
+        check_loss_inputs(_shapes(pairs), logits, target)
     with torch.autocast(device_type=device.type, enabled=False):
         dtype = compute_dtype(*(coords for coords, _ in pairs))
         groups = _group_layers(pairs, blocks.counts, dtype)

@@ -24,6 +24,7 @@ from contextrast.functional.checks import (
     check_fraction,
     check_integer,
     check_labels,
+    check_loss_inputs,
     check_rank,
     compute_dtype,
 )
@@ -397,6 +398,7 @@ def contextrast_loss(
     check_fraction("bane_ratio", bane_ratio)
     if len(layer_weights) != len(embeddings):
         raise ValueError(f"{len(layer_weights)} layer_weights for {len(embeddings)} layers")
+    check_loss_inputs([tuple(e.shape) for e in embeddings], logits, target)
     check_integer(target, "target")
     n = logits.shape[1]
     pred = logits.argmax(1)  # (B, h, w)
