@@ -51,3 +51,13 @@ def config(tmp_path: Path, name: str = "run", **sections) -> dict:
     for section, values in sections.items():
         data[section].update(values)
     return data
+
+
+def interrupt_at(iteration: int):
+    """An ``on_iteration`` hook that stops the run after ``iteration`` as a Ctrl-C would."""
+
+    def hook(done: int) -> None:
+        if done == iteration:
+            raise KeyboardInterrupt
+
+    return hook

@@ -11,7 +11,7 @@ from contextrast.engine.optim import build_optimizer, load_optimizer_state
 from contextrast.engine.schedule import PolyLR
 from contextrast.engine.trainer import Trainer
 from contextrast.utils import checkpoint as ckpt
-from tests.engine.runs import config, learnable_folder
+from tests.engine.runs import config, interrupt_at, learnable_folder
 
 
 @pytest.fixture()
@@ -166,14 +166,9 @@ def test_a_one_group_checkpoint_state_maps_onto_the_groups():
 def test_adamw_run_resumes_to_the_uninterrupted_weights(workspace):
     adamw = {"name": "adamw", "lr": 0.001, "weight_decay": 0.01, "norm_decay_mult": 0.0}
     full = Trainer(config_from_dict(config(workspace, "full", optim=adamw))).fit()
-
-    def crash(iteration):
-        if iteration == 5:
-            raise KeyboardInterrupt
-
     crashed = config_from_dict(config(workspace, "crashed", optim=adamw))
     with pytest.raises(KeyboardInterrupt):
-        Trainer(crashed, on_iteration=crash).fit()
+        Trainer(crashed, on_iteration=interrupt_at(5)).fit()
     resumed = Trainer(crashed, resume=True).fit()
     a = ckpt.load_checkpoint(workspace / "runs" / "full" / "last.pt")
     b = ckpt.load_checkpoint(crashed.run_dir / "last.pt")

@@ -15,7 +15,7 @@ from contextrast.engine.builders import build_model
 from contextrast.engine.trainer import IterationBatchSampler, PolyLR, Trainer, TrainingModule
 from contextrast.models import create_model
 from contextrast.utils import checkpoint as ckpt
-from tests.engine.runs import config, learnable_folder
+from tests.engine.runs import config, interrupt_at, learnable_folder
 
 
 @pytest.fixture()
@@ -465,13 +465,8 @@ def test_resume_with_a_shorter_schedule_still_ends_at_lr_zero(workspace):
     long = config(
         workspace, loss={"name": "ce"}, optim={"iters": 8}, train={"checkpoint_interval": 2}
     )
-
-    def crash(iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config_from_dict(long), on_iteration=crash).fit()
+        Trainer(config_from_dict(long), on_iteration=interrupt_at(3)).fit()
     shorter = {**long, "optim": {**long["optim"], "iters": 6}}
     trainer = Trainer(config_from_dict(shorter), resume=True)
     start = trainer.start_iter
@@ -593,13 +588,8 @@ def test_an_interrupted_run_resumed_below_its_iteration_is_refused(workspace):
     long = config(
         workspace, loss={"name": "ce"}, optim={"iters": 8}, train={"checkpoint_interval": 2}
     )
-
-    def crash(iteration):
-        if iteration == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config_from_dict(long), on_iteration=crash).fit()
+        Trainer(config_from_dict(long), on_iteration=interrupt_at(5)).fit()
     shorter = {**long, "optim": {**long["optim"], "iters": 3}}
     refused = r"optim\.iters: 3 is below iteration 4, which the interrupted run in .* reached"
     with pytest.raises(ConfigError, match=refused + r" \(of 8\); resume with optim\.iters >= 4"):
