@@ -68,7 +68,7 @@ def config_for(config: Path, method: str, seed: int, extra: list[str], tag: str,
         *PEER_SETTINGS.get(method, []),
         *extra,
     ]
-    if iters:
+    if iters is not None:
         overrides.append(f"optim.iters={iters}")
     resolved = load_config(config, overrides)
     # Keyed by every setting: a run of other settings is never read or resumed as this one.
@@ -192,6 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", help="the method Δ is paired to (default: ce)")
     args = parser.parse_args(argv)
     reading([], args.protocol)  # a misspelt protocol stops here, not after the training
+    for name, value in (
+        ("--iters", args.iters),
+        ("--jobs", args.jobs),
+        ("--threads", args.threads),
+    ):
+        if value is not None and value < 1:
+            parser.error(f"{name} {value}: must be >= 1")
     if not args.methods and not args.k_sweep and not args.variant:
         raise SystemExit("--methods: give at least one method")
     try:  # the configs' pretrained encoder, written once from its PyPI package

@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     args.contrast = contrast_options(parser, args.contrast)
     if args.iters < 1:
         parser.error(f"--iters {args.iters}: must be >= 1")
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: must be >= 1")
+    if not 0 < args.lr < float("inf"):
+        parser.error(f"--lr {args.lr}: must be finite and > 0")
     if not (args.root / "images" / "train").is_dir():
         parser.error(f"--root {args.root}: no images/train folder (build it with "
                      "`contextrast prepare inia19`)")  # fmt: skip
@@ -177,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         f"benchmarks/results/dropin_{args.model}_{args.root.name}_{args.optimizer}"
         f"_lr{args.lr:g}_it{args.iters}{extra}.json"
     )
-    done = json.loads(out.read_text()) if out.is_file() else {**settings, "runs": {}}
+    if out.is_dir():
+        parser.error(f"--out {out}: a folder; name a .json file")
+    try:
+        done = json.loads(out.read_text()) if out.is_file() else {**settings, "runs": {}}
+        if not isinstance(done, dict) or not isinstance(done.get("runs"), dict):
+            raise ValueError("no 'runs' mapping")
+    except ValueError as error:
+        parser.error(f"--out {out}: not a dropin.py result ({error}); give another --out")
     # Files written before the settings were recorded held SGD, lr 0.01, default-loss runs.
     before = {"optimizer": "sgd", "lr": 0.01, "contrast": {}}
     saved = {key: done.get(key, before.get(key)) for key in settings}

@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, *files in args.schedule:
         if not files:
             raise SystemExit(f"--schedule {name!r}: give its accuracy.py result files")
+    names = [name for name, *_ in args.schedule]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise SystemExit(
+            f"--schedule {twice!r} given twice: one --schedule per name, its files together"
+        )
     # One file, or one run, in two places would be counted twice.
     check_distinct([Path(f) for _, *files in args.schedule for f in files])
     for name, *files in args.schedule:

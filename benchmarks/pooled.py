@@ -67,7 +67,10 @@ def check_distinct(paths: list[Path], files_only: list[Path] = ()) -> None:
         text = _bytes(path)
         for key in (str(path.resolve()), hashlib.sha1(text).hexdigest()):
             if key in seen_files:
-                raise SystemExit(f"{path}: the same result as {seen_files[key]}; give each once")
+                where = " (in --before)" if files_only else ""
+                raise SystemExit(
+                    f"{path}{where}: the same result as {seen_files[key]}; give each once"
+                )
             seen_files[key] = path
         for run in load(path).get("runs", {}).values():
             if run in seen_runs:

@@ -54,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             "iteration": last.get("iteration"), "miou": last.get("miou"),
             "boundary_miou_5": last.get("boundary_miou", {}).get("5"),
         })  # fmt: skip
-    print("| run | " + " | ".join(args.keys) + " | iteration | mIoU | B-mIoU 5 px |")
-    print("|---|" + "---|" * (len(args.keys) + 3))
+    if not rows:
+        print(f"note: no run (a folder with config.yaml) under {args.folder}")
+    columns = ["run", *args.keys, "iteration", "mIoU", "B-mIoU 5 px"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for row in rows:
         cells = [str(row[key]) for key in args.keys]
+        finished = row["miou"] is not None
         scores = [
-            f"{row[k] * 100:.2f}" if row[k] is not None else "unfinished"
+            f"{row[k] * 100:.2f}" if row[k] is not None else "unfinished" if not finished else "—"
             for k in ("miou", "boundary_miou_5")
         ]
         print(f"| {row['run']} | " + " | ".join([*cells, str(row["iteration"]), *scores]) + " |")

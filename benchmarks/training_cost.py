@@ -39,6 +39,7 @@ from contextrast import (
     create_model,
 )
 from contextrast.engine.trainer import TrainingModule
+from contextrast.models import GENERIC_PREFIX, MODELS
 
 METHODS = {
     "ce": lambda n, ch: None,
@@ -132,6 +133,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--device {args.device!r}: expected cpu or cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available here")
+    if args.model not in MODELS and not args.model.startswith(GENERIC_PREFIX):
+        parser.error(f"--model {args.model!r}: choose from {sorted(MODELS)} or "
+                     f"'{GENERIC_PREFIX}<timm backbone>'")  # fmt: skip
+    if args.compile:
+        from torch import _dynamo
+
+        backends = _dynamo.list_backends(exclude_tags=())
+        if args.compile not in backends:
+            parser.error(f"--compile {args.compile!r}: choose from {backends}")
 
 
 def main() -> None:

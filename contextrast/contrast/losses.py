@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -37,6 +39,22 @@ def _check_channels(in_channels: Sequence[int]) -> list[int]:
             f"{in_channels!r}"
         )
     return channels
+
+
+def _count(name: str, value: object) -> int:
+    """``value`` as an int >= 0 (any integer type: a NumPy or 0-d tensor integer too), or a
+    one-line ``ValueError`` naming ``name``."""
+    try:
+        if isinstance(value, (bool, float)) or (
+            torch.is_tensor(value) and value.dtype == torch.bool
+        ):
+            raise TypeError
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}") from None
+    if count < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {count}")
+    return count
 
 
 class ContextrastLoss(nn.Module):
@@ -130,13 +148,9 @@ class ContextrastLoss(nn.Module):
         validate: bool = True,
     ):
         super().__init__()
-        for name, value in (
-            ("start_step", start_step),
-            ("ramp_steps", ramp_steps),
-            ("bane_start_step", bane_start_step),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        start_step = _count("start_step", start_step)
+        ramp_steps = _count("ramp_steps", ramp_steps)
+        bane_start_step = _count("bane_start_step", bane_start_step)
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         in_channels = _check_channels(in_channels)
@@ -178,7 +192,7 @@ class ContextrastLoss(nn.Module):
         self.w_high = check_fraction("w_high", w_high)
         self.bane_ratio = check_fraction("bane_ratio", bane_ratio)
         if isinstance(loss_weight, bool) or not (
-            isinstance(loss_weight, (int, float)) and 0 <= loss_weight < float("inf")
+            isinstance(loss_weight, numbers.Real) and 0 <= loss_weight < float("inf")
         ):
             raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
         self.loss_weight = float(loss_weight)
@@ -331,6 +345,7 @@ class ContextrastLoss(nn.Module):
             step: optimiser steps taken before this call (0 for the first); needed only
                 with a schedule (``start_step``, ``ramp_steps``, ``bane_start_step``).
         """
+        step = None if step is None else _count("step", step)
         weight = self.weight_at(step)
         bane = self.bane_ratio > 0 and (step is None or step >= self.bane_start_step)
         features = self._validate(features, logits, target)

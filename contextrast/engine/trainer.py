@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
@@ -405,6 +406,7 @@ class Trainer:
         self.best_miou = -math.inf
         self._stop: str | None = None
         self.changed_settings: list[str] = []
+        self._final_evaluation = False
         if resume:
             self._load(last)
         if self.dist.is_main:
@@ -439,12 +441,13 @@ class Trainer:
             ) from None
         removed = remove_stale_temporaries(self.run_dir)
         (self.run_dir / "metrics").mkdir(exist_ok=True)
-        if self.start_iter < self.config.optim.iters:  # a finished run keeps the config it ran
-            written = self.run_dir / "config.yaml"
-            if self.changed_settings and written.is_file():
-                # What ran until now stays beside what runs from now on.
-                written.replace(self.run_dir / f"config_until_{self.start_iter}.yaml")
-            written.write_text(self.config.to_yaml())
+        # A finished run keeps the config it ran; one that trains (or is evaluated) on holds
+        # what runs from now on, and what ran until now (the checkpoint's) stays beside it.
+        if self.start_iter < self.config.optim.iters or self._final_evaluation:
+            if self.changed_settings:
+                until = self.run_dir / f"config_until_{self.start_iter}.yaml"
+                until.write_text(yaml.safe_dump(self._saved_config, sort_keys=False))
+            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
         self.train_log.open(self.run_dir)
         for path in removed:
             log.info(f"removed {path.name}, left by a write that was killed")
@@ -479,8 +482,13 @@ class Trainer:
         for section, key in (("loss", "name"), ("data", "dataset"), ("optim", "name")):
             before, now = saved[section][key], getattr(getattr(self.config, section), key)
             if before != now:
+                why = {
+                    "optim": ": an optimiser's state means nothing to another; start a new run",
+                    "loss": ": its loss module's weights differ; start a new run",
+                }.get(section, "")
                 raise ConfigError(
                     f"{section}.{key}: {now!r} differs from {before!r} in the checkpoint {path}"
+                    f"{why}"
                 )
         check_compatible(state, path, self.config, self.train_set.num_classes)
         self._check_changes(saved, path, int(state["iteration"]))
@@ -555,6 +563,9 @@ class Trainer:
             accepted = " (accepted: --accept-changes)" if trained else ""
             self.train_log.say(f"resumed with changed settings: {show(others)}{accepted}")
         self.changed_settings = changed
+        self._saved_config = saved
+        # Cut to the iteration it reached: it ends here, with the evaluation it never had.
+        self._final_evaluation = not finished and iteration == self.config.optim.iters
 
     def _reschedule(self, saved: dict[str, Any], iteration: int) -> None:
         """The schedule of the config being resumed with, not the checkpoint's: a longer
@@ -598,6 +609,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         try:
+            if self._final_evaluation:
+                return self._finish_at(self.start_iter)
             if self.start_iter >= total:
                 self.train_log.say(
                     f"{self.run_dir} already finished at iteration {self.start_iter} of {total}: "
@@ -712,6 +725,18 @@ class Trainer:
             self.ema.update(self.model, step=iteration)
         self.scheduler.step()
         return terms
+
+    def _finish_at(self, iteration: int) -> dict[str, Any]:
+        """An interrupted run whose schedule now ends where it stopped: evaluate it, and
+        write last.pt (with this config) and best.pt as the end of a run does."""
+        self.train_log.say(
+            f"optim.iters {iteration}: the interrupted run ends at iteration {iteration}; "
+            "evaluating it"
+        )
+        self.train_log.start(iteration, iteration)  # no step: its timing reads 0
+        metrics, best = self._evaluate(iteration)
+        self.checkpoints.save(iteration, best=best)
+        return metrics
 
     def _stop_now(self, iteration: int, saved: bool) -> None:
         """After a ``request_stop``: last.pt at ``iteration`` (unless the step just wrote it),

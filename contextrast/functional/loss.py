@@ -10,6 +10,7 @@ uniform random subsets of the reference's.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -171,7 +172,7 @@ def contextrast_loss(
     )
     if sampler is not None and not callable(sampler):
         raise ValueError(f"sampler must be a PixelSampler instance or None, got {sampler!r}")
-    if not isinstance(loss_weight, (int, float)) or not 0 <= loss_weight < math.inf:
+    if not isinstance(loss_weight, numbers.Real) or not 0 <= loss_weight < math.inf:
         raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
     # A function's maps are checked once it made them (the module checked its features).
     check_loss_inputs(

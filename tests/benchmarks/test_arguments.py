@@ -18,6 +18,8 @@ from tests.benchmarks import load_tool
         (["--rounds", "0"], "--rounds 0: must be >= 1"),
         (["--batch", "1"], "--batch 1: must be >= 2 (BatchNorm needs two images)"),
         (["--device", "tpu"], "--device 'tpu': expected cpu or cuda"),
+        (["--model", "nosuch"], "--model 'nosuch': choose from ["),
+        (["--compile", "nosuch"], "--compile 'nosuch': choose from ["),
     ],
 )
 def test_training_cost_refuses_bad_arguments_at_once(monkeypatch, capsys, argv, message):
@@ -29,3 +31,46 @@ def test_training_cost_refuses_bad_arguments_at_once(monkeypatch, capsys, argv, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--iters", "0"], "--iters 0: must be >= 1"),
+        (["--jobs", "0"], "--jobs 0: must be >= 1"),
+    ],
+)
+def test_accuracy_refuses_bad_counts_at_once(capsys, argv, message):
+    accuracy = load_tool("accuracy")
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy.main(["--methods", "ce", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("", [], "not a dropin.py result"),
+        ("[]", [], "not a dropin.py result (no 'runs' mapping)"),
+        ("{}", [], "not a dropin.py result (no 'runs' mapping)"),
+        (None, ["--threads", "0"], "--threads 0: must be >= 1"),
+        (None, ["--lr", "nan"], "--lr nan: must be finite and > 0"),
+        ("folder", [], "a folder; name a .json file"),
+    ],
+)
+def test_dropin_refuses_a_bad_out_file_or_count_before_training(
+    tmp_path, monkeypatch, capsys, content, extra, message
+):
+    from tests.engine.runs import learnable_folder
+
+    dropin = load_tool("dropin")
+    learnable_folder(tmp_path / "data", count=2)
+    out = tmp_path / "out.json"
+    if content == "folder":
+        out.mkdir()
+    elif content is not None:
+        out.write_text(content)
+    monkeypatch.setattr(dropin, "train_one", lambda *a: pytest.fail("training started"))
+    with pytest.raises(SystemExit) as exit_info:
+        dropin.main(["--root", str(tmp_path / "data"), "--out", str(out), *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

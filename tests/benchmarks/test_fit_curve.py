@@ -37,3 +37,11 @@ def test_fit_curve_refuses_one_result_twice_in_a_schedule(tmp_path):
     a = result(tmp_path / "a.json", {"ce": {0: 0.4}, "x": {0: 0.5}})
     with pytest.raises(SystemExit, match="the same result as"):
         fit.main(["--schedule", "s", str(a), str(a)])
+
+
+def test_fit_curve_refuses_one_schedule_name_twice(tmp_path):
+    fit = load_tool("fit_curve")
+    a = result(tmp_path / "a.json", {"ce": {0: 0.4}, "x": {0: 0.5}})
+    b = result(tmp_path / "b.json", {"ce": {0: 0.3}, "x": {0: 0.5}})
+    with pytest.raises(SystemExit, match="--schedule 's' given twice"):
+        fit.main(["--schedule", "s", str(a), "--schedule", "s", str(b)])

@@ -629,6 +629,14 @@ def test_a_schedule_without_step_or_with_a_bad_value_is_one_clear_error():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match=r"start_step must be an int >= 0"):
             scheduled(start_step=bad)
+    loss = scheduled(bane_start_step=3)
+    for bad in (-1, 2.5, True, float("nan"), "3", torch.tensor([3, 4])):
+        with pytest.raises(ValueError, match=r"^step must be an int >= 0, got "):
+            loss(features, logits, target, step=bad)
+    # Any integer type is a step, and an int-like option is an option.
+    value = loss(features, logits, target, step=np.int64(3)).item()
+    assert value == loss(features, logits, target, step=torch.tensor(3)).item()
+    assert scheduled(bane_start_step=np.int64(3), loss_weight=np.float32(0.1)).bane_start_step == 3
 
 
 def test_the_module_refuses_reversed_layers_a_bad_weight_and_nan_logits():

@@ -594,6 +594,15 @@ def test_an_interrupted_run_resumed_below_its_iteration_is_refused(workspace):
     refused = r"optim\.iters: 3 is below iteration 4, which the interrupted run in .* reached"
     with pytest.raises(ConfigError, match=refused + r" \(of 8\); resume with optim\.iters >= 4"):
         Trainer(config_from_dict(shorter), resume=True)
+    # Cut to the iteration it reached, it ends there with the evaluation it never had.
+    assert not (workspace / "runs" / "run" / "best.pt").exists()
+    exact = {**long, "optim": {**long["optim"], "iters": 4}}
+    metrics = Trainer(config_from_dict(exact), resume=True).fit()
+    run = workspace / "runs" / "run"
+    assert metrics["iteration"] == 4 and (run / "best.pt").is_file()
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 4
+    assert "iters: 4" in (run / "config.yaml").read_text()
+    assert "iters: 8" in (run / "config_until_4.yaml").read_text()
 
 
 @pytest.mark.parametrize("weight", [-1, ".nan"])
