@@ -491,6 +491,13 @@ class Trainer:
                     f"{why}"
                 )
         check_compatible(state, path, self.config, self.train_set.num_classes)
+        classes = list(self.train_set.classes)
+        if state.get("classes") not in (None, classes) and not self.accept_changes:
+            raise ConfigError(
+                f"data: the classes {classes} differ from {state['classes']} that the checkpoint "
+                f"{path} was trained on (same count, other names or order); resume on its data, "
+                "or pass --accept-changes"
+            )
         self._check_changes(saved, path, int(state["iteration"]))
         load_weights(self.model, state["model"], path, "model")
         saved_decay = saved.get("train", {}).get("ema_decay")

@@ -612,3 +612,14 @@ def test_a_bad_contrastive_weight_stops_the_run_before_it_starts(workspace, weig
     data = apply_overrides(config(workspace), [f"loss.contrast.loss_weight={weight}"])
     with pytest.raises(ConfigError, match=r"loss\.contrast: loss_weight must be a finite number"):
         Trainer(config_from_dict(data))
+
+
+def test_resume_on_other_classes_of_the_same_count_is_refused(workspace):
+    Trainer(config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 2}))).fit()
+    other = learnable_folder(workspace / "other")
+    (other / "classes.txt").write_text("light\nblue\n")
+    moved = config(workspace, loss={"name": "ce"}, optim={"iters": 3})
+    moved["data"]["root"] = str(other)
+    with pytest.raises(ConfigError, match=r"data: the classes \['light', 'blue'\] differ from"):
+        Trainer(config_from_dict(moved), resume=True)
+    Trainer(config_from_dict(moved), resume=True, accept_changes=True)  # when meant
