@@ -311,6 +311,17 @@ def _check(config: Config) -> Config:
             len(config.optim.betas) == 2 and all(0 <= b < 1 for b in config.optim.betas),
             "must be [beta1, beta2], each in [0, 1)",
         ),
+        # a value the chosen optimiser never reads would be silently ignored
+        (
+            "optim.momentum",
+            config.optim.name == "sgd" or config.optim.momentum == OptimConfig.momentum,
+            f"is SGD's (default {OptimConfig.momentum}); AdamW's momentum is optim.betas[0]",
+        ),
+        (
+            "optim.betas",
+            config.optim.name == "adamw" or list(config.optim.betas) == OptimConfig().betas,
+            f"are AdamW's (default {OptimConfig().betas}); SGD's momentum is optim.momentum",
+        ),
         *(
             (f"optim.{key}", 0 <= getattr(config.optim, key) < math.inf, "must be finite and >= 0")
             for key in (

@@ -16,6 +16,7 @@ RANK = {
     "engine": 4,
     "cli": 5,
     "demo": 5,
+    "entry": 6,  # the console script: imports cli inside its Ctrl-C guard
 }
 
 

@@ -115,8 +115,19 @@ def test_bad_optimiser_settings_are_one_line_errors(key, value, message):
             config_from_dict({"optim": {"name": "adamw", "nesterov": True}})
         return
     value = float("nan") if value == ".nan" else value
+    name = "adamw" if key == "betas" else "sgd"
     with pytest.raises(ConfigError, match=message):
-        config_from_dict({"optim": {key: value}})
+        config_from_dict({"optim": {"name": name, key: value}})
+
+
+def test_a_setting_the_optimiser_never_reads_is_refused():
+    with pytest.raises(ConfigError, match=r"optim\.momentum: is SGD's .*optim\.betas\[0\]"):
+        config_from_dict({"optim": {"name": "adamw", "momentum": 0.5}})
+    with pytest.raises(ConfigError, match=r"optim\.betas: are AdamW's .*optim\.momentum"):
+        config_from_dict({"optim": {"name": "sgd", "betas": [0.8, 0.99]}})
+    # the defaults, as every generated config restates them, pass with either optimiser
+    for name in ("sgd", "adamw"):
+        config_from_dict({"optim": {"name": name, "momentum": 0.9, "betas": [0.9, 0.999]}})
 
 
 def test_poly_reset_keeps_each_groups_multiplier():
