@@ -7,7 +7,8 @@ standard error.
 Each file is an ``accuracy.py`` result on one setting (an orientation). A method's Δ mIoU is
 paired per seed (the seeds both rows have) within each setting: to the ``--reference``
 method of the same file, or, with ``--before``, to the same method in the matching file of
-another implementation (same config, same seeds: what a code change did). Printed per
+another implementation (same config, ``--set`` and ``--iters``, refused otherwise; same
+seeds: what a code change did). Printed per
 method: each setting's mean Δ ± sd over seeds, and the mean over settings with its standard
 error sqrt(Σ sd_f² / n_f) / F (the seeds' training noise; the validation sets are
 independent across settings), then every seed's Δ pooled: mean ± sd / √n.
@@ -81,6 +82,23 @@ def check_distinct(paths: list[Path], files_only: list[Path] = ()) -> None:
             seen_runs[run] = path
 
 
+def settings_of(path: Path) -> tuple:
+    """What an ``accuracy.py`` run was asked for: config file, overrides, iterations."""
+    result = load(path)
+    return result.get("config"), sorted(result.get("overrides") or []), result.get("iters")
+
+
+def check_same_settings(before: Path, after: Path) -> None:
+    """``--before`` pairs one setting run by two checkouts; another config, ``--set`` or
+    ``--iters`` (another orientation, say) would pair other data: one line naming both."""
+    if settings_of(before) != settings_of(after):
+        (c1, o1, i1), (c2, o2, i2) = settings_of(before), settings_of(after)
+        raise SystemExit(
+            f"--before {before} ran {c1} {o1} iters {i1}, but {after} ran {c2} {o2} iters {i2}; "
+            "--before pairs the same settings, file by file in order"
+        )
+
+
 def paired(reference: dict, row: dict, metric: str) -> list[float]:
     """Δ in points, row − reference, over the seeds both were run with."""
     seeds = sorted(set(reference["per_seed"]) & set(row["per_seed"]), key=int)
@@ -100,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:  # the same settings on another checkout: its run names may repeat
         check_distinct(args.before, files_only=args.results)
     files = [(path, rows_of(path)) for path in args.results]
+    for before, after in zip(args.before or [], args.results):
+        check_same_settings(before, after)
     if args.before:
         against = [rows_of(path) for path in args.before]
         title = "the same method before (--before files)"

@@ -87,10 +87,14 @@ def test_accuracy_trains_again_after_an_edit_and_never_extends_a_shorter_run(wor
     capsys.readouterr()
 
 
-def result(path: Path, rows: dict[str, dict[int, float]], runs: dict | None = None) -> Path:
+def result(
+    path: Path, rows: dict[str, dict[int, float]], runs: dict | None = None, overrides=()
+) -> Path:
     """A minimal accuracy.py result: method → seed → mIoU (a fraction)."""
     data = {
         "benchmark": "accuracy",
+        "config": "c.yaml",
+        "overrides": list(overrides),
         "rows": [
             {"method": m, "per_seed": {str(s): {"miou": v} for s, v in seeds.items()}}
             for m, seeds in rows.items()
@@ -135,6 +139,19 @@ def test_pooled_notes_the_methods_it_leaves_out(tmp_path, capsys):
     pooled.main([str(a), str(b)])
     out = capsys.readouterr().out
     assert f"note: y left out: not in {b}" in out
+
+
+def test_pooled_before_pairs_only_the_same_settings(tmp_path, capsys):
+    pooled = load_tool("pooled")
+    axial = ["data.root=data/inia19/axial"]
+    after = result(tmp_path / "after.json", {"ce": {0: 0.5}, "x": {0: 0.6}}, overrides=axial)
+    before = result(tmp_path / "before.json", {"ce": {0: 0.4}, "x": {0: 0.3}})
+    with pytest.raises(SystemExit, match=r"--before .*before\.json ran c\.yaml \[\] .*but"):
+        pooled.main([str(after), "--before", str(before)])
+    before = result(tmp_path / "before.json", {"ce": {0: 0.4}, "x": {0: 0.3}}, overrides=axial)
+    pooled.main([str(after), "--before", str(before)])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("x "))
+    assert "+30.00" in line  # 0.6 after against 0.3 before
 
 
 def test_pooled_refuses_another_benchmark_s_result_in_one_line(tmp_path):
