@@ -30,7 +30,23 @@ _EXPORTS = {
     "metrics": "contextrast.evaluation.metrics",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [  # a literal list, so that linters see the names the TYPE_CHECKING block imports
+    "BaneSampler",
+    "ContextrastLoss",
+    "ContextrastTerms",
+    "FeatureTap",
+    "MultiScaleCrossScaleLoss",
+    "PixelContrastLoss",
+    "PixelContrastMemory",
+    "ProjectionHead",
+    "RegionContrastLoss",
+    "SegmentationOutput",
+    "__version__",
+    "create_model",
+    "functional",
+    "list_models",
+    "metrics",
+]
 
 if TYPE_CHECKING:  # what static tools and IDEs see
     from contextrast import functional

@@ -21,6 +21,7 @@ def test_public_names_load_on_use():
 
     assert contextrast.ContextrastLoss is ContextrastLoss
     assert contextrast.metrics is metrics
+    assert set(contextrast.__all__) == {*contextrast._EXPORTS, "__version__"}
     assert set(contextrast.__all__) <= set(dir(contextrast))
     with pytest.raises(AttributeError, match="no attribute 'ContextrastLos'"):
         _ = contextrast.ContextrastLos
