@@ -138,7 +138,8 @@ def parse_variant(text: str) -> tuple[str, tuple[str, list[str]]]:
     name, sep, overrides = text.partition(":")
     if not sep or not name or not overrides:
         raise SystemExit(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
-    return name, ("contextrast", overrides.split(","))
+    # a comma starts the next override only before KEY=, so lists keep theirs: w=[0,0,1]
+    return name, ("contextrast", re.split(r",(?=[\w.]+=)", overrides))
 
 
 def train_one(job: tuple) -> tuple[str, int, dict | None]:

@@ -74,3 +74,14 @@ def test_dropin_refuses_a_bad_out_file_or_count_before_training(
     with pytest.raises(SystemExit) as exit_info:
         dropin.main(["--root", str(tmp_path / "data"), "--out", str(out), *extra])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_accuracy_variant_keeps_the_commas_of_a_list():
+    accuracy = load_tool("accuracy")
+    name, (method, overrides) = accuracy.parse_variant(
+        "last:loss.contrast.layer_weights=[0,0,0,1],optim.lr=0.002"
+    )
+    assert (name, method) == ("last", "contextrast")
+    assert overrides == ["loss.contrast.layer_weights=[0,0,0,1]", "optim.lr=0.002"]
+    with pytest.raises(SystemExit, match="expected NAME:KEY=VALUE"):
+        accuracy.parse_variant("last")
