@@ -48,7 +48,11 @@ def test_the_packaged_evidence_is_read_from_inside_the_package():
     assert demo.EVIDENCE.is_relative_to(Path(demo.__file__).parent)
     lines = demo.evidence_lines()
     assert lines[0].startswith("Evidence (docs/benchmarks.md")
-    assert any(line.startswith("  coronal (") and "CE + " in line for line in lines[1:])
+    # one block per schedule: its name, then a line per orientation
+    schedules = [line for line in lines[1:] if not line.startswith("    ")]
+    assert [line.split(",")[0].strip() for line in schedules] == ["SGD", "AdamW"]
+    assert sum(line.startswith("    coronal (") for line in lines) == len(schedules)
+    assert any(line.startswith("    coronal (") and "CE + " in line for line in lines[1:])
 
 
 def test_demo_trains_the_builtin_slices_with_seed_zero():
