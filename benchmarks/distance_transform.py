@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from results_io import write_result
+from results_io import check_out, write_result
 
 from contextrast.functional import class_error_maps, distance_transform
 
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/distance_transform.json")
     args = parser.parse_args()
+    check_out(args.out)  # before the measuring, not after it
 
     import cv2
     from scipy import ndimage

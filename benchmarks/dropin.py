@@ -17,7 +17,8 @@ seed), scored like the trainer (whole val slices, mIoU and boundary mIoU at 5 px
 final weights. Writes JSON (``--out``, by default named after the model, the set, the
 optimiser, the learning rate and the iterations) and prints the paired table. A file holds the
 runs of one setting: ``--out`` naming a file of other settings is refused, so that no run is
-read under another setting's header.
+read under another setting's header, and so is a file that is not a dropin.py result (an
+``accuracy.py`` one, say) or cannot be written. An sd of one seed is undefined: printed ``n/a``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+import yaml
+from results_io import check_out, finite, sd, shown
 from torch import nn
 
 from contextrast import ContextrastLoss, FeatureTap
@@ -139,12 +142,41 @@ def contrast_options(parser: argparse.ArgumentParser, items: list[str]) -> dict:
             parser.error(
                 f"--contrast {item!r}: expected KEY=VALUE with KEY one of {sorted(allowed)}"
             )
-        options[key] = read_yaml(raw)  # 3e-2 is a float, as in configs
+        try:
+            options[key] = read_yaml(raw)  # 3e-2 is a float, as in configs
+        except yaml.YAMLError as error:  # its problem, without the lines that point at it
+            parser.error(
+                f"--contrast {item!r}: not a YAML value ({getattr(error, 'problem', error)})"
+            )
     try:  # a bad value stops here, not after the CE arm has trained
         ContextrastLoss(2, [4] * 4, **options)
-    except (TypeError, ValueError) as error:
-        parser.error(f"--contrast: {error}")
+    except (TypeError, ValueError, RuntimeError) as error:  # torch's own checks: RuntimeError
+        parser.error(f"--contrast {' '.join(items)}: {str(error).splitlines()[0]}")
     return options
+
+
+def read_done(out: Path) -> dict:
+    """The runs a dropin.py result at ``out`` holds; a ValueError saying what is wrong when it
+    is not one (a file of another tool, a run without finite scores)."""
+    done = json.loads(out.read_text())
+    if not isinstance(done, dict) or not isinstance(done.get("runs"), dict):
+        raise ValueError("no 'runs' mapping")
+    for key, kind, what in (
+        ("model", str, "name"),
+        ("root", str, "folder"),
+        ("iters", int, "count"),
+    ):
+        if not isinstance(done.get(key), kind):
+            raise ValueError(f"no {key!r} {what}")
+    for key, scores in done["runs"].items():
+        arm, _, seed = key.partition("/")
+        if arm not in ARMS or not seed.isdigit():
+            raise ValueError(f"run {key!r} is not ARM/SEED")
+        if not isinstance(scores, dict) or not all(
+            finite(scores.get(m)) for m in ("miou", "boundary_miou_5")
+        ):
+            raise ValueError(f"run {key!r} has no finite miou and boundary_miou_5")
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,13 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         f"benchmarks/results/dropin_{args.model}_{args.root.name}_{args.optimizer}"
         f"_lr{args.lr:g}_it{args.iters}{extra}.json"
     )
-    if out.is_dir():
-        parser.error(f"--out {out}: a folder; name a .json file")
+    check_out(out)  # written after each run: a folder or a file in the way stops it here
     try:
-        done = json.loads(out.read_text()) if out.is_file() else {**settings, "runs": {}}
-        if not isinstance(done, dict) or not isinstance(done.get("runs"), dict):
-            raise ValueError("no 'runs' mapping")
-    except ValueError as error:
+        done = read_done(out) if out.is_file() else {**settings, "runs": {}}
+    except (OSError, ValueError) as error:
         parser.error(f"--out {out}: not a dropin.py result ({error}); give another --out")
     # Files written before the settings were recorded held SGD, lr 0.01, default-loss runs.
     before = {"optimizer": "sgd", "lr": 0.01, "contrast": {}}
@@ -220,10 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             ce = [runs[f"ce/{s}"][metric] * 100 for s in seeds]
             other = [runs[f"{arm}/{s}"][metric] * 100 for s in seeds]
             deltas = [b - a for a, b in zip(ce, other)]
-            sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
             print(f"{arm} {metric}, seeds {seeds}: CE {statistics.mean(ce):.2f}, "
                   f"{arm} {statistics.mean(other):.2f}, Δ {statistics.mean(deltas):+.2f} ± "
-                  f"{sd:.2f} ({', '.join(f'{d:+.2f}' for d in deltas)})")  # fmt: skip
+                  f"{shown(sd(deltas))} ({', '.join(f'{d:+.2f}' for d in deltas)})")  # fmt: skip
     print(f"wrote {out}")
     return 0
 

@@ -21,7 +21,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from results_io import write_result
+from results_io import check_out, write_result
 
 from contextrast.functional import batched as B
 from contextrast.functional import (
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/edt_crossover.json")
     args = parser.parse_args()
+    check_out(args.out)  # before the measuring, not after it
     rows = []
     print(f"BANE's distance (eq. 7), {args.batch} images, {args.classes} classes, "
           f"{torch.get_num_threads()} threads (ms, median of {args.repeats})")  # fmt: skip

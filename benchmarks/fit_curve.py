@@ -11,7 +11,9 @@ settings but the orientation (or data set), which must not share a run
 paired Δ mIoU to CE (per file the mean over the seeds both have; then the mean over files ±
 its standard error sqrt(Σ sd_f² / n_f) / F, as ``pooled.py``), and the per-file Δs. Prints a
 Markdown table, writes the JSON and one plot: Δ mIoU over CE (y) against CE's mIoU (x), a
-line per method through its schedules, error bars of one standard error.
+line per method through its schedules, error bars of one standard error. A file of one seed
+has no sd, so its schedule's standard error is undefined: printed ``n/a``, written ``null``,
+drawn without an error bar. ``--png`` and ``--out`` are checked before any file is read.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from pooled import check_distinct, paired, rows_of
-from results_io import write_result
+from results_io import check_out, sd, shown, write_result
 
 
 def _mean_miou(row: dict, other: dict) -> float:
@@ -50,9 +52,9 @@ def schedule_rows(name: str, paths: list[Path], reference: str) -> list[dict]:
             deltas = paired(rows[reference], rows[method], "miou")
             if not deltas:
                 raise SystemExit(f"{path}: {method} shares no seed with {reference}")
-            sd = statistics.stdev(deltas) if len(deltas) > 1 else math.nan
+            spread = sd(deltas)
             means.append(statistics.mean(deltas))
-            variances.append(sd**2 / len(deltas))
+            variances.append(None if spread is None else spread**2 / len(deltas))
             per_file.append(round(statistics.mean(deltas), 3))
             seeds += len(deltas)
         # Both over the seeds the pair shares, as the Δ.
@@ -61,7 +63,8 @@ def schedule_rows(name: str, paths: list[Path], reference: str) -> list[dict]:
         out.append({
             "schedule": name, "method": method, "reference_miou": statistics.mean(ce),
             "miou": statistics.mean(own), "delta": statistics.mean(means),
-            "se": math.sqrt(sum(variances)) / len(files), "per_file": per_file, "runs": seeds,
+            "se": None if None in variances else math.sqrt(sum(variances)) / len(files),
+            "per_file": per_file, "runs": seeds,
         })  # fmt: skip
     return out
 
@@ -78,7 +81,8 @@ def plot(rows: list[dict], reference: str, path: Path) -> None:
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["reference_miou"])
         x = [r["reference_miou"] for r in mine]
         y = [r["delta"] for r in mine]
-        axis.errorbar(x, y, yerr=[r["se"] for r in mine], marker="o", capsize=3, label=method)
+        se = [math.nan if r["se"] is None else r["se"] for r in mine]  # NaN: no bar drawn
+        axis.errorbar(x, y, yerr=se, marker="o", capsize=3, label=method)
         for r in mine:
             axis.annotate(r["schedule"], (r["reference_miou"], r["delta"]), fontsize=7,
                           textcoords="offset points", xytext=(4, 4))  # fmt: skip
@@ -103,8 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.png:
+        check_out(args.png, "--png", suffix=".png")
+    if args.out:
+        check_out(args.out)
     rows = []
     for name, *files in args.schedule:
+        if name.endswith(".json") or Path(name).is_file():
+            raise SystemExit(
+                f"--schedule {name!r}: a file, not a name; the name comes first: "
+                "--schedule NAME FILE..."
+            )
         if not files:
             raise SystemExit(f"--schedule {name!r}: give its accuracy.py result files")
     names = [name for name, *_ in args.schedule]
@@ -114,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             f"--schedule {twice!r} given twice: one --schedule per name, its files together"
         )
     # One file, or one run, in two places would be counted twice.
-    check_distinct([Path(f) for _, *files in args.schedule for f in files])
+    inputs = [Path(f) for _, *files in args.schedule for f in files]
+    check_distinct(inputs)
+    for option, given in (("--png", args.png), ("--out", args.out)):
+        if given and any(given.resolve() == path.resolve() for path in inputs):
+            raise SystemExit(f"{option} {given}: a result file it reads; name another file")
     for name, *files in args.schedule:
         rows += schedule_rows(name, [Path(f) for f in files], args.reference)
     print(f"| schedule | {args.reference} mIoU | method | mIoU | Δ mIoU ± s.e. | per setting |")
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         each = ", ".join(f"{d:+.2f}" for d in r["per_file"])
         print(f"| {r['schedule']} | {r['reference_miou']:.2f} | {r['method']} | {r['miou']:.2f} "
-              f"| {r['delta']:+.2f} ± {r['se']:.2f} | {each} |")  # fmt: skip
+              f"| {r['delta']:+.2f} ± {shown(r['se'])} | {each} |")  # fmt: skip
     if args.png:
         plot(rows, args.reference, args.png)
         print(f"wrote {args.png}")

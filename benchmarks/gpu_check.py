@@ -55,7 +55,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from results_io import write_result
+from results_io import check_out, write_result
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -715,8 +715,7 @@ def main() -> int:
         device = torch.device(args.device)
     except RuntimeError:
         parser.error(f"--device: {args.device!r} is not a device (cpu, cuda, cuda:1, ...)")
-    if Path(args.out).is_dir():
-        parser.error(f"--out: {args.out} is a folder; name the JSON file to write")
+    check_out(args.out)
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads: must be >= 1, got {args.threads}")
     if args.threads is None and args.quick and device.type == "cpu":

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from results_io import check_out
 
 from contextrast.config import config_from_dict
 from contextrast.demo import method_config
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results/inference_cost.json")
     args = parser.parse_args()
+    check_out(args.out)  # before the measuring, not after it
     programs = {}
     with tempfile.TemporaryDirectory() as folder:
         for path in args.checkpoints:

@@ -21,7 +21,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from results_io import write_result
+from results_io import check_out, write_result
 from torch.profiler import ProfilerActivity, profile
 
 from contextrast import (
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    check_out(args.out)  # before the measuring, not after it
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     classes = 19

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
+from results_io import check_out, read_accuracy
 
 from contextrast.engine import build_split, load_run
 from contextrast.evaluation.inference import predict_probabilities
@@ -68,18 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-
-    try:
-        names = json.loads(args.result.read_text())["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SystemExit(
-            f"--result {args.result}: not an accuracy.py result that names its runs ({error})"
-        ) from None
+    if args.out:
+        check_out(args.out)
+    names = read_accuracy(args.result).get("runs", {})
 
     def folder(method: str, seed: int) -> Path:
         if f"{method}/{seed}" not in names:
             raise SystemExit(f"--result {args.result}: no run of {method}, seed {seed}")
         return args.runs / names[f"{method}/{seed}"]
+
+    for method in [args.reference, *args.methods]:  # every run named before any is read
+        for seed in args.seeds:
+            folder(method, seed)
 
     generator = torch.Generator().manual_seed(0)
     report = {}

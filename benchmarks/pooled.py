@@ -16,36 +16,26 @@ independent across settings), then every seed's Δ pooled: mean ± sd / √n.
 Every run is counted once: a file given twice, or two files that hold one run (the run
 folders ``accuracy.py`` records end in the key of the run's resolved config), is refused.
 A method that is not in every file is left out with a note naming the files that lack it.
+A file is checked entry by entry before anything is counted (``results_io.read_accuracy``). A
+standard deviation of one seed is undefined: it prints as ``n/a``, and so does a standard
+error that needs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
-
-def load(path: Path) -> dict:
-    """An ``accuracy.py`` result, or a one-line exit naming the file."""
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"{path}: not readable as JSON ({error})") from None
-    if not isinstance(result, dict) or result.get("benchmark") != "accuracy":
-        kind = result.get("benchmark") if isinstance(result, dict) else type(result).__name__
-        raise SystemExit(f"{path}: not an accuracy.py result (benchmark: {kind!r})")
-    return result
+from results_io import read_accuracy, sd, shown
 
 
-def rows_of(path: Path) -> dict[str, dict]:
-    try:
-        return {row["method"]: row for row in load(path)["rows"]}
-    except (KeyError, TypeError) as error:
-        raise SystemExit(f"{path}: not an accuracy.py result (no {error} in its rows)") from None
+def rows_of(path: Path, metric: str = "miou") -> dict[str, dict]:
+    """The rows of an ``accuracy.py`` result by method, each with ``metric`` for every seed."""
+    return {row["method"]: row for row in read_accuracy(path, metric)["rows"]}
 
 
 def _bytes(path: Path) -> bytes:
@@ -73,7 +63,7 @@ def check_distinct(paths: list[Path], files_only: list[Path] = ()) -> None:
                     f"{path}{where}: the same result as {seen_files[key]}; give each once"
                 )
             seen_files[key] = path
-        for run in load(path).get("runs", {}).values():
+        for run in read_accuracy(path).get("runs", {}).values():
             if run in seen_runs:
                 raise SystemExit(
                     f"{path}: holds the run {run}, which {seen_runs[run]} holds too; a run "
@@ -84,7 +74,7 @@ def check_distinct(paths: list[Path], files_only: list[Path] = ()) -> None:
 
 def settings_of(path: Path) -> tuple:
     """What an ``accuracy.py`` run was asked for: config file, overrides, iterations."""
-    result = load(path)
+    result = read_accuracy(path)
     return result.get("config"), sorted(result.get("overrides") or []), result.get("iters")
 
 
@@ -117,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     check_distinct(args.results)
     if args.before:  # the same settings on another checkout: its run names may repeat
         check_distinct(args.before, files_only=args.results)
-    files = [(path, rows_of(path)) for path in args.results]
+    files = [(path, rows_of(path, args.metric)) for path in args.results]
     for before, after in zip(args.before or [], args.results):
         check_same_settings(before, after)
     if args.before:
-        against = [rows_of(path) for path in args.before]
+        against = [rows_of(path, args.metric) for path in args.before]
         title = "the same method before (--before files)"
     else:
         for path, rows in files:
@@ -157,16 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             deltas = paired(ref, rows[method], args.metric)
             if not deltas:
                 raise SystemExit(f"{path}: {method} shares no seed with its reference")
-            sd = statistics.stdev(deltas) if len(deltas) > 1 else math.nan
-            cells.append(f"{statistics.mean(deltas):+.2f} ± {sd:.2f} (n={len(deltas)})")
+            spread = sd(deltas)
+            cells.append(f"{statistics.mean(deltas):+.2f} ± {shown(spread)} (n={len(deltas)})")
             means.append(statistics.mean(deltas))
-            variances.append(sd**2 / len(deltas))
+            variances.append(None if spread is None else spread**2 / len(deltas))
             every += deltas
-        error = math.sqrt(sum(variances)) / len(files)
-        spread = statistics.stdev(every) / math.sqrt(len(every)) if len(every) > 1 else math.nan
-        pooled = f"{statistics.mean(every):+.2f} ± {spread:.2f} (n={len(every)})"
+        error = None if None in variances else math.sqrt(sum(variances)) / len(files)
+        spread = None if len(every) < 2 else sd(every) / math.sqrt(len(every))
+        pooled = f"{statistics.mean(every):+.2f} ± {shown(spread)} (n={len(every)})"
         print(f"{method:<20}" + "".join(f"{c:>28}" for c in cells)
-              + f"{statistics.mean(means):>+11.2f} ± {error:.2f}{pooled:>24}")  # fmt: skip
+              + f"{statistics.mean(means):>+11.2f} ± {shown(error)}{pooled:>24}")  # fmt: skip
     return 0
 
 

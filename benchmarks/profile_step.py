@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from results_io import check_out
 from torch.profiler import ProfilerActivity, profile
 from training_cost import METHODS, batch, build, step
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--out", default="benchmarks/results/profile_step.txt")
     args = parser.parse_args()
+    check_out(args.out)  # before the profiling, not after it
 
     device = torch.device(args.device)
     torch.manual_seed(0)

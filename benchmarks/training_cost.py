@@ -13,7 +13,9 @@ Peak memory: on CUDA the rise of ``max_memory_allocated`` over what is allocated
 step of the method; on the CPU (Linux) each method runs
 in a fresh subprocess: after one step, the peak-RSS mark is reset and the rise of the peak over
 the resident memory during two more steps is reported (activations and temporaries of a step).
-Prints a table and writes JSON (``benchmarks/results/training_cost.json``).
+Prints a table and writes JSON (``benchmarks/results/training_cost.json``). Without ``ce``
+among ``--methods`` there is no reference: the ratios print as "—" and are written as null.
+Every argument (``--out``, a ``tu-`` model's timm name too) is checked before any measuring.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
-from results_io import write_result
+from results_io import check_out, shown, write_result
 
 from contextrast import (
     ContextrastLoss,
@@ -136,6 +139,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.model not in MODELS and not args.model.startswith(GENERIC_PREFIX):
         parser.error(f"--model {args.model!r}: choose from {sorted(MODELS)} or "
                      f"'{GENERIC_PREFIX}<timm backbone>'")  # fmt: skip
+    backbone = args.model.removeprefix(GENERIC_PREFIX)
+    if args.model.startswith(GENERIC_PREFIX) and not timm.is_model(backbone):
+        parser.error(f"--model {args.model!r}: timm has no backbone {backbone!r} "
+                     "(see timm.list_models())")  # fmt: skip
+    if not args.child:  # the child writes nothing
+        check_out(args.out)
     if args.compile:
         from torch import _dynamo
 
@@ -213,7 +222,7 @@ def main() -> None:
             "time_ratio_to_ce": seconds / base_time if base_time else None,
             "paired_time_ratio_to_ce": paired,
             "peak_memory_mib": memory[method],
-            "memory_ratio_to_ce": memory[method] / memory["ce"] if "ce" in memory else None,
+            "memory_ratio_to_ce": memory[method] / memory["ce"] if memory.get("ce") else None,
         })  # fmt: skip
     what = "peak added (MiB, CUDA)" if device.type == "cuda" else "peak RSS added (MiB)"
     title = (
@@ -222,10 +231,13 @@ def main() -> None:
     print(f"training step cost: {title}, {device}{' bf16' if args.amp else ''}")
     print(f"{'method':<24}{'s/step':>8}{'x CE':>7}{'paired':>8}{what:>26}{'x CE':>7}")
     for r in rows:
+        time_ratio, paired, memory_ratio = (
+            shown(r[key], missing="—")  # None without a ce row
+            for key in ("time_ratio_to_ce", "paired_time_ratio_to_ce", "memory_ratio_to_ce")
+        )
         print(
-            f"{r['method']:<24}{r['seconds_per_step']:>8.3f}{r['time_ratio_to_ce']:>7.2f}"
-            f"{r['paired_time_ratio_to_ce']:>8.2f}"
-            f"{r['peak_memory_mib']:>26.0f}{r['memory_ratio_to_ce']:>7.2f}"
+            f"{r['method']:<24}{r['seconds_per_step']:>8.3f}{time_ratio:>7}{paired:>8}"
+            f"{r['peak_memory_mib']:>26.0f}{memory_ratio:>7}"
         )
     write_result(
         args.out,
