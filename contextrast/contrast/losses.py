@@ -13,12 +13,16 @@ from torch import nn
 from contextrast.contrast.projection import (
     NonFiniteError,
     ProjectionHead,
-    is_finite,
     prepare_features,
     raise_if_nonfinite,
 )
 from contextrast.contrast.sampling import BaneSampler, PixelSampler, SemiHardSampler
-from contextrast.functional.checks import check_fraction, check_layer_order, check_map_size
+from contextrast.functional.checks import (
+    check_fraction,
+    check_layer_order,
+    check_map_size,
+    check_rank,
+)
 from contextrast.functional.loss import ContextrastTerms, check_options, contextrast_loss
 
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
@@ -55,6 +59,24 @@ def _count(name: str, value: object) -> int:
     if count < 0:
         raise ValueError(f"{name} must be an int >= 0, got {count}")
     return count
+
+
+def _flag(name: str, value: object) -> bool:
+    """``value`` as a bool, or a one-line ``ValueError``: ``"no"`` would otherwise count
+    as true."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _positive(name: str, value: object, none: bool = False) -> int | None:
+    """``value`` as an int >= 1 (or None where ``none``), or a one-line ``ValueError``."""
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        expected = "an int >= 1" + (" or None" if none else "")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
 
 
 class ContextrastLoss(nn.Module):
@@ -165,8 +187,17 @@ class ContextrastLoss(nn.Module):
             max_positives=max_positives,
             max_negatives=max_negatives,
         )
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise ValueError(f"ignore_index must be an int (255 by default), got {ignore_index!r}")
+        ignore_index = int(ignore_index)
         if 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index={ignore_index} collides with a class id")
+        embed_dim = _positive("embed_dim", embed_dim)
+        hidden_channels = _positive("hidden_channels", hidden_channels, none=True)
+        detach_anchors = _flag("detach_anchors", detach_anchors)
+        normalize_anchors = _flag("normalize_anchors", normalize_anchors)
+        global_anchors = _flag("global_anchors", global_anchors)
+        validate = _flag("validate", validate)
         if isinstance(negatives, str) and negatives not in NEGATIVE_SAMPLERS:
             raise ValueError(
                 f"unknown negatives {negatives!r}; choose from {sorted(NEGATIVE_SAMPLERS)} or "
@@ -285,20 +316,14 @@ class ContextrastLoss(nn.Module):
         self, features: Sequence[torch.Tensor], logits: torch.Tensor, target: torch.Tensor
     ) -> list[torch.Tensor]:
         """Checks every input once; returns the features in the heads' dtype."""
-        if not isinstance(target, torch.Tensor) or target.dim() != 3:
-            raise ValueError(
-                f"target must have shape (B, H, W), got {getattr(target, 'shape', target)}"
-            )
+        check_rank(target, 3, "target", "(B, H, W)")
         batch = target.shape[0]
         if batch == 0 or target.shape[1] * target.shape[2] == 0:
             raise ValueError(
                 f"target has shape {tuple(target.shape)}: an empty batch has no pixel to "
                 "contrast; skip it before the loss"
             )
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
-            raise ValueError(
-                f"logits must have shape (B, N, h, w), got {getattr(logits, 'shape', logits)}"
-            )
+        check_rank(logits, 4, "logits", "(B, N, h, w)")
         first = features[0] if isinstance(features, (list, tuple)) and features else None
         if (
             isinstance(first, torch.Tensor)
@@ -349,7 +374,26 @@ class ContextrastLoss(nn.Module):
         weight = self.weight_at(step)
         bane = self.bane_ratio > 0 and (step is None or step >= self.bane_start_step)
         features = self._validate(features, logits, target)
-        terms = contextrast_loss(
+        try:
+            return self._loss(features, logits, target, weight, bane)
+        except NonFiniteError:
+            # NaN embeddings from finite logits: name the feature maps that carried them
+            # (and reset the heads' statistics they poisoned) rather than the embeddings.
+            if bool(torch.isfinite(logits).all()):
+                self._explain_nonfinite(features)
+            raise
+
+    def _loss(
+        self,
+        features: list[torch.Tensor],
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: float,
+        bane: bool,
+    ) -> ContextrastTerms:
+        """The one functional call, on checked inputs (shapes as in :meth:`terms`); ``weight``
+        scales α (the schedule), ``bane`` says whether the sampler picks."""
+        return contextrast_loss(
             lambda: self._embed(features),  # after BANE: a lower peak of memory
             logits,
             target,
@@ -369,15 +413,6 @@ class ContextrastLoss(nn.Module):
             global_anchors=self.global_anchors,
             validate=self.validate,
         )
-        # Non-finite logits leave the loss finite (BANE reads only their argmax): the same
-        # synchronisation probes them. One value (logits[0, 0, 0, 0], as one operator): a NaN
-        # from the model (its weights, a normalisation's statistics) fills its logits, and
-        # reading them all would cost more than the loss's budget of operators.
-        if self.validate and not is_finite(terms.loss + logits.as_strided((), ())):
-            if not bool(torch.isfinite(logits).all()):
-                raise NonFiniteError("logits hold NaN or inf values (BANE reads their argmax)")
-            self._explain_nonfinite(features)
-        return terms
 
     def _explain_nonfinite(self, features: Sequence[torch.Tensor]) -> None:
         """Raise :class:`NonFiniteError` naming the bad feature maps, after resetting the

@@ -10,13 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contextrast import functional as CF
+from contextrast.functional.checks import NonFiniteError, is_finite, raise_if_nonfinite
 
 __all__ = ["NonFiniteError", "ProjectionHead", "prepare_features"]
-
-
-class NonFiniteError(ValueError):
-    """An input of a loss holds NaN or inf."""
 
 
 def prepare_features(
@@ -79,19 +75,6 @@ def prepare_features(
         if not is_finite(total):
             raise_if_nonfinite(prepared)
     return prepared
-
-
-def is_finite(scalar: torch.Tensor) -> bool:
-    """Whether a scalar tensor is finite (one host synchronisation)."""
-    difference = scalar - scalar  # NaN for NaN and for ±inf
-    return bool(difference == CF.constant(0.0, difference.dtype, difference.device))
-
-
-def raise_if_nonfinite(features: Sequence[torch.Tensor]) -> None:
-    """Raise :class:`NonFiniteError` naming the maps that hold NaN or inf (one sync per map)."""
-    bad = [i for i, f in enumerate(features) if not bool(torch.isfinite(f).all())]
-    if bad:
-        raise NonFiniteError(f"features{bad} hold NaN or inf values")
 
 
 def _finite_probe(tensor: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,19 @@ def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The last evaluation in a run directory's ``metrics.jsonl`` ({} before the first)."""
     path = Path(run_dir) / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        return {}
+    number, line = numbered[-1]
+    try:
+        metrics = json.loads(line)
+    except ValueError as error:
+        raise ValueError(
+            f"{path}, line {number}: not a JSON record ({error.msg}); remove or repair that line"
+        ) from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}, line {number}: expected a JSON object, got {line[:40]!r}")
+    return metrics
 
 
 #: Where a run is written, not what it trains: left out of its settings.

@@ -515,7 +515,10 @@ class Trainer:
             load_weights(self.contrast, state["contrast"], path, f"{self.config.loss.name} loss")
         load_optimizer_state(self.optimizer, state["optimizer"], list(self.net.parameters()))
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        # A run saved without fp16 has an empty scaler state: switching optim.amp to fp16 at
+        # resume starts a fresh scaler (its default scale), as a new fp16 run would.
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         # Each rank's RNG differs; the checkpoint holds rank 0's, so other ranks re-derive.
         if self.dist.rank == 0:
             restore_rng(state["rng"], self.device)

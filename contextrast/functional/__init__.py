@@ -45,7 +45,7 @@ from contextrast.functional.batched import (
     segments,
     tensor_cache,
 )
-from contextrast.functional.checks import check_labels, compute_dtype
+from contextrast.functional.checks import NonFiniteError, check_labels, compute_dtype
 from contextrast.functional.loss import ContextrastTerms, contextrast_loss
 from contextrast.functional.reference import (
     bane_select,
@@ -71,6 +71,7 @@ __all__ = [
     "ContextrastTerms",
     "LayerGroup",
     "LayerLayout",
+    "NonFiniteError",
     "Segments",
     "bane_select",
     "bane_select_labels",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "NonFiniteError",
     "check_fraction",
     "check_integer",
     "check_labels",
@@ -16,7 +17,29 @@ __all__ = [
     "check_map_size",
     "check_rank",
     "compute_dtype",
+    "is_finite",
+    "raise_if_nonfinite",
 ]
+
+
+class NonFiniteError(ValueError):
+    """An input of a loss holds NaN or inf."""
+
+
+def is_finite(scalar: torch.Tensor) -> bool:
+    """Whether a scalar tensor is finite (one host synchronisation)."""
+    from contextrast.functional.batched import constant  # batched imports this module
+
+    difference = scalar - scalar  # NaN for NaN and for ±inf
+    return bool(difference == constant(0.0, difference.dtype, difference.device))
+
+
+def raise_if_nonfinite(tensors: Sequence[torch.Tensor], name: str = "features") -> None:
+    """Raise :class:`NonFiniteError` naming the ``name[i]`` that hold NaN or inf (one
+    synchronisation per tensor)."""
+    bad = [i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(f"{name}{bad} hold NaN or inf values")
 
 
 def check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:

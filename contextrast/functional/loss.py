@@ -18,10 +18,13 @@ import torch
 
 from contextrast.functional import batched as B
 from contextrast.functional.checks import (
+    NonFiniteError,
     check_fraction,
     check_labels,
     check_loss_inputs,
     compute_dtype,
+    is_finite,
+    raise_if_nonfinite,
 )
 from contextrast.utils.distributed import sum_across_processes
 
@@ -148,8 +151,9 @@ def contextrast_loss(
             processes with B/N images each give one process's loss on B images, with K = 0
             and sampling off. BANE's quota and the random sampling stay per process. No
             effect in one process.
-        validate: check the label values (one host synchronisation); ``False`` when the
-            caller checked them before training.
+        validate: check the label values, and that the loss is finite (two host
+            synchronisations; NaN or inf inputs raise :class:`~.checks.NonFiniteError` naming
+            them); ``False`` when the caller checked them before training.
         process_group: the processes of ``global_anchors`` (default: all).
         sizes: the (h_i, w_i) of the layers when ``embeddings`` is a function.
     """
@@ -270,7 +274,22 @@ def contextrast_loss(
         weights = tuple(loss_weight * w for w in layer_weights)  # α·λ_i
         total = torch.dot(stacked, B.constant(weights, stacked.dtype, device))
         hard_counts = B.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
+    if validate:
+        _check_finite(total, logits, [coords for coords, _ in pairs])
     return ContextrastTerms(total, stacked.detach(), hard_counts)
+
+
+def _check_finite(total: torch.Tensor, logits: torch.Tensor, embeddings: list) -> None:
+    """One synchronisation: the loss and one logit. NaN embeddings make the loss NaN, but
+    NaN logits leave it finite (BANE reads only their argmax), so one value of them joins
+    the probe: a NaN from the model (its weights, a normalisation's statistics) fills its
+    logits, and reading them all would cost more than the loss's budget of operators."""
+    if is_finite(total.detach() + logits.detach().as_strided((), ())):
+        return
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError("logits hold NaN or inf values (BANE reads their argmax)")
+    raise_if_nonfinite(embeddings, "embeddings")
+    raise NonFiniteError(f"the loss is {total.item()} although its inputs are finite")
 
 
 def _group_layers(

@@ -385,6 +385,16 @@ def test_resize_labels_matches_interpolate_nearest():
         ({"hard_negatives": "mix"}, "unknown hard_negatives 'mix'; choose from"),
         ({"ignore_index": 1}, "ignore_index=1 collides"),
         ({"max_pixels": 0}, "max_pixels must be a positive int"),
+        ({"ignore_index": 2.5}, r"ignore_index must be an int \(255 by default\), got 2\.5"),
+        ({"ignore_index": None}, "ignore_index must be an int"),
+        ({"embed_dim": True}, "embed_dim must be an int >= 1, got True"),
+        ({"embed_dim": 0}, "embed_dim must be an int >= 1, got 0"),
+        ({"hidden_channels": 0}, "hidden_channels must be an int >= 1 or None, got 0"),
+        ({"hidden_channels": 2.5}, "hidden_channels must be an int >= 1 or None, got 2.5"),
+        ({"normalize_anchors": "no"}, "normalize_anchors must be True or False, got 'no'"),
+        ({"global_anchors": None}, "global_anchors must be True or False, got None"),
+        ({"detach_anchors": 1}, "detach_anchors must be True or False, got 1"),
+        ({"validate": "maybe"}, "validate must be True or False, got 'maybe'"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs, match):
@@ -404,6 +414,10 @@ def test_forward_rejects_bad_inputs():
         module(features, logits[:, :2], target)
     with pytest.raises(ValueError, match="target must have shape"):
         module(features, logits, target[0])
+    with pytest.raises(ValueError, match=r"target must be a torch.Tensor of shape \(B, H, W\), "):
+        module(features, logits, target.numpy())
+    with pytest.raises(ValueError, match=r"logits must be a torch.Tensor of shape \(B, N, h, w\)"):
+        module(features, logits.tolist(), target)
     bad = target.clone()
     bad[0, 0, 0] = 7
     with pytest.raises(ValueError, match=r"target contains values \[7\]"):

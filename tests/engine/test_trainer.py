@@ -267,6 +267,24 @@ def test_mixed_precision_trains(workspace, amp):
     assert metrics["miou"] == metrics["miou"]  # not NaN
 
 
+@pytest.mark.parametrize(
+    ("before", "after"), [("none", "fp16"), ("bf16", "fp16"), ("fp16", "none")]
+)
+def test_resume_switching_mixed_precision_continues(workspace, before, after):
+    c = config(workspace, loss={"name": "ce"}, optim={"iters": 4, "amp": before})
+    c["train"] = {**c.get("train", {}), "checkpoint_interval": 2}
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config_from_dict(c), on_iteration=interrupt_at(2)).fit()
+    switched = {**c, "optim": {**c["optim"], "amp": after}}
+    trainer = Trainer(config_from_dict(switched), resume=True)
+    # a scaler the saved run never had starts at its default scale, as a new fp16 run would
+    assert trainer.scaler.is_enabled() == (after == "fp16")
+    if after == "fp16":
+        assert trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+    trainer.fit()
+    assert ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")["iteration"] == 4
+
+
 def test_crop_size_must_fit_the_encoder_stride(workspace):
     c = config_from_dict(config(workspace, data={"crop_size": [36, 32]}))
     with pytest.raises(ConfigError, match=r"data\.crop_size: \[36, 32\] must be multiples of 32"):
@@ -513,6 +531,14 @@ def test_last_metrics_is_the_last_evaluation_and_finished_metrics_needs_the_end(
     longer = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 3}))
     with pytest.raises(ConfigError, match=r"other settings \(optim\.iters differs from"):
         finished_metrics(longer)
+    # A trailing blank line is skipped; a line cut off (a full disk, an editor) is named.
+    path = c.run_dir / "metrics.jsonl"
+    path.write_text(path.read_text() + "\n\n")
+    assert last_metrics(c.run_dir)["iteration"] == 2
+    lines = len(path.read_text().splitlines())
+    path.write_text(path.read_text() + '{"iteration": 3, "mi')
+    with pytest.raises(ValueError, match=rf"metrics\.jsonl, line {lines + 1}: not a JSON record"):
+        last_metrics(c.run_dir)
 
 
 def test_run_deterministic_holds_for_the_run_only(workspace):

@@ -33,12 +33,13 @@ def make_case(seed: int, dtype=torch.float64, d: int = 16):
     return embeddings, logits, target
 
 
-def fast(embeddings, logits, target, mode="add", ratio=0.5, normalize=True):
+def fast(embeddings, logits, target, mode="add", ratio=0.5, normalize=True, validate=True):
     sampler = BaneSampler(ratio, validate=False) if ratio > 0 else None
     return CF.contextrast_loss(
         embeddings, logits, target, **HYPER, ignore_index=255, sampler=sampler,
         hard_negatives=mode, max_pixels=None, max_positives=None, max_negatives=None,
         normalize_anchors=normalize, detach_anchors=False, global_anchors=False,
+        validate=validate,
     )  # fmt: skip
 
 
@@ -309,6 +310,21 @@ def test_the_functional_entry_names_a_bad_input_in_one_line(change, match):
                 embeddings, logits, target, **HYPER, bane_ratio=0.5, ignore_index=255,
                 hard_negatives="add", normalize_anchors=True,
             )  # fmt: skip
+
+
+def test_the_functional_entry_names_nan_inputs_as_the_module_does():
+    embeddings, logits, target = make_case(seed=3)
+    with torch.no_grad():
+        embeddings[2][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CF.NonFiniteError, match=r"^embeddings\[2\] hold NaN or inf values$"):
+        fast(embeddings, logits, target)
+    embeddings, logits, target = make_case(seed=3)
+    with pytest.raises(CF.NonFiniteError, match=r"^logits hold NaN or inf values"):
+        fast(embeddings, torch.full_like(logits, float("nan")), target)
+    # validate=False: the caller checked; nothing synchronises, the NaN comes back
+    with torch.no_grad():
+        embeddings[0].fill_(float("inf"))
+    assert fast(embeddings, logits, target, validate=False).loss.isnan()
 
 
 @pytest.mark.parametrize(
