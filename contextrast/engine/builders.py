@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from contextrast.config import Config, ConfigError
+from contextrast.config import Config, ConfigError, DataConfig
 from contextrast.contrast import ContextrastLoss, RegionLoss
 from contextrast.contrast.peers import (
     MultiScaleCrossScaleLoss,
@@ -62,8 +62,12 @@ def build_split(config: Config, split: str, train: bool) -> SegmentationDataset:
             std=config.model.std,
         )
         if data.hflip > 0 and not cls.flip_invariant:
+            # a config without a data section lands here: say where "digits" came from
+            unset = data.dataset == DataConfig.dataset and data.root is None
+            hint = "; data.dataset defaults to digits: set it (and data.root) for your data"
             raise ConfigError(
                 f"data.hflip: must be 0 for {data.dataset} (mirroring changes its classes)"
+                + (hint if unset else "")
             )
     else:
         transform = EvalTransform(mean=config.model.mean, std=config.model.std)

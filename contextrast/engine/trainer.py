@@ -350,6 +350,9 @@ class Trainer:
         self.train_log = TrainLog(c, self.dist.is_main, self.dist.world_size, self.device)
         self.checkpoints = Checkpoints(self.run_dir, self.dist.is_main, self._state)
         last = self.checkpoints.last
+        for path in (last, self.checkpoints.best):
+            if path.exists() and not path.is_file():  # it would fail the first save
+                raise ConfigError(f"run.name: {path} is not a file; move it away")
         if resume and not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {last} to resume from")
         if not resume and last.is_file():

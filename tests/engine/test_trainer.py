@@ -78,6 +78,11 @@ def test_run_directory_is_never_overwritten_and_resume_needs_a_checkpoint(worksp
     c = config_from_dict(config(workspace, optim={"iters": 2}))
     with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint .*last.pt"):
         Trainer(c, resume=True)
+    (c.run_dir / "best.pt").mkdir(parents=True)  # a folder the first save would fail on
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match=r"run\.name: .*best\.pt is not a file; move it"):
+            Trainer(c, resume=resume)
+    (c.run_dir / "best.pt").rmdir()
     Trainer(c).fit()
     with pytest.raises(ConfigError, match=r"already holds a checkpoint; pass --resume"):
         Trainer(c)
@@ -164,6 +169,10 @@ def test_hflip_on_digits_is_rejected(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"data\.hflip: must be 0 for digits"):
         Trainer(c)
+    # a config without a data section meets the same check: the message says why digits
+    bare = config_from_dict({"run": {"name": "x", "output_dir": str(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"data\.dataset defaults to digits: set it"):
+        Trainer(bare)
 
 
 def test_two_process_gloo_run(workspace):
