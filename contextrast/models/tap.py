@@ -56,7 +56,9 @@ def preset_layers(model: nn.Module) -> list[str]:
       at strides 4 and up (item i has stride 2^i; with ``encoder_depth`` 3 or 4, the two or
       three there are: never the input image, item 0);
     - a timm ``features_only`` backbone (the model itself or a submodule, any family:
-      ResNets, EfficientNets, MobileNetV3s, …): the last four items of its feature list.
+      ResNets, EfficientNets, MobileNetV3s, ViTs, Swins, …): the last four items of its
+      feature list, or all it returns where fewer (a ViT's three); channels-last maps
+      (timm's ``output_fmt`` NHWC, as Swin's) come out as (B, C, h, w).
 
     Raises ``ValueError`` naming what was found when the model is none of these.
     """
@@ -85,7 +87,9 @@ def preset_layers(model: nn.Module) -> list[str]:
         # a classification model's feature_info is a plain list.
         if type(getattr(module, "feature_info", None)).__name__ == "FeatureInfo":
             at = f"{prefix}{name}" if name else prefix.rstrip(".")
-            return [f"{at}[{i}]" for i in range(-4, 0)]
+            # its outputs: the out_indices' entries (a ViT lists 12 blocks, returns 3)
+            count = len(module.feature_info.channels())
+            return [f"{at}[{i}]" for i in range(-min(4, count), 0)]
     raise ValueError(
         f"no preset for {type(inner).__name__}: pass layers=[...] (the names of the four "
         "submodules whose outputs are the features, lowest layer first; "
@@ -141,6 +145,12 @@ class FeatureTap:
             if name not in modules:
                 raise ValueError(_unknown(name, modules))
             self._parsed.append((name, item))
+        # timm returns some families' maps channels-last (Swin: output_fmt NHWC)
+        self._channels_last = {
+            name
+            for name, _ in self._parsed
+            if str(getattr(modules[name], "output_fmt", "")).endswith("NHWC")
+        }
         for name in dict.fromkeys(name for name, _ in self._parsed):
             self._handles.append(
                 modules[name].register_forward_hook(self._recorder(name, modules[name]))
@@ -191,6 +201,8 @@ class FeatureTap:
             if not isinstance(value, torch.Tensor) or value.dim() != 4:
                 got = getattr(value, "shape", type(value).__name__)
                 raise ValueError(f"layer {layer!r} gave {got}, expected a (B, C, h, w) tensor")
+            if name in self._channels_last:
+                value = value.permute(0, 3, 1, 2)  # (B, h, w, C) -> (B, C, h, w)
             out.append(value)
         self._outputs.clear()
         return out

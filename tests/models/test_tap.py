@@ -322,3 +322,18 @@ def test_a_shallow_smp_encoder_never_taps_the_input_image(depth, items):
     model(images)
     sizes = [f.shape[-1] for f in tap.features()]
     assert sizes == [64 // 2**i for i in items]  # strides 4, 8, …: no 3-channel stride-1 map
+
+
+def test_timm_swin_maps_come_out_channels_first_and_a_vit_gives_its_three():
+    # Swin returns (B, h, w, C) (timm's output_fmt NHWC); the loss reads (B, C, h, w).
+    swin = timm.create_model("swin_tiny_patch4_window7_224", features_only=True, img_size=64)
+    image = torch.randn(1, 3, 64, 64)
+    with FeatureTap(swin) as tap:
+        assert tap.channels(image) == [96, 192, 384, 768]
+        swin(image)
+        assert [tuple(f.shape[-2:]) for f in tap.features()] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    # A ViT lists 12 blocks in its feature_info but returns out_indices' 3: all of them.
+    vit = timm.create_model("vit_tiny_patch16_224", features_only=True, img_size=64)
+    assert preset_layers(vit) == ["[-3]", "[-2]", "[-1]"]
+    with FeatureTap(vit) as tap:
+        assert tap.channels(image) == [192, 192, 192]
