@@ -294,8 +294,11 @@ def _check(config: Config) -> Config:
     checks = [
         (
             "run.name",
-            config.run.name not in ("", ".", "..") and not set("/\\") & set(config.run.name),
-            f"{config.run.name!r} must be one folder name (no '/', '\\', '.' or '..'); "
+            config.run.name.strip() not in ("", ".", "..")
+            and config.run.name == config.run.name.strip()
+            and not set("/\\\0") & set(config.run.name),
+            f"{config.run.name!r} must be one folder name (no '/', '\\', NUL, '.', '..' or "
+            "spaces around it); "
             "run.output_dir sets where it goes",
         ),
         ("optim.iters", config.optim.iters >= 1, "must be >= 1"),
@@ -371,11 +374,15 @@ def _check(config: Config) -> Config:
             config.eval.max_images is None or config.eval.max_images >= 1,
             "must be >= 1 or null",
         ),
-        ("model.mean", len(config.model.mean) == 3, "must be 3 values (R, G, B)"),
+        (
+            "model.mean",
+            len(config.model.mean) == 3 and all(math.isfinite(v) for v in config.model.mean),
+            "must be 3 finite values (R, G, B)",
+        ),
         (
             "model.std",
-            len(config.model.std) == 3 and all(v > 0 for v in config.model.std),
-            "must be 3 values (R, G, B), each > 0",
+            len(config.model.std) == 3 and all(0 < v < math.inf for v in config.model.std),
+            "must be 3 values (R, G, B), each finite and > 0",
         ),
         (
             "model.head_width",
@@ -519,7 +526,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None)
-        detail = f" ({problem})" if problem and "given twice" in problem else ""
+        detail = f" ({problem})" if problem else ""
         raise ConfigError(f"{path}{where}: not valid YAML{detail}") from None
     if not isinstance(data, dict):
         what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"

@@ -125,6 +125,12 @@ def test_load_and_override(tmp_path):
         ("optim: {lr: 1e400}", [], "optim.lr: must be finite and > 0"),
         ("eval: {mode: slide}", ["eval.stride=[0, 0]"], "eval.stride: must be >= 1 pixel"),
         ("run: {}", ["eval.crop_size=[0, 64]"], "eval.crop_size: must be >= 1 pixel"),
+        ("run: {}", ["run.name=' '"], "run.name: ' ' must be one folder name"),
+        ("run: {}", ["run.name=' x'"], "or spaces around it"),
+        ("run: {}", ['run.name="a\\0b"'], "run.name: 'a\\x00b' must be one folder name"),
+        ("run: {}", ["model.std=[.inf, 1, 1]"], "model.std: must be 3 values (R, G, B), each fin"),
+        ("run: {}", ["model.mean=[.nan, 0, 0]"], "model.mean: must be 3 finite values"),
+        ("optim:\n\tlr: 1\n", [], "line 2: not valid YAML (found character '\\t' that cannot"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors(tmp_path, text, overrides, message):

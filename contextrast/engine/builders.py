@@ -53,14 +53,17 @@ def build_split(config: Config, split: str, train: bool) -> SegmentationDataset:
         )
     cls = DATASETS[data.dataset]
     if train:
-        transform: Any = TrainTransform(
-            crop_size=data.crop_size,
-            scale_range=data.scale_range,
-            hflip=data.hflip,
-            color_jitter=data.color_jitter,
-            mean=config.model.mean,
-            std=config.model.std,
-        )
+        try:
+            transform: Any = TrainTransform(
+                crop_size=data.crop_size,
+                scale_range=data.scale_range,
+                hflip=data.hflip,
+                color_jitter=data.color_jitter,
+                mean=config.model.mean,
+                std=config.model.std,
+            )
+        except ValueError as error:  # its messages name its arguments: data.<argument>
+            raise ConfigError(f"data.{error}") from None
         if data.hflip > 0 and not cls.flip_invariant:
             # a config without a data section lands here: say where "digits" came from
             unset = data.dataset == DataConfig.dataset and data.root is None

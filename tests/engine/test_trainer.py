@@ -294,6 +294,18 @@ def test_resume_switching_mixed_precision_continues(workspace, before, after):
     assert ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")["iteration"] == 4
 
 
+def test_a_bad_augmentation_names_its_data_key(workspace):
+    for key, value, message in [
+        ("crop_size", [0, 0], r"data\.crop_size must be \(height, width\) > 0"),
+        ("scale_range", [2.0, 1.0], r"data\.scale_range must be \(low, high\)"),
+        ("color_jitter", [-1, 0, 0, 0], r"data\.color_jitter must be"),
+    ]:
+        c = config(workspace)
+        c["data"] = {**c["data"], key: value}
+        with pytest.raises(ConfigError, match=message):
+            Trainer(config_from_dict(c))
+
+
 def test_crop_size_must_fit_the_encoder_stride(workspace):
     c = config_from_dict(config(workspace, data={"crop_size": [36, 32]}))
     with pytest.raises(ConfigError, match=r"data\.crop_size: \[36, 32\] must be multiples of 32"):
