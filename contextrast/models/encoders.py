@@ -10,6 +10,8 @@ import timm
 import torch
 from torch import nn
 
+from contextrast.utils.checkpoint import load_error
+
 __all__ = ["TimmEncoder", "load_state_dict_file"]
 
 # Wrappers that training scripts commonly put around a backbone's keys.
@@ -22,10 +24,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file gets the same one-line message
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(
-            f"pretrained weights {path}: not a readable PyTorch state dict "
-            f"({type(error).__name__}: {first[:160]})"
+            f"pretrained weights {path}: not a readable PyTorch state dict ({load_error(error)})"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):

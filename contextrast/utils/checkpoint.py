@@ -16,6 +16,7 @@ TEMPORARY_SUFFIX = ".tmp"
 __all__ = [
     "capture_rng",
     "load_checkpoint",
+    "load_error",
     "load_weights",
     "remove_stale_temporaries",
     "restore_rng",
@@ -63,6 +64,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def load_error(error: Exception) -> str:
+    """``torch.load``'s error as a short clause: its type and first sentence (torch's own
+    messages run to paragraphs of advice on ``weights_only``)."""
+    first = " ".join(str(error).split()).split(". ")[0]
+    return f"{type(error).__name__}: {first[:120]}{'...' if len(first) > 120 else ''}"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load on the CPU with ``weights_only=True`` (no arbitrary pickle)."""
     path = Path(path)
@@ -71,10 +79,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file gets the same one-line message
-        first = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"checkpoint {path}: not a readable contextrast checkpoint "
-            f"({type(error).__name__}: {first[:160]})"
+            f"checkpoint {path}: not a readable contextrast checkpoint ({load_error(error)})"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"checkpoint {path}: missing 'model' or 'config'; not a contextrast run")

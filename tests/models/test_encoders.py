@@ -57,6 +57,13 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"this is not a checkpoint")
     with pytest.raises(ValueError, match=f"pretrained weights {path}: not a readable PyTorch"):
         create_model("deeplabv3_r18", num_classes=3, pretrained=path)
+    # a pickle torch will not load with weights_only: one clause, not torch's paragraphs
+    json_path = tmp_path / "weights.json"
+    json_path.write_text('{"a": 1}')
+    with pytest.raises(ValueError) as error:
+        create_model("deeplabv3_r18", num_classes=3, pretrained=json_path)
+    message = str(error.value)
+    assert message.endswith(")") and "\n" not in message and len(message) < 300
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="expected a dict of tensors"):
         create_model("deeplabv3_r18", num_classes=3, pretrained=tmp_path / "list.pth")
