@@ -8,8 +8,10 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from contextrast.contrast.memory import ClassQueue
 from contextrast.contrast.projection import (
     NonFiniteError,
     ProjectionHead,
@@ -17,6 +19,7 @@ from contextrast.contrast.projection import (
     raise_if_nonfinite,
 )
 from contextrast.contrast.sampling import BaneSampler, PixelSampler, SemiHardSampler
+from contextrast.functional.anchor_memory import anchor_anchor_loss, class_prioritized_anchors
 from contextrast.functional.checks import (
     check_fraction,
     check_layer_order,
@@ -130,6 +133,14 @@ class ContextrastLoss(nn.Module):
             CCL (the hardest negatives can trap early training, Contextrast++).
             The three schedule options need ``step=`` in every call (the number of
             optimiser steps taken before it: 0 for the first), as the trainer passes.
+        anchor_memory: Contextrast++'s class-balanced anchor memory, K_M entries per class
+            (``None``: off, Contextrast). Each step adds ``α · L_AA``: every class of the
+            finest layer takes its anchor from the deepest layer that still holds it, and
+            contrasts it (L2-normalised, same τ) against the memory, its own class's
+            entries the positives; then, in training mode, pushes it (detached) into its
+            class's FIFO queue. The queues are buffers: in ``state_dict``, checkpoints and
+            resume, on the loss's device. A class with an empty queue adds no term, so the
+            first steps are plain Contextrast. Readings: docs/method.md.
         validate: per call, check the label values and that the loss is finite (two host
             synchronisations; a non-finite loss then names the bad feature map). The trainer
             turns it off: it checks the labels once before training and watches the loss on
@@ -167,6 +178,7 @@ class ContextrastLoss(nn.Module):
         start_step: int = 0,
         ramp_steps: int = 0,
         bane_start_step: int = 0,
+        anchor_memory: int | None = None,
         validate: bool = True,
     ):
         super().__init__()
@@ -246,6 +258,10 @@ class ContextrastLoss(nn.Module):
         self.start_step, self.ramp_steps = start_step, ramp_steps
         self.bane_start_step = bane_start_step
         self.validate = validate
+        anchor_memory = _positive("anchor_memory", anchor_memory, none=True)
+        self.memory = (
+            None if anchor_memory is None else ClassQueue(num_classes, anchor_memory, embed_dim)
+        )
 
     @property
     def scheduled(self) -> bool:
@@ -282,6 +298,7 @@ class ContextrastLoss(nn.Module):
                 if self.scheduled
                 else ""
             )
+            + (f", anchor_memory={self.memory.size}" if self.memory is not None else "")
         )
 
     def forward(
@@ -393,7 +410,7 @@ class ContextrastLoss(nn.Module):
     ) -> ContextrastTerms:
         """The one functional call, on checked inputs (shapes as in :meth:`terms`); ``weight``
         scales α (the schedule), ``bane`` says whether the sampler picks."""
-        return contextrast_loss(
+        terms = contextrast_loss(
             lambda: self._embed(features),  # after BANE: a lower peak of memory
             logits,
             target,
@@ -412,6 +429,28 @@ class ContextrastLoss(nn.Module):
             detach_anchors=self.detach_anchors,
             global_anchors=self.global_anchors,
             validate=self.validate,
+        )
+        if self.memory is None:
+            return terms
+        return self._with_anchor_memory(terms, weight)
+
+    def _with_anchor_memory(self, terms: ContextrastTerms, weight: float) -> ContextrastTerms:
+        """Contextrast++'s ``+ α · L_AA`` (eq. 10–12 of its text), then the push."""
+        queries, present = class_prioritized_anchors(terms.anchors, terms.class_counts)
+        # float32 at least: bf16 anchors would round the similarities
+        queries = queries.to(torch.promote_types(queries.dtype, torch.float32))
+        queries = F.normalize(queries, dim=1)  # (N, d)
+        memory, memory_classes = self.memory.padded()  # (N·K_M, d), (N·K_M,)
+        classes = torch.arange(self.num_classes, device=queries.device)
+        memory = memory.to(queries.dtype, copy=True)  # the push below writes the buffer
+        anchor_loss = anchor_anchor_loss(
+            queries, classes, memory, memory_classes, self.temperature, present
+        )
+        if self.training:  # after the loss: a query never meets itself
+            self.memory.push_rows(queries.detach(), present)
+        return terms._replace(
+            loss=terms.loss + self.loss_weight * weight * anchor_loss,
+            anchor_loss=anchor_loss.detach(),
         )
 
     def _explain_nonfinite(self, features: Sequence[torch.Tensor]) -> None:

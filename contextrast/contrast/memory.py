@@ -58,3 +58,27 @@ class ClassQueue(nn.Module):
             torch.arange(self.keys.shape[0], device=self.keys.device).unsqueeze(1).expand_as(filled)
         )
         return self.keys[filled], labels[filled]
+
+    @torch.no_grad()
+    def push_rows(self, keys: torch.Tensor, present: torch.Tensor) -> None:
+        """At most one key per class, without a host synchronisation: row c of ``keys``
+        (N, D) goes into class c's queue where ``present`` (N,) bool says so. Every process
+        must push the same keys for the queues to stay identical under DDP (Contextrast's
+        global anchors are)."""
+        rows = torch.arange(self.keys.shape[0], device=self.keys.device)
+        slot = self.keys[rows, self.pointer]  # (N, D): what the pointer's slot holds now
+        self.keys[rows, self.pointer] = torch.where(
+            present.unsqueeze(1), keys.to(self.keys.dtype), slot
+        )
+        step = present.long()
+        self.pointer.add_(step).remainder_(self.size)
+        self.count.add_(step).clamp_(max=self.size)
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every slot, a fixed shape (no host synchronisation): keys (N·size, D) and their
+        labels (N·size,), −1 for a slot not yet written."""
+        slots = torch.arange(self.size, device=self.keys.device)
+        filled = slots.unsqueeze(0) < self.count.unsqueeze(1)  # (N, size)
+        classes = torch.arange(self.keys.shape[0], device=self.keys.device).unsqueeze(1)
+        labels = torch.where(filled, classes, torch.full_like(classes, -1))  # (N, size)
+        return self.keys.flatten(0, 1), labels.flatten()

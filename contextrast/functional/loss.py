@@ -36,14 +36,23 @@ HARD_NEGATIVE_MODES = ("only", "include", "add")
 class ContextrastTerms(NamedTuple):
     """What one call of the loss computed.
 
-    loss: scalar ``loss_weight · Σ_i λ_i L_PA,i``, with gradient.
+    loss: scalar ``loss_weight · Σ_i λ_i L_PA,i`` (``+ loss_weight · L_AA`` with
+        Contextrast++'s anchor memory), with gradient.
     layer_losses: (I,) detached, unweighted ``L_PA,i`` per layer, lowest layer first.
     hard_negatives: (I,) int64, number of BANE-selected pixels per layer.
+    anchors: (I, N, d) the class anchors a_i^n of eq. 1 (unfused, with gradient; rows of
+        absent classes are zeros).
+    class_counts: (N, I) pixels of each class per layer (over every process with global
+        anchors).
+    anchor_loss: detached, unweighted ``L_AA`` (Contextrast++), or ``None`` without memory.
     """
 
     loss: torch.Tensor
     layer_losses: torch.Tensor
     hard_negatives: torch.Tensor
+    anchors: torch.Tensor | None = None
+    class_counts: torch.Tensor | None = None
+    anchor_loss: torch.Tensor | None = None
 
 
 #: One layer's embeddings: a (B, d, h, w) map, or ``(coords (B, K, h, w), lift (d, K))`` with
@@ -276,7 +285,7 @@ def contextrast_loss(
         hard_counts = B.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
     if validate:
         _check_finite(total, logits, [coords for coords, _ in pairs])
-    return ContextrastTerms(total, stacked.detach(), hard_counts)
+    return ContextrastTerms(total, stacked.detach(), hard_counts, anchors, counts)
 
 
 def _check_finite(total: torch.Tensor, logits: torch.Tensor, embeddings: list) -> None:

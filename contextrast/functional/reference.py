@@ -30,8 +30,10 @@ from contextrast.functional.checks import (
 )
 
 __all__ = [
+    "anchor_anchor_loss",
     "bane_select",
     "class_error_maps",
+    "class_prioritized_anchors",
     "contextrast_loss",
     "distance_map",
     "hard_negative_mask",
@@ -431,3 +433,69 @@ def contextrast_loss(
         hard_counts.append(int(hard.sum()))
     loss = loss_weight * pa_loss(layer_losses, layer_weights)
     return loss, torch.stack(layer_losses).detach(), torch.tensor(hard_counts)
+
+
+# Contextrast++ (arXiv 2608.22679), §3.3 of its text: the class-balanced anchor memory.
+# Readings where the text is open (docs/method.md, "Contextrast++"): anchors are compared
+# L2-normalised; the memory stores the raw (unfused) class-prioritised anchors, detached;
+# a class's term averages over the positives its queue holds (1/K_M once full); the query
+# is scored against the memory before this batch's anchors are pushed (no self-match).
+
+
+def class_prioritized_anchors(
+    anchors: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 7–9 of Contextrast++: each class's anchor from the deepest layer where it survives.
+
+    Args:
+        anchors: (I, N, d) a_i^n (eq. 1), lowest layer first.
+        counts: (N, I) pixels of class n at layer i (> 0: n ∈ N_i).
+
+    Returns:
+        ``S`` (N, d): S(c) = a_{i*(c)}^c with i*(c) = max{i : c ∈ N_i}; and ``present`` (N,)
+        bool, N* = N_1 (the classes of the finest layer). Rows of absent classes are zeros.
+    """
+    check_rank(anchors, 3, "anchors", "(I, N, d)")
+    check_rank(counts, 2, "counts", "(N, I)")
+    layers, classes, _ = anchors.shape
+    if tuple(counts.shape) != (classes, layers):
+        raise ValueError(
+            f"counts must have shape (N, I) = {(classes, layers)}, got {tuple(counts.shape)}"
+        )
+    chosen = torch.zeros_like(anchors[0])
+    present = torch.zeros(classes, dtype=torch.bool, device=anchors.device)
+    for c in range(classes):
+        if counts[c, 0] <= 0:  # N* = N_1
+            continue
+        deepest = max(i for i in range(layers) if counts[c, i] > 0)
+        chosen[c] = anchors[deepest, c]
+        present[c] = True
+    return chosen, present
+
+
+def anchor_anchor_loss(
+    queries: torch.Tensor,
+    classes: torch.Tensor,
+    memory: torch.Tensor,
+    memory_classes: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Eq. 10–11 of Contextrast++: ``L_AA = 1/|N*| Σ_c L_a^c``, each ``L_a^c`` the InfoNCE of
+    the class-prioritised anchor of c against the memory (positives: c's entries; negatives:
+    every other class's).
+
+    Args:
+        queries: (C, d) ã^c, L2-normalised; classes: (C,) their class ids.
+        memory: (Q, d) stored anchors, L2-normalised; memory_classes: (Q,) their classes.
+
+    Returns:
+        scalar; a class whose queue is still empty has no term, and with none the loss is 0
+        (with the queries' graph).
+    """
+    terms = []
+    for query, c in zip(queries, classes.tolist()):
+        positives = memory[memory_classes == c]
+        if len(positives) == 0:
+            continue
+        terms.append(info_nce(query, positives, memory[memory_classes != c], temperature))
+    return torch.stack(terms).mean() if terms else queries.sum() * 0.0

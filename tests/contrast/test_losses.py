@@ -676,3 +676,39 @@ def test_the_module_refuses_reversed_layers_a_bad_weight_and_nan_logits():
     same = ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), bane_ratio=0.9,
                            negatives=BaneSampler(0.9))  # fmt: skip
     assert same.bane_ratio == 0.9 and "bane_ratio=0.9" in repr(same)
+
+
+def test_anchor_memory_adds_the_anchor_term_once_its_queues_hold_anchors():
+    from contextrast.functional import reference as R
+
+    features, logits, target = make_inputs()
+    args = {"embed_dim": 8, "layer_weights": (0.4, 1.0), "max_positives": None,
+            "max_negatives": None}  # fmt: skip
+    base = ContextrastLoss(N, [4, 6], **args).double()
+    plus = ContextrastLoss(N, [4, 6], **args, anchor_memory=2).double()
+    plus.heads.load_state_dict(base.heads.state_dict())
+    assert "anchor_memory=2" in repr(plus) and "memory.keys" in plus.state_dict()
+    # Empty queues: no term, the loss is Contextrast's; then each present class is pushed.
+    first = plus.terms(features, logits, target)
+    assert first.anchor_loss.item() == 0.0
+    assert first.loss.item() == pytest.approx(base.terms(features, logits, target).loss.item())
+    pushed, present = R.class_prioritized_anchors(first.anchors.detach(), first.class_counts)
+    assert plus.memory.count.tolist() == present.long().tolist()
+    # Second step: L_AA of the same queries against the first step's (normalised) anchors.
+    second = plus.terms(features, logits, target)
+    queries, present = R.class_prioritized_anchors(second.anchors, second.class_counts)
+    keep = present.nonzero().flatten()
+    want = R.anchor_anchor_loss(
+        F.normalize(queries[keep], dim=1), keep, F.normalize(pushed[keep], dim=1), keep, 0.1
+    )
+    pa = sum(w * x for w, x in zip((0.4, 1.0), second.layer_losses))
+    assert second.anchor_loss.item() == pytest.approx(want.item(), rel=1e-9)
+    assert second.loss.item() == pytest.approx(0.1 * (pa + want).item(), rel=1e-9)
+    second.loss.backward()  # L_AA's gradient reaches the heads through the anchors
+    # Evaluation never writes to the memory; a copy restores the queues exactly.
+    plus.eval()
+    before = {k: v.clone() for k, v in plus.state_dict().items() if k.startswith("memory")}
+    plus.terms(features, logits, target)
+    assert all(torch.equal(v, plus.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match=r"anchor_memory must be an int >= 1 or None, got 0"):
+        ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), anchor_memory=0)

@@ -16,6 +16,7 @@ from contextrast.engine.trainer import IterationBatchSampler, PolyLR, Trainer, T
 from contextrast.models import create_model
 from contextrast.utils import checkpoint as ckpt
 from tests.engine.runs import config, interrupt_at, learnable_folder
+from tests.engine.runs import config as run_config
 
 
 @pytest.fixture()
@@ -51,7 +52,13 @@ def test_training_lowers_the_loss_and_writes_loadable_checkpoints(workspace, cap
     assert list((run / "tensorboard").iterdir())
 
 
-def test_resume_after_a_crash_gives_the_uninterrupted_weights(workspace):
+@pytest.mark.parametrize("memory", [None, 3])
+def test_resume_after_a_crash_gives_the_uninterrupted_weights(workspace, memory):
+    def config(workspace, name):  # Contextrast, or Contextrast++'s anchor memory (K_M 3)
+        c = run_config(workspace, name)
+        c["loss"]["contrast"] = {**c["loss"].get("contrast", {}), "anchor_memory": memory}
+        return c
+
     full = Trainer(config_from_dict(config(workspace, "full"))).fit()
 
     def crash(iteration):
@@ -68,6 +75,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(workspace):
     for part in ("model", "contrast"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
+    if memory:  # the queues are training state: saved, restored, and filled by the steps
+        assert int(a["contrast"]["memory.count"].min()) == memory
     momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
     resumed_momentum = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(momentum, resumed_momentum))
