@@ -35,14 +35,17 @@ def make_case(batch: int = 6):
     return features, logits, target
 
 
-def make_loss() -> ContextrastLoss:
+def make_loss(memory: int | None = None) -> ContextrastLoss:
     torch.manual_seed(0)  # the same heads on every process
     loss = ContextrastLoss(
-        N, CHANNELS, embed_dim=8, bane_ratio=0.0, max_positives=None, max_negatives=None
-    ).double()
+        N, CHANNELS, embed_dim=8, bane_ratio=0.0, max_positives=None, max_negatives=None,
+        anchor_memory=memory,
+    ).double()  # fmt: skip
     # Running statistics: BatchNorm in train mode would normalise each process's share by
-    # its own statistics (SyncBatchNorm's job under DDP, not the loss's).
-    return loss.eval()
+    # its own statistics (SyncBatchNorm's job under DDP, not the loss's). The loss itself
+    # trains: its anchor memory is written in training mode only.
+    loss.heads.eval()
+    return loss if memory else loss.eval()
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -63,6 +66,41 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         )
     finally:
         dist.destroy_process_group()
+
+
+def _memory_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        features, logits, target = make_case()
+        share = slice(rank * 6 // world, (rank + 1) * 6 // world)
+        loss = make_loss(memory=2)
+        losses = [
+            loss.terms([f[share] for f in features], logits[share], target[share]).loss.detach()
+            for _ in range(3)
+        ]
+        torch.save({"losses": losses, "memory": loss.memory.state_dict()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_anchor_memory_fills_alike_on_every_process(tmp_path):
+    # Issue 30: the memory is filled from every process: with global anchors each pushes
+    # the anchors of the whole batch, so every queue equals one process's on all images.
+    # Class 4 lies in rank 0's image only: rank 1 still pushes it.
+    features, logits, target = make_case()
+    loss = make_loss(memory=2)
+    whole = [loss.terms(features, logits, target).loss.detach() for _ in range(3)]
+    assert loss.memory.count.tolist() == [2, 2, 2, 2, 2]
+    out = tmp_path / "m"
+    mp.spawn(_memory_worker, args=(2, _free_port(), str(out)), nprocs=2)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        for key, value in loss.memory.state_dict().items():
+            assert torch.allclose(got["memory"][key].double(), value.double(), atol=1e-12), key
+        for a, b in zip(got["losses"], whole):
+            assert a.item() == pytest.approx(b.item(), rel=1e-10)
 
 
 def _free_port() -> int:
