@@ -179,7 +179,8 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = evaluate(
             run.model.to(dist.device),
             dataset,
-            engine.build_evaluator(config, dataset),
+            # the training split's pixels per class, as the run counted them
+            engine.build_evaluator(config, dataset, run.state.get("class_pixels")),
             dist.device,
             **engine.eval_options(config),
             rank=dist.rank,

@@ -116,7 +116,10 @@ def test_eval_predict_export(trained, capsys):
         == 0
     )
     metrics = json.loads((checkpoint.parent / "eval_val.json").read_text())
-    assert metrics["images"] == 3 and "mIoU" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert metrics["images"] == 3 and "mIoU" in out
+    # the thirds by the training run's pixel counts (saved in its checkpoint)
+    assert list(metrics["frequency_miou"]) == ["head", "middle", "tail"] and "tail mIoU" in out
     images = tmp / "data" / "images" / "val"
     assert (
         cli.main(

@@ -36,6 +36,7 @@ __all__ = [
     "TrainTransform",
     "build_dataset",
     "check_dataset",
+    "class_pixels",
     "labelled_pixels",
     "seed_worker",
 ]
@@ -155,16 +156,26 @@ def _notes(seen: Counter[str]) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def labelled_pixels(dataset: SegmentationDataset, workers: int = 4) -> int:
-    """Read every label file of ``dataset`` (not the images) and count its labelled pixels.
+def class_pixels(dataset: SegmentationDataset, workers: int = 4) -> list[int]:
+    """Read every label file of ``dataset`` (not the images) and count each class's pixels
+    (the training-pixel frequencies of the head / middle / tail split; their sum is the
+    labelled pixels).
 
     Raises :class:`DatasetError` naming the first file whose values name no class, so that
     a bad label stops a run before its first iteration instead of at its first evaluation.
     """
+    n = dataset.num_classes
 
-    def count(index: int) -> int:
-        return int((dataset.read_label_ids(index) != dataset.ignore_index).sum())
+    def count(index: int) -> np.ndarray:
+        ids = np.asarray(dataset.read_label_ids(index)).ravel()
+        return np.bincount(ids[ids != dataset.ignore_index], minlength=n)[:n]
 
     # Decoding PNGs releases the GIL: threads overlap the reads.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return sum(pool.map(count, range(len(dataset))))
+        total = sum(pool.map(count, range(len(dataset))), np.zeros(n, dtype=np.int64))
+    return [int(v) for v in total]
+
+
+def labelled_pixels(dataset: SegmentationDataset, workers: int = 4) -> int:
+    """The labelled pixels of ``dataset`` (:func:`class_pixels` summed)."""
+    return sum(class_pixels(dataset, workers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -156,7 +157,11 @@ def build_region(config: Config) -> RegionLoss | None:
         raise ConfigError(f"loss.region: {error}") from None
 
 
-def build_evaluator(config: Config, dataset: SegmentationDataset) -> Evaluator:
+def build_evaluator(
+    config: Config, dataset: SegmentationDataset, class_pixels: Sequence[int] | None = None
+) -> Evaluator:
+    """``class_pixels``: the training split's pixels per class, for the head / middle /
+    tail mIoU (:func:`~contextrast.data.class_pixels`)."""
     return Evaluator(
         dataset.classes,
         dataset.ignore_index,
@@ -164,6 +169,7 @@ def build_evaluator(config: Config, dataset: SegmentationDataset) -> Evaluator:
         instance_classes=getattr(dataset, "instance_classes", ()),
         train_to_label=getattr(dataset, "train_to_label", ()),
         categories=getattr(dataset, "categories", ()),
+        class_pixels=class_pixels,
     )
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 import contextrast
 from contextrast.config import Config, ConfigError
 from contextrast.contrast import NonFiniteError
-from contextrast.data import DatasetError, labelled_pixels, seed_worker
+from contextrast.data import DatasetError, class_pixels, labelled_pixels, seed_worker
 from contextrast.data.datasets import Sample, sample_seed
 from contextrast.engine.builders import (
     build_contrast,
@@ -363,6 +363,7 @@ class Trainer:
         _seed_everything(c.run.seed + self.dist.rank)
         self.train_set = build_split(c, c.data.train_split, train=True)
         self.val_set = build_split(c, c.data.val_split, train=False)
+        self.class_pixels: list[int] | None = None  # without the scan: no head / tail mIoU
         if c.data.check_labels:
             self._check_labels()
         num_classes = self.train_set.num_classes
@@ -425,11 +426,18 @@ class Trainer:
         a split without a labelled pixel stops the run now, not hours later."""
         c = self.config
         where = c.data.root or c.data.dataset
+        # the training split's pixels per class: the head / middle / tail thirds of the scores
+        self.class_pixels = class_pixels(self.train_set, c.data.num_workers)
         for key, split, dataset, purpose in (
             ("train_split", c.data.train_split, self.train_set, "train on"),
             ("val_split", c.data.val_split, self.val_set, "evaluate"),
         ):
-            if not labelled_pixels(dataset, c.data.num_workers):
+            labelled = (
+                sum(self.class_pixels)
+                if dataset is self.train_set
+                else labelled_pixels(dataset, c.data.num_workers)
+            )
+            if not labelled:
                 raise DatasetError(
                     f"data.{key}: every label pixel of split {split!r} in {where} is "
                     f"{dataset.ignore_index} (ignore): nothing to {purpose}"
@@ -471,6 +479,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng(self.device),
             "best_miou": self.best_miou,
+            "class_pixels": self.class_pixels,  # eval's head / middle / tail thirds
             "unlabelled_batches": self.unlabelled_batches,
             "classes": list(self.train_set.classes),
             "palette": self.train_set.palette.tolist(),
@@ -792,7 +801,7 @@ class Trainer:
         return evaluate(
             model,
             self.val_set,
-            build_evaluator(self.config, self.val_set),
+            build_evaluator(self.config, self.val_set, self.class_pixels),
             self.device,
             **eval_options(self.config),
             rank=self.dist.rank,
@@ -813,12 +822,19 @@ class Trainer:
                 **({"val/miou_raw": raw["miou"]} if raw else {}),
                 "val/pixel_accuracy": metrics["pixel_accuracy"],
                 **{f"val/boundary_miou_{w}px": v for w, v in metrics["boundary_miou"].items()},
+                **{f"val/{k}_miou": v for k, v in metrics.get("frequency_miou", {}).items()},
             },
             iteration,
         )
         boundary = ", ".join(f"{w}px {v:.4f}" for w, v in metrics["boundary_miou"].items())
         weights = f" (EMA weights; trained weights {raw['miou']:.4f})" if raw else ""
+        thirds = metrics.get("frequency_miou")
+        by_frequency = (
+            ", head / middle / tail mIoU " + " / ".join(f"{v:.4f}" for v in thirds.values())
+            if thirds
+            else ""
+        )
         self.train_log.say(
             f"eval @ {iteration}: mIoU {metrics['miou']:.4f}{weights}"
-            f", pixel acc {metrics['pixel_accuracy']:.4f}, boundary mIoU {boundary}"
+            f", pixel acc {metrics['pixel_accuracy']:.4f}, boundary mIoU {boundary}" + by_frequency
         )

@@ -17,6 +17,7 @@ from contextrast.evaluation.inference import predict_probabilities
 from contextrast.evaluation.metrics import (
     boundary_distance,
     confusion_matrix,
+    frequency_miou,
     mean_iou,
     pixel_accuracy,
 )
@@ -57,6 +58,9 @@ class Evaluator:
             ``labelId · 1000 + k``).
         categories: category name per class (Cityscapes' category mIoU / iIoU).
         avg_class_size: iIoU weight numerator per class name.
+        class_pixels: (N,) training pixels per class; given, :meth:`compute` adds
+            ``frequency_miou``: the mIoU of the head / middle / tail thirds by training-pixel
+            frequency (Contextrast++'s Table IV).
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Evaluator:
         train_to_label: Sequence[int] = (),
         categories: Sequence[str] = (),
         avg_class_size: dict[str, float] | None = None,
+        class_pixels: Sequence[int] | None = None,
     ):
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
@@ -77,6 +82,11 @@ class Evaluator:
         self.train_to_label = list(train_to_label)
         self.categories = list(categories)
         self.avg_class_size = avg_class_size or CITYSCAPES_AVG_CLASS_SIZE
+        if class_pixels is not None and len(class_pixels) != len(self.class_names):
+            raise ValueError(
+                f"class_pixels has {len(class_pixels)} entries for {len(self.class_names)} classes"
+            )
+        self.class_pixels = None if class_pixels is None else [int(v) for v in class_pixels]
         n = self.num_classes
         self.confusion = torch.zeros(n, n, dtype=torch.int64)
         self.boundary = torch.zeros(len(self.boundary_widths), n, n, dtype=torch.int64)
@@ -154,6 +164,8 @@ class Evaluator:
                 str(w): mean_iou(self.boundary[i]).miou for i, w in enumerate(self.boundary_widths)
             },
         }
+        if self.class_pixels is not None:
+            result["frequency_miou"] = frequency_miou(iou.tolist(), self.class_pixels)
         if self.instance_classes:
             result["iiou"] = self._iiou()
         if self.categories:

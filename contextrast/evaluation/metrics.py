@@ -23,6 +23,8 @@ __all__ = [
     "boundary_distance",
     "confusion_matrix",
     "feature_metrics",
+    "frequency_groups",
+    "frequency_miou",
     "mean_iou",
     "metrics_json",
     "pixel_accuracy",
@@ -93,6 +95,41 @@ def mean_iou(confusion: torch.Tensor) -> IoU:
     occurring = ~torch.isnan(iou)
     miou = float(iou[occurring].mean()) if bool(occurring.any()) else float("nan")
     return IoU(iou, miou)
+
+
+#: The thirds of :func:`frequency_groups`, most frequent first.
+FREQUENCY_GROUPS = ("head", "middle", "tail")
+
+
+def frequency_groups(pixels: Sequence[int]) -> dict[str, list[int]]:
+    """The classes in thirds by their training pixels (Contextrast++'s Table IV): ``head``
+    the most frequent third, ``tail`` the rarest. Ties go to the lower class id first; with
+    N not divisible by 3 the first thirds take one class more (10 classes: 4, 3, 3).
+
+    pixels: (N,) pixels of each class in the training split.
+    """
+    order = sorted(range(len(pixels)), key=lambda c: (-pixels[c], c))
+    n = len(order)
+    sizes = [n // 3 + (1 if k < n % 3 else 0) for k in range(3)]
+    bounds = [0, sizes[0], sizes[0] + sizes[1], n]
+    return {
+        name: sorted(order[bounds[k] : bounds[k + 1]]) for k, name in enumerate(FREQUENCY_GROUPS)
+    }
+
+
+def frequency_miou(iou: Sequence[float], pixels: Sequence[int]) -> dict[str, float]:
+    """Mean IoU of each third of :func:`frequency_groups` over its classes that occur (NaN
+    IoU: absent from ground truth and prediction), NaN for a third with none.
+
+    iou: (N,) per-class IoU; pixels: (N,) training pixels per class.
+    """
+    if len(iou) != len(pixels):
+        raise ValueError(f"iou has {len(iou)} classes but pixels has {len(pixels)}")
+    result = {}
+    for name, members in frequency_groups(pixels).items():
+        scores = [float(iou[c]) for c in members if not math.isnan(float(iou[c]))]
+        result[name] = sum(scores) / len(scores) if scores else math.nan
+    return result
 
 
 def pixel_accuracy(confusion: torch.Tensor) -> float:

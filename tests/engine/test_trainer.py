@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -679,3 +680,21 @@ def test_resume_on_other_classes_of_the_same_count_is_refused(workspace):
     with pytest.raises(ConfigError, match=r"data: the classes \['light', 'blue'\] differ from"):
         Trainer(config_from_dict(moved), resume=True)
     Trainer(config_from_dict(moved), resume=True, accept_changes=True)  # when meant
+
+
+def test_scores_carry_the_head_middle_and_tail_thirds_of_the_training_pixels(workspace):
+    from contextrast.engine import last_metrics
+
+    c = config_from_dict(config(workspace, loss={"name": "ce"}, optim={"iters": 2}))
+    trainer = Trainer(c)
+    train = trainer.train_set
+    want = np.zeros(train.num_classes, dtype=np.int64)
+    for i in range(len(train)):
+        ids = train.read_label_ids(i)
+        want += np.bincount(ids[ids != train.ignore_index], minlength=train.num_classes)
+    assert trainer.class_pixels == want.tolist()
+    metrics = trainer.fit()
+    thirds = last_metrics(c.run_dir)["frequency_miou"]
+    assert list(thirds) == ["head", "middle", "tail"]
+    # NaN (a third without classes: two classes here) is written as null
+    assert thirds == {k: None if math.isnan(v) else v for k, v in metrics["frequency_miou"].items()}

@@ -74,3 +74,16 @@ def test_accumulates_over_images_and_reports_boundaries():
     assert evaluator.boundary[0].tolist() == [[2, 0], [1, 1]]
     assert set(result["boundary_miou"]) == {"1", "3"}
     assert "iiou" not in result
+
+
+def test_training_pixel_thirds_are_reported_beside_miou():
+    # a, b frequent in training, c rare: head a, middle b, tail c.
+    evaluator = Evaluator(["a", "b", "c"], boundary_widths=[1], class_pixels=[90, 9, 1])
+    target = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    evaluator.update(torch.tensor([[0, 0, 1, 1, 1, 2]]), target)
+    result = evaluator.compute()
+    # IoU a 1, b 2 / 3, c 1 / 2
+    assert result["frequency_miou"] == pytest.approx({"head": 1.0, "middle": 2 / 3, "tail": 0.5})
+    assert "frequency_miou" not in Evaluator(["a", "b"]).compute()
+    with pytest.raises(ValueError, match="class_pixels has 2 entries for 3 classes"):
+        Evaluator(["a", "b", "c"], class_pixels=[1, 2])

@@ -114,3 +114,22 @@ def test_feature_metrics_single_class_and_bad_input():
         metrics.feature_metrics(torch.randn(4, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one labelled"):
         metrics.feature_metrics(torch.randn(2, 3), torch.full((2,), 255))
+
+
+def test_frequency_groups_split_the_classes_in_thirds_by_training_pixels():
+    # 10 classes: thirds of 4, 3, 3; class 7 and 8 tie (the lower id first).
+    pixels = [50, 900, 10, 400, 0, 70, 300, 5, 5, 1000]
+    groups = metrics.frequency_groups(pixels)
+    # order: 9 (1000), 1 (900), 3 (400), 6 (300) | 5 (70), 0 (50), 2 (10) | 7, 8 (5), 4 (0)
+    assert groups == {"head": [1, 3, 6, 9], "middle": [0, 2, 5], "tail": [4, 7, 8]}
+    assert metrics.frequency_groups([3, 2]) == {"head": [0], "middle": [1], "tail": []}
+
+
+def test_frequency_miou_means_each_third_over_its_occurring_classes():
+    pixels = [6, 5, 4, 3, 2, 1]  # head 0, 1; middle 2, 3; tail 4, 5
+    iou = [0.9, 0.7, 0.5, math.nan, 0.2, 0.0]
+    got = metrics.frequency_miou(iou, pixels)
+    assert got == pytest.approx({"head": 0.8, "middle": 0.5, "tail": 0.1})
+    assert math.isnan(metrics.frequency_miou([math.nan, 1.0, 1.0], [9, 1, 1])["head"])
+    with pytest.raises(ValueError, match="iou has 2 classes but pixels has 3"):
+        metrics.frequency_miou([0.1, 0.2], [1, 2, 3])
