@@ -82,3 +82,21 @@ def test_accuracy_variant_keeps_the_commas_of_a_list():
     assert overrides == ["loss.contrast.layer_weights=[0,0,0,1]", "optim.lr=0.002"]
     with pytest.raises(SystemExit, match="expected NAME:KEY=VALUE"):
         accuracy.parse_variant("last")
+
+
+def test_accuracy_reads_the_tail_third_where_the_runs_report_it():
+    accuracy = load_tool("accuracy")
+
+    def entry(miou, tail):
+        thirds = {"head": 0.9, "middle": 0.5, "tail": tail}
+        return {"miou": miou, "boundary_miou": {"5": miou / 2}, "frequency_miou": thirds}
+
+    history = [entry(0.4, 0.2), entry(0.6, 0.3)]
+    assert accuracy.reading(history, "final") == {
+        "miou": 0.6, "boundary_miou_5": 0.3, "tail_miou": 0.3
+    }  # fmt: skip
+    assert accuracy.reading(history, "last2")["tail_miou"] == pytest.approx(0.25)
+    # a run from before the thirds, or a tail third without classes (null): no tail reading
+    old = {"miou": 0.5, "boundary_miou": {"5": 0.4}}
+    assert "tail_miou" not in accuracy.reading([old], "final")
+    assert "tail_miou" not in accuracy.reading([entry(0.4, None)], "final")
