@@ -2,6 +2,7 @@
 process holding all B images — the value on every process, and the projection heads'
 gradients once averaged over the processes as DDP averages them (K = 0, no sampling)."""
 
+import contextlib
 import os
 import socket
 
@@ -48,13 +49,20 @@ def make_loss(memory: int | None = None) -> ContextrastLoss:
     return loss if memory else loss.eval()
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+@contextlib.contextmanager
+def _process(rank: int, world: int, port: int):
+    """One gloo process of ``world``: the whole case and this rank's share of its images."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        features, logits, target = make_case()
-        share = slice(rank * 6 // world, (rank + 1) * 6 // world)
+        yield make_case(), slice(rank * 6 // world, (rank + 1) * 6 // world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    with _process(rank, world, port) as ((features, logits, target), share):
         loss = make_loss()
         terms = loss.terms([f[share] for f in features], logits[share], target[share])
         terms.loss.backward()
@@ -64,25 +72,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             {"loss": terms.loss.detach(), "layers": terms.layer_losses, "grads": grads / world},
             f"{out}.{rank}",
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def _memory_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        features, logits, target = make_case()
-        share = slice(rank * 6 // world, (rank + 1) * 6 // world)
+    with _process(rank, world, port) as ((features, logits, target), share):
         loss = make_loss(memory=2)
         losses = [
             loss.terms([f[share] for f in features], logits[share], target[share]).loss.detach()
             for _ in range(3)
         ]
         torch.save({"losses": losses, "memory": loss.memory.state_dict()}, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_the_anchor_memory_fills_alike_on_every_process(tmp_path):
