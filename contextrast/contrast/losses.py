@@ -82,6 +82,12 @@ def _positive(name: str, value: object, none: bool = False) -> int | None:
     return int(value)
 
 
+def _world_size() -> int:
+    """Processes of the default group (1 outside ``torch.distributed``)."""
+    available = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if available else 1
+
+
 class ContextrastLoss(nn.Module):
     """Pixel-anchor loss over I encoder layers with fused anchors and BANE hard negatives.
 
@@ -436,16 +442,24 @@ class ContextrastLoss(nn.Module):
 
     def _with_anchor_memory(self, terms: ContextrastTerms, weight: float) -> ContextrastTerms:
         """Contextrast++'s ``+ α · L_AA`` (eq. 10–12 of its text), then the push."""
+        if not self.global_anchors and _world_size() > 1:
+            raise ValueError(
+                "anchor_memory needs global_anchors=True under torch.distributed: each "
+                "process's own anchors would fill the queues differently on every process"
+            )
         queries, present = class_prioritized_anchors(terms.anchors, terms.class_counts)
-        # float32 at least: bf16 anchors would round the similarities
-        queries = queries.to(torch.promote_types(queries.dtype, torch.float32))
-        queries = F.normalize(queries, dim=1)  # (N, d)
-        memory, memory_classes = self.memory.padded()  # (N·K_M, d), (N·K_M,)
-        classes = torch.arange(self.num_classes, device=queries.device)
-        memory = memory.to(queries.dtype, copy=True)  # the push below writes the buffer
-        anchor_loss = anchor_anchor_loss(
-            queries, classes, memory, memory_classes, self.temperature, present
-        )
+        device = queries.device
+        # float32 at least, outside the caller's autocast, as the PA term: bf16 would round
+        # the similarities
+        with torch.autocast(device_type=device.type, enabled=False):
+            queries = queries.to(torch.promote_types(queries.dtype, torch.float32))
+            queries = F.normalize(queries, dim=1)  # (N, d)
+            memory, memory_classes = self.memory.padded()  # (N·K_M, d), (N·K_M,)
+            classes = torch.arange(self.num_classes, device=device)
+            memory = memory.to(queries.dtype, copy=True)  # the push below writes the buffer
+            anchor_loss = anchor_anchor_loss(
+                queries, classes, memory, memory_classes, self.temperature, present
+            )
         if self.training:  # after the loss: a query never meets itself
             self.memory.push_rows(queries.detach(), present)
         return terms._replace(

@@ -366,6 +366,8 @@ class Trainer:
         self.class_pixels: list[int] | None = None  # without the scan: no head / tail mIoU
         if c.data.check_labels:
             self._check_labels()
+        elif not resume:  # a resume may take the checkpoint's counts
+            self.train_log.say("no head / middle / tail mIoU: data.check_labels is off")
         num_classes = self.train_set.num_classes
         model = build_model(c, num_classes, pretrained=not resume)
         stride = max(model.feature_strides)
@@ -524,7 +526,9 @@ class Trainer:
             # A run that had no average yet starts it from the weights it resumes.
             load_weights(self.ema.module, state.get("ema", state["model"]), path, "model (EMA)")
         if self.contrast is not None:
-            load_weights(self.contrast, state["contrast"], path, f"{self.config.loss.name} loss")
+            load_weights(
+                self.contrast, self._contrast_state(state), path, f"{self.config.loss.name} loss"
+            )
         load_optimizer_state(self.optimizer, state["optimizer"], list(self.net.parameters()))
         self.scheduler.load_state_dict(state["scheduler"])
         # A run saved without fp16 has an empty scaler state: switching optim.amp to fp16 at
@@ -542,6 +546,7 @@ class Trainer:
             # best.pt so far was chosen on the trained weights' scores, not the average's.
             self.best_miou = -math.inf
         self.train_log.unlabelled_batches = int(state.get("unlabelled_batches", 0))
+        self._resume_class_pixels(state.get("class_pixels"))
         self.train_log.say(f"resumed from {path} at iteration {self.start_iter}")
         self._reschedule(saved.get("optim", {}), self.start_iter)
         if new_average:
@@ -549,6 +554,38 @@ class Trainer:
                 "train.ema_decay: the checkpoint had no moving average; it starts from the "
                 "resumed weights, and best.pt is chosen among the averages from now on"
             )
+
+    def _contrast_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's loss weights; where an accepted change switched Contextrast++'s
+        anchor memory on or off or resized it, its queues start empty (or are dropped)."""
+        saved = state["contrast"]
+        own = self.contrast.state_dict()
+
+        def memory(weights: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+            return {k: tuple(v.shape) for k, v in weights.items() if k.startswith("memory.")}
+
+        if memory(saved) == memory(own) or not self.accept_changes:
+            return saved
+        self.train_log.say(
+            f"anchor memory (loss.contrast.anchor_memory) starts empty at iteration "
+            f"{int(state['iteration'])}"
+        )
+        kept = {k: v for k, v in saved.items() if not k.startswith("memory.")}
+        return {**kept, **{k: v for k, v in own.items() if k.startswith("memory.")}}
+
+    def _resume_class_pixels(self, saved: list[int] | None) -> None:
+        """The head / middle / tail thirds keep the counts the run began with: without the
+        label scan (``data.check_labels: false``) they come from the checkpoint; a scan that
+        counts otherwise (another ``data.root``) is said, and its counts used from now on."""
+        if self.class_pixels is None:
+            self.class_pixels = saved
+        elif saved is not None and saved != self.class_pixels:
+            self.train_log.say(
+                "the training split's pixels per class differ from the checkpoint's: the head /"
+                " middle / tail thirds use today's counts from here on"
+            )
+        if self.class_pixels is None:
+            self.train_log.say("no head / middle / tail mIoU: data.check_labels is off")
 
     def _check_changes(self, saved: dict[str, Any], path: Path, iteration: int) -> None:
         """Name every setting that differs from the checkpoint's; refuse those that change
@@ -787,7 +824,8 @@ class Trainer:
         timm reports both)."""
         metrics = self._score(self.model)
         if self.ema is not None:
-            raw = {k: metrics[k] for k in ("miou", "pixel_accuracy", "boundary_miou")}
+            kept = ("miou", "pixel_accuracy", "boundary_miou", "frequency_miou")
+            raw = {k: metrics[k] for k in kept if k in metrics}
             metrics = {**self._score(self.ema.module), "raw": raw}
         metrics.update(iteration=iteration, seconds_per_iter=self.train_log.seconds_per_step)
         if self.dist.is_main:

@@ -6,6 +6,7 @@ Every statistic is a sum, so per-rank evaluators reduce with one ``all_reduce`` 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,11 +83,17 @@ class Evaluator:
         self.train_to_label = list(train_to_label)
         self.categories = list(categories)
         self.avg_class_size = avg_class_size or CITYSCAPES_AVG_CLASS_SIZE
-        if class_pixels is not None and len(class_pixels) != len(self.class_names):
+        if class_pixels is not None and (
+            len(class_pixels) != len(self.class_names)
+            or not all(isinstance(v, numbers.Integral) and v >= 0 for v in class_pixels)
+        ):
             raise ValueError(
-                f"class_pixels has {len(class_pixels)} entries for {len(self.class_names)} classes"
+                f"class_pixels must be {len(self.class_names)} ints >= 0 (training pixels per "
+                f"class), got {list(class_pixels)[:8]}"
             )
-        self.class_pixels = None if class_pixels is None else [int(v) for v in class_pixels]
+        # thirds of fewer than three classes would hold nothing: no thirds then
+        enough = class_pixels is not None and len(class_pixels) >= 3
+        self.class_pixels = [int(v) for v in class_pixels] if enough else None
         n = self.num_classes
         self.confusion = torch.zeros(n, n, dtype=torch.int64)
         self.boundary = torch.zeros(len(self.boundary_widths), n, n, dtype=torch.int64)

@@ -712,3 +712,19 @@ def test_anchor_memory_adds_the_anchor_term_once_its_queues_hold_anchors():
     assert all(torch.equal(v, plus.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match=r"anchor_memory must be an int >= 1 or None, got 0"):
         ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), anchor_memory=0)
+
+
+def test_the_anchor_term_leaves_the_callers_autocast():
+    # bf16 autocast (optim.amp) must not round L_AA: on the same anchors it equals float32.
+    from contextrast import ContextrastTerms
+
+    g = torch.Generator().manual_seed(0)
+    loss = ContextrastLoss(N, [4, 6], embed_dim=8, layer_weights=(0.4, 1.0), anchor_memory=3)
+    loss.memory.push_rows(F.normalize(torch.randn(N, 8, generator=g), dim=1), torch.ones(N) > 0)
+    anchors, counts = torch.randn(2, N, 8, generator=g), torch.ones(N, 2)
+    terms = ContextrastTerms(torch.zeros(()), torch.zeros(2), torch.zeros(2), anchors, counts)
+    loss.eval()  # no push: both calls see the same memory
+    want = loss._with_anchor_memory(terms, 1.0).anchor_loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss._with_anchor_memory(terms, 1.0).anchor_loss
+    assert got.dtype == torch.float32 and got.item() == want.item() > 0

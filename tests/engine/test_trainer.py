@@ -698,3 +698,28 @@ def test_scores_carry_the_head_middle_and_tail_thirds_of_the_training_pixels(wor
     assert list(thirds) == ["head", "middle", "tail"]
     # NaN (a third without classes: two classes here) is written as null
     assert thirds == {k: None if math.isnan(v) else v for k, v in metrics["frequency_miou"].items()}
+
+
+def test_resume_keeps_the_class_counts_and_an_accepted_memory_change_starts_it_empty(
+    workspace, capsys
+):
+    c = config(workspace, optim={"iters": 4}, train={"checkpoint_interval": 2})
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config_from_dict(c), on_iteration=interrupt_at(3)).fit()
+    counts = ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")["class_pixels"]
+    # Without the label scan the thirds come from the checkpoint.
+    unscanned = {**c, "data": {**c["data"], "check_labels": False}}
+    assert Trainer(config_from_dict(unscanned), resume=True).class_pixels == counts
+    # Contextrast++'s memory switched on at resume: refused, or, accepted, starts empty.
+    memory = {**c["loss"]["contrast"], "anchor_memory": 2}
+    switched = {**c, "loss": {**c["loss"], "contrast": memory}}
+    with pytest.raises(ConfigError, match=r"loss\.contrast\.anchor_memory"):
+        Trainer(config_from_dict(switched), resume=True)
+    capsys.readouterr()
+    trainer = Trainer(config_from_dict(switched), resume=True, accept_changes=True)
+    assert "anchor memory (loss.contrast.anchor_memory) starts empty at iteration 2" in (
+        capsys.readouterr().out
+    )
+    assert int(trainer.contrast.memory.count.sum()) == 0
+    trainer.fit()
+    assert int(trainer.contrast.memory.count.max()) == 2

@@ -85,5 +85,8 @@ def test_training_pixel_thirds_are_reported_beside_miou():
     # IoU a 1, b 2 / 3, c 1 / 2
     assert result["frequency_miou"] == pytest.approx({"head": 1.0, "middle": 2 / 3, "tail": 0.5})
     assert "frequency_miou" not in Evaluator(["a", "b"]).compute()
-    with pytest.raises(ValueError, match="class_pixels has 2 entries for 3 classes"):
-        Evaluator(["a", "b", "c"], class_pixels=[1, 2])
+    for bad in ([1, 2], [1, -2, 3], [1, float("nan"), 3], ["a", 2, 3]):
+        with pytest.raises(ValueError, match=r"class_pixels must be 3 ints >= 0 \(training"):
+            Evaluator(["a", "b", "c"], class_pixels=bad)
+    # two classes make no thirds: none reported rather than an always-NaN tail
+    assert "frequency_miou" not in Evaluator(["a", "b"], class_pixels=[5, 1]).compute()
