@@ -372,6 +372,21 @@ def _analyze_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``--set``, as every command that reads a config takes it
+_OVERRIDES = {
+    "action": "append",
+    "default": [],
+    "metavar": "KEY=VALUE",
+    "help": "override a config value, e.g. --set optim.lr=0.02 (repeatable)",
+}
+_LAUNCHER = {
+    "choices": ["torchrun", "slurm"],
+    "default": "torchrun",
+    "help": "torchrun: read torchrun's variables (one process without them); slurm: one "
+    "process per srun task, process group from SLURM's variables",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contextrast",
@@ -379,6 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=contextrast.__version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _add_listings,
+        _add_data_commands,
+        _add_train,
+        _add_eval,
+        _add_predict,
+        _add_export,
+        _add_analyses,
+    ):
+        add(commands)
+    return parser
+
+
+def _add_listings(commands: argparse._SubParsersAction) -> None:
+    """info, models, losses, configs: what is installed and packaged."""
     info = commands.add_parser("info", help="print versions and available devices")
     info.set_defaults(handler=_info)
     models = commands.add_parser("models", help="list the segmentation model presets")
@@ -387,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     losses.set_defaults(handler=_losses)
     configs = commands.add_parser("configs", help="list the packaged configs")
     configs.set_defaults(handler=_configs)
+
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """check-data and prepare: the datasets before any training."""
     check = commands.add_parser(
         "check-data",
         help="scan a dataset and report every problem at once, with counts",
@@ -414,25 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.set_defaults(handler=_prepare)
 
-    overrides = {
-        "action": "append",
-        "default": [],
-        "metavar": "KEY=VALUE",
-        "help": "override a config value, e.g. --set optim.lr=0.02 (repeatable)",
-    }
-    launcher = {
-        "choices": ["torchrun", "slurm"],
-        "default": "torchrun",
-        "help": "torchrun: read torchrun's variables (one process without them); slurm: one "
-        "process per srun task, process group from SLURM's variables",
-    }
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    """train: a config, its overrides, resume and the launcher."""
     train = commands.add_parser(
         "train",
         help="train a model from a YAML config",
         description="Train from a YAML config (torchrun or srun for several processes).",
     )
     train.add_argument("config", help="YAML config: a path or a packaged name (cityscapes/...yaml)")
-    train.add_argument("--set", **overrides)
+    train.add_argument("--set", **_OVERRIDES)
     train.add_argument("--resume", action="store_true", help="continue from <run dir>/last.pt")
     train.add_argument(
         "--accept-changes",
@@ -440,9 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: continue although settings that change what is trained (the "
         "loss, augmentations, batch, seed) differ from the checkpoint's",
     )
-    train.add_argument("--launcher", **launcher)
+    train.add_argument("--launcher", **_LAUNCHER)
     train.set_defaults(handler=_train)
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    """eval: a checkpoint under the config's test protocol."""
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a checkpoint on the validation split",
@@ -452,10 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--split", help="dataset split (default: data.val_split)")
     evaluate.add_argument("--out", help="metrics JSON (default: next to the checkpoint)")
-    evaluate.add_argument("--set", **overrides)
-    evaluate.add_argument("--launcher", **launcher)
+    evaluate.add_argument("--set", **_OVERRIDES)
+    evaluate.add_argument("--launcher", **_LAUNCHER)
     evaluate.set_defaults(handler=_eval)
 
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    """predict: coloured masks and overlays of image files."""
     predict = commands.add_parser(
         "predict",
         help="segment images: coloured masks and overlays",
@@ -464,9 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--set", **overrides)
+    predict.add_argument("--set", **_OVERRIDES)
     predict.set_defaults(handler=_predict)
 
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    """export: the inference model as .pt2 or ONNX."""
     export = commands.add_parser(
         "export",
         help="export the inference model (torch.export .pt2 or ONNX)",
@@ -483,9 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out's suffix; must agree with it)",
     )
     export.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example size")
-    export.add_argument("--set", **overrides)
+    export.add_argument("--set", **_OVERRIDES)
     export.set_defaults(handler=_export)
 
+
+def _add_analyses(commands: argparse._SubParsersAction) -> None:
+    """analyze: the paper's analyses (Tables 5–8, Fig. 4–5)."""
     analyze = commands.add_parser(
         "analyze", help="the paper's analyses: features, boundary-similarity, grid, sweep"
     )
@@ -495,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="config (default: the one saved in the checkpoint)")
     common.add_argument("--split", help="dataset split (default: data.val_split)")
     common.add_argument("--max-images", type=int, help="analyse the first N images only")
-    common.add_argument("--set", **overrides)
+    common.add_argument("--set", **_OVERRIDES)
     features = analyses.add_parser(
         "features", parents=[common], help="A, U, U_3, U_5 of the head inputs (Table 5)"
     )
@@ -529,9 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--param", required=True, help="dotted config key")
     sweep.add_argument("--values", nargs="+", required=True)
     sweep.add_argument("--out", help="JSON file with the table")
-    sweep.add_argument("--set", **overrides)
+    sweep.add_argument("--set", **_OVERRIDES)
     sweep.set_defaults(handler=_analyze_sweep)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
