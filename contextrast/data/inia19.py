@@ -187,30 +187,12 @@ def prepare_inia19(
         min_brain: slices whose brain covers less than this share of the slice are skipped.
         slab, val_every, gap: see :func:`slab_split`.
     """
-    try:
-        import nibabel
-    except ImportError:
-        raise RuntimeError(
-            "reading the INIA19 volumes needs nibabel: pip install nibabel "
-            "(or pip install 'contextrast[bench]')"
-        ) from None
-    source = Path(source)
-    paths = [source / T1_FILE, source / ATLAS_FILE]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found; it ships in Debian's mricron-data package "
-                "(apt-get install mricron-data) or pass --source DIR"
-            )
     unknown = sorted(set(orientations) - set(ORIENTATIONS))
     if unknown:
         raise ValueError(f"unknown orientation {unknown[0]!r}; choose from {list(ORIENTATIONS)}")
     out = Path(out)
-    _check_out(out, orientations)
-    t1 = _read_volume(nibabel, paths[0]).astype(np.float32)
-    atlas = _read_volume(nibabel, paths[1])
-    if t1.shape != atlas.shape:
-        raise ValueError(f"{paths[0]} is {t1.shape} but {paths[1]} is {atlas.shape}")
+    _check_out(out, orientations)  # before the seconds of reading the volumes
+    t1, atlas = _read_volumes(Path(source))
     brain = (t1 > 0) | (atlas > 0)
     regions, classes = inia19_classes(fold_hemispheres(atlas.astype(np.int64)), num_regions)
     # Outside the brain is a class; brain voxels the atlas leaves unlabelled are ignored.
@@ -228,29 +210,7 @@ def prepare_inia19(
         ]  # fmt: skip
         splits = slab_split(keep, slab, val_every, gap)
         root = out / orientation
-        owned = re.compile(rf"{orientation}_\d{{3,}}\.png")  # the names prepare writes
-        removed, foreign = 0, []
-        for split, indices in splits.items():
-            for kind in ("images", "labels"):
-                (root / kind / split).mkdir(parents=True, exist_ok=True)
-            written = {f"{orientation}_{i:03d}.png" for i in indices}
-            for i in indices:
-                name = f"{orientation}_{i:03d}.png"
-                Image.fromarray(_slice(image, axis, i), mode="L").save(
-                    root / "images" / split / name
-                )
-                Image.fromarray(_slice(labels, axis, i), mode="L").save(
-                    root / "labels" / split / name
-                )
-            for kind in ("images", "labels"):
-                for path in sorted((root / kind / split).iterdir()):
-                    if path.name in written:
-                        continue
-                    if owned.fullmatch(path.name) and path.is_file():
-                        path.unlink()  # a slice of an earlier build with other options
-                        removed += 1
-                    else:
-                        foreign.append(path)
+        removed, foreign = _write_slices(root, orientation, axis, splits, image, labels)
         (root / "classes.txt").write_text("\n".join(names) + "\n")
         (root / "CREDIT.txt").write_text(CREDIT)
         meta = {
@@ -269,6 +229,62 @@ def prepare_inia19(
             Inia19Split(orientation, len(splits["train"]), len(splits["val"]), removed, foreign)
         )
     return summary
+
+
+def _read_volumes(source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The T1 volume (float32) and the atlas of ``source``, of one shape, or one line."""
+    try:
+        import nibabel
+    except ImportError:
+        raise RuntimeError(
+            "reading the INIA19 volumes needs nibabel: pip install nibabel "
+            "(or pip install 'contextrast[bench]')"
+        ) from None
+    paths = [source / T1_FILE, source / ATLAS_FILE]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found; it ships in Debian's mricron-data package "
+                "(apt-get install mricron-data) or pass --source DIR"
+            )
+    t1 = _read_volume(nibabel, paths[0]).astype(np.float32)
+    atlas = _read_volume(nibabel, paths[1])
+    if t1.shape != atlas.shape:
+        raise ValueError(f"{paths[0]} is {t1.shape} but {paths[1]} is {atlas.shape}")
+    return t1, atlas
+
+
+def _write_slices(
+    root: Path,
+    orientation: str,
+    axis: int,
+    splits: dict[str, list[int]],
+    image: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[int, list[Path]]:
+    """Each split's slices as ``ROOT/{images,labels}/SPLIT/<orientation>_NNN.png``; an
+    earlier build's slices that this one does not write are removed. Returns (removed,
+    the other files found there)."""
+    owned = re.compile(rf"{orientation}_\d{{3,}}\.png")  # the names prepare writes
+    removed, foreign = 0, []
+    for split, indices in splits.items():
+        for kind in ("images", "labels"):
+            (root / kind / split).mkdir(parents=True, exist_ok=True)
+        written = {f"{orientation}_{i:03d}.png" for i in indices}
+        for i in indices:
+            name = f"{orientation}_{i:03d}.png"
+            Image.fromarray(_slice(image, axis, i), mode="L").save(root / "images" / split / name)
+            Image.fromarray(_slice(labels, axis, i), mode="L").save(root / "labels" / split / name)
+        for kind in ("images", "labels"):
+            for path in sorted((root / kind / split).iterdir()):
+                if path.name in written:
+                    continue
+                if owned.fullmatch(path.name) and path.is_file():
+                    path.unlink()  # a slice of an earlier build with other options
+                    removed += 1
+                else:
+                    foreign.append(path)
+    return removed, foreign
 
 
 class Inia19(Folder):
