@@ -340,15 +340,31 @@ class Trainer:
         self.dist = init_distributed(config.run.device)
         self.device = self.dist.device
         self.run_dir = config.run_dir
-        c = config
-        if c.data.batch_size % self.dist.world_size:
+        if config.data.batch_size % self.dist.world_size:
             raise ConfigError(
-                f"data.batch_size: {c.data.batch_size} does not split over "
+                f"data.batch_size: {config.data.batch_size} does not split over "
                 f"{self.dist.world_size} processes"
             )
-        self.batch_size = c.data.batch_size // self.dist.world_size
-        self.train_log = TrainLog(c, self.dist.is_main, self.dist.world_size, self.device)
+        self.batch_size = config.data.batch_size // self.dist.world_size
+        self.train_log = TrainLog(config, self.dist.is_main, self.dist.world_size, self.device)
         self.checkpoints = Checkpoints(self.run_dir, self.dist.is_main, self._state)
+        self._check_checkpoints(resume)
+        _seed_everything(config.run.seed + self.dist.rank)
+        self._build_data(resume)
+        self.net = self._build_net(resume)
+        self._build_optimisation()
+        self.start_iter = 0
+        self.best_miou = -math.inf
+        self._stop: str | None = None
+        self.changed_settings: list[str] = []
+        self._final_evaluation = False
+        if resume:
+            self._load(self.checkpoints.last)
+        if self.dist.is_main:
+            self._prepare_run_dir()
+
+    def _check_checkpoints(self, resume: bool) -> None:
+        """A resume needs last.pt; a new run never overwrites one; neither may be a folder."""
         last = self.checkpoints.last
         for path in (last, self.checkpoints.best):
             if path.exists() and not path.is_file():  # it would fail the first save
@@ -360,7 +376,10 @@ class Trainer:
                 f"run.name: {self.run_dir} already holds a checkpoint; pass --resume to continue "
                 "it or choose another run.name"
             )
-        _seed_everything(c.run.seed + self.dist.rank)
+
+    def _build_data(self, resume: bool) -> None:
+        """Both splits, and (with ``data.check_labels``) every label file read once."""
+        c = self.config
         self.train_set = build_split(c, c.data.train_split, train=True)
         self.val_set = build_split(c, c.data.val_split, train=False)
         self.class_pixels: list[int] | None = None  # without the scan: no head / tail mIoU
@@ -368,6 +387,11 @@ class Trainer:
             self._check_labels()
         elif not resume:  # a resume may take the checkpoint's counts
             self.train_log.say("no head / middle / tail mIoU: data.check_labels is off")
+
+    def _build_net(self, resume: bool) -> nn.Module:
+        """The model, its losses and their moving average, on the device (DDP when several
+        processes run); ``self.model``, ``self.contrast`` and ``self.ema`` are its parts."""
+        c = self.config
         num_classes = self.train_set.num_classes
         model = build_model(c, num_classes, pretrained=not resume)
         stride = max(model.feature_strides)
@@ -401,22 +425,18 @@ class Trainer:
             net = convert_sync_batchnorm(net, self.device)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
-        self.net = net
-        self.optimizer = build_optimizer(c, net.module if self.dist.world_size > 1 else net)
+        return net
+
+    def _build_optimisation(self) -> None:
+        """The optimiser's parameter groups, the poly schedule and the mixed precision."""
+        c = self.config
+        net = self.net.module if self.dist.world_size > 1 else self.net
+        self.optimizer = build_optimizer(c, net)
         self.scheduler = PolyLR(
             self.optimizer, c.optim.iters, c.optim.power, c.optim.warmup_iters, c.optim.warmup_ratio
         )
         self.amp_dtype = AMP_DTYPES.get(c.optim.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.optim.amp == "fp16")
-        self.start_iter = 0
-        self.best_miou = -math.inf
-        self._stop: str | None = None
-        self.changed_settings: list[str] = []
-        self._final_evaluation = False
-        if resume:
-            self._load(last)
-        if self.dist.is_main:
-            self._prepare_run_dir()
 
     @property
     def unlabelled_batches(self) -> int:
