@@ -361,6 +361,34 @@ def _any_image(folder: Path, stem: str) -> str:
     return f"{folder / stem}{first}, {', '.join(others[:-1])} or {others[-1]}"
 
 
+def _stem_pairs(
+    dataset: str, images_dir: Path, labels_dir: Path, split: str, strict: bool, suffix: str = ""
+) -> tuple[list[Item], list[str]]:
+    """The layout most sets share: ``images_dir/NAME.<image>`` with ``labels_dir/NAME.png``
+    (any image suffix, or only ``suffix``); returns the items and the problems found."""
+    problems: list[str] = []
+    images = [
+        p
+        for p in images_dir.iterdir()
+        if p.suffix.lower() == suffix or (not suffix and p.suffix.lower() in IMAGE_SUFFIXES)
+    ]
+    items = _pair(
+        images,
+        lambda image: labels_dir / f"{image.stem}.png",
+        dataset,
+        strict,
+        problems,
+        where=f"split {split!r} ({images_dir})",
+        labels=labels_dir.glob("*.png"),
+        image_for=lambda label: (
+            str(images_dir / f"{label.stem}{suffix}")
+            if suffix
+            else _any_image(images_dir, label.stem)
+        ),
+    )
+    return items, problems
+
+
 class Cityscapes(SegmentationDataset):
     """Cityscapes fine annotations.
 
@@ -458,17 +486,7 @@ class CamVid(SegmentationDataset):
         root = _require_root(root, self.name)
         images_dir = _require_dir(root / split, self.name, "ROOT/{split}/*.png")
         labels_dir = _require_dir(root / f"{split}annot", self.name, "ROOT/{split}annot/*.png")
-        problems: list[str] = []
-        items = _pair(
-            [p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES],
-            lambda image: labels_dir / f"{image.stem}.png",
-            self.name,
-            strict,
-            problems,
-            where=f"split {split!r} ({images_dir})",
-            labels=labels_dir.glob("*.png"),
-            image_for=lambda label: _any_image(images_dir, label.stem),
-        )
+        items, problems = _stem_pairs(self.name, images_dir, labels_dir, split, strict)
         super().__init__(items, transform, seed, problems)
 
 
@@ -609,17 +627,7 @@ class ADE20K(SegmentationDataset):
         labels_dir = _require_dir(
             root / "annotations" / folder, self.name, "ROOT/annotations/{training,validation}"
         )
-        problems: list[str] = []
-        items = _pair(
-            images_dir.glob("*.jpg"),
-            lambda image: labels_dir / f"{image.stem}.png",
-            self.name,
-            strict,
-            problems,
-            where=f"split {split!r} ({images_dir})",
-            labels=labels_dir.glob("*.png"),
-            image_for=lambda label: str(images_dir / f"{label.stem}.jpg"),
-        )
+        items, problems = _stem_pairs(self.name, images_dir, labels_dir, split, strict, ".jpg")
         super().__init__(items, transform, seed, problems)
 
 
@@ -663,17 +671,7 @@ class Folder(SegmentationDataset):
         self.lut = meta.lookup_table({**{i: i for i in range(len(classes))}, 255: 255})
         images_dir = _require_dir(root / "images" / split, self.name, "ROOT/images/{split}/*")
         labels_dir = _require_dir(root / "labels" / split, self.name, "ROOT/labels/{split}/*.png")
-        problems: list[str] = []
-        items = _pair(
-            [p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES],
-            lambda image: labels_dir / f"{image.stem}.png",
-            self.name,
-            strict,
-            problems,
-            where=f"split {split!r} ({images_dir})",
-            labels=labels_dir.glob("*.png"),
-            image_for=lambda label: _any_image(images_dir, label.stem),
-        )
+        items, problems = _stem_pairs(self.name, images_dir, labels_dir, split, strict)
         super().__init__(items, transform, seed, problems)
 
     def label_help(self) -> str:
