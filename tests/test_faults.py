@@ -323,8 +323,8 @@ def test_an_unknown_model_is_named_before_its_head(tmp_path, data, capsys):
     ("key", "value", "message"),
     [
         ("model.head_width", 0, "must be >= 1 or null"),
-        ("model.std", [0.2, 0, 0.2], "must be 3 values (R, G, B), each > 0"),
-        ("model.mean", [0.5, 0.5], "must be 3 values (R, G, B)"),
+        ("model.std", [0.2, 0, 0.2], "must be 3 values (R, G, B), each finite and > 0"),
+        ("model.mean", [0.5, 0.5], "must be 3 finite values (R, G, B)"),
         ("model.aux_weight", -1.0, "must be finite and >= 0"),
         ("model.aux_weight", float("inf"), "must be finite and >= 0"),
         ("data.num_workers", -1, "must be >= 0"),
