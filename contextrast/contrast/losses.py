@@ -27,6 +27,7 @@ from contextrast.functional.checks import (
     check_rank,
 )
 from contextrast.functional.loss import ContextrastTerms, check_options, contextrast_loss
+from contextrast.utils.distributed import world_size
 
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
 
@@ -80,12 +81,6 @@ def _positive(name: str, value: object, none: bool = False) -> int | None:
         expected = "an int >= 1" + (" or None" if none else "")
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return int(value)
-
-
-def _world_size() -> int:
-    """Processes of the default group (1 outside ``torch.distributed``)."""
-    available = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return torch.distributed.get_world_size() if available else 1
 
 
 class ContextrastLoss(nn.Module):
@@ -442,7 +437,7 @@ class ContextrastLoss(nn.Module):
 
     def _with_anchor_memory(self, terms: ContextrastTerms, weight: float) -> ContextrastTerms:
         """Contextrast++'s ``+ α · L_AA`` (eq. 10–12 of its text), then the push."""
-        if not self.global_anchors and _world_size() > 1:
+        if not self.global_anchors and world_size() > 1:
             raise ValueError(
                 "anchor_memory needs global_anchors=True under torch.distributed: each "
                 "process's own anchors would fill the queues differently on every process"

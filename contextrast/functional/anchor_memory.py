@@ -54,14 +54,13 @@ def anchor_anchor_loss(
             the module, which scores every class and masks the absent ones.
     """
     scores = queries @ memory.T / temperature  # (C, Q)
-    positive = classes.unsqueeze(1) == memory_classes.unsqueeze(0)  # (C, Q)
-    if mask is not None:
-        positive = positive & mask.unsqueeze(1)
+    own = classes.unsqueeze(1) == memory_classes.unsqueeze(0)  # (C, Q)
+    positive = own if mask is None else own & mask.unsqueeze(1)
     # Not a negative: the query's own class, or an empty slot (a masked-out class's
     # entries stay negatives for the others). A finite fill (scores lie in [−1/τ, 1/τ])
     # keeps the gradient of an all-masked row finite, where −inf would make it NaN;
     # exp(−1e4) is 0 in any float.
-    excluded = (classes.unsqueeze(1) == memory_classes.unsqueeze(0)) | ~_valid(memory_classes)
+    excluded = own | ~_valid(memory_classes)
     negatives = torch.logsumexp(scores.masked_fill(excluded, -1e4), dim=1)  # (C,)
     # −log(e^s / (e^s + e^L)) = softplus(L − s); with no negative it is softplus(−1e4) = 0.
     per_pair = F.softplus(negatives.unsqueeze(1) - scores) * positive  # (C, Q)

@@ -26,7 +26,7 @@ from contextrast.functional.checks import (
     is_finite,
     raise_if_nonfinite,
 )
-from contextrast.utils.distributed import sum_across_processes
+from contextrast.utils.distributed import sum_across_processes, world_size
 
 __all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "check_options", "contextrast_loss"]
 
@@ -193,7 +193,7 @@ def contextrast_loss(
     )
     n = logits.shape[1]
     device = target.device
-    world = _world_size(process_group) if global_anchors else 1
+    world = world_size(process_group) if global_anchors else 1
     if validate:
         check_labels(target, n, ignore_index, "target")
     with torch.no_grad():
@@ -345,13 +345,6 @@ def _keep_columns(
         position += sum(layer_kept)
         layer += len(group.counts)
     return out
-
-
-def _world_size(group) -> int:
-    """The processes of ``group`` under ``torch.distributed``; 1 without it."""
-    import torch.distributed as dist
-
-    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
 def _reduce_anchor_sums(

@@ -471,6 +471,11 @@ class _SumAcrossProcesses(torch.autograd.Function):
         return total, None
 
 
+def world_size(group=None) -> int:
+    """The processes of ``group`` (default: all) under ``torch.distributed``; 1 without it."""
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
 def sum_across_processes(tensor: torch.Tensor, group=None) -> torch.Tensor:
     """A new tensor: ``tensor`` summed over the processes of ``group`` (default: all), with a
     gradient; a copy on one process."""
