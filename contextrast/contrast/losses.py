@@ -260,9 +260,17 @@ class ContextrastLoss(nn.Module):
         self.bane_start_step = bane_start_step
         self.validate = validate
         anchor_memory = _positive("anchor_memory", anchor_memory, none=True)
-        self.memory = (
-            None if anchor_memory is None else ClassQueue(num_classes, anchor_memory, embed_dim)
-        )
+        try:
+            self.memory = (
+                None if anchor_memory is None else ClassQueue(num_classes, anchor_memory, embed_dim)
+            )
+        except RuntimeError:  # the allocator's own message is pages of C++
+            size = num_classes * anchor_memory * embed_dim * 4 / 2**30
+            raise ValueError(
+                f"anchor_memory={anchor_memory}: its queues need {size:.1f} GiB "
+                f"({num_classes} classes x {anchor_memory} x {embed_dim} floats); Contextrast++ "
+                "uses 100"
+            ) from None
 
     @property
     def scheduled(self) -> bool:

@@ -7,6 +7,7 @@ the number of workers or processes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -79,10 +80,14 @@ class TrainTransform:
             )
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
-        if len(color_jitter) != 4 or min(color_jitter) < 0:
+        if (
+            len(color_jitter) != 4
+            or not all(0 <= v < math.inf for v in color_jitter)
+            or color_jitter[3] > 0.5
+        ):
             raise ValueError(
-                "color_jitter must be (brightness, contrast, saturation, hue) >= 0, got "
-                f"{color_jitter}"
+                "color_jitter must be (brightness, contrast, saturation, hue), finite and >= 0, "
+                f"hue <= 0.5, got {color_jitter}"
             )
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))

@@ -888,7 +888,8 @@ class Trainer:
         weights = f" (EMA weights; trained weights {raw['miou']:.4f})" if raw else ""
         thirds = metrics.get("frequency_miou")
         by_frequency = (
-            ", head / middle / tail mIoU " + " / ".join(f"{v:.4f}" for v in thirds.values())
+            ", head / middle / tail mIoU "
+            + " / ".join("n/a" if v != v else f"{v:.4f}" for v in thirds.values())
             if thirds
             else ""
         )

@@ -53,6 +53,10 @@ def anchor_anchor_loss(
         mask: (C,) bool, the queries that count (all when ``None``): a fixed shape for
             the module, which scores every class and masks the absent ones.
     """
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
     scores = queries @ memory.T / temperature  # (C, Q)
     own = classes.unsqueeze(1) == memory_classes.unsqueeze(0)  # (C, Q)
     positive = own if mask is None else own & mask.unsqueeze(1)

@@ -395,6 +395,7 @@ def test_resize_labels_matches_interpolate_nearest():
         ({"global_anchors": None}, "global_anchors must be True or False, got None"),
         ({"detach_anchors": 1}, "detach_anchors must be True or False, got 1"),
         ({"validate": "maybe"}, "validate must be True or False, got 'maybe'"),
+        ({"anchor_memory": 10**12}, r"anchor_memory=1000000000000: its queues need .* GiB"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs, match):

@@ -307,6 +307,8 @@ def test_a_bad_augmentation_names_its_data_key(workspace):
         ("crop_size", [0, 0], r"data\.crop_size must be \(height, width\) > 0"),
         ("scale_range", [2.0, 1.0], r"data\.scale_range must be \(low, high\)"),
         ("color_jitter", [-1, 0, 0, 0], r"data\.color_jitter must be"),
+        ("color_jitter", [float("nan"), 0, 0, 0], r"data\.color_jitter must be .* finite"),
+        ("color_jitter", [0, 0, 0, 0.9], r"data\.color_jitter must be .* hue <= 0\.5"),
     ]:
         c = config(workspace)
         c["data"] = {**c["data"], key: value}

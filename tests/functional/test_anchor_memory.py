@@ -75,3 +75,13 @@ def test_empty_memory_gives_zero_with_a_finite_gradient():
     memory = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
     loss = fast.anchor_anchor_loss(queries, torch.arange(3), memory, labels, 0.1)
     assert loss.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_fast_form_checks_its_temperature_and_mask():
+    queries = F.normalize(torch.randn(2, 4, dtype=torch.float64), dim=1)
+    memory, labels = queries.clone(), torch.tensor([0, 1])
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            fast.anchor_anchor_loss(queries, torch.arange(2), memory, labels, bad)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor, got torch\.int64"):
+        fast.anchor_anchor_loss(queries, torch.arange(2), memory, labels, 0.1, torch.tensor([1, 0]))
