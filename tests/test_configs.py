@@ -20,8 +20,9 @@ def test_configs_are_up_to_date_and_cover_table_2():
         assert path.read_text() == text, f"{path} is stale: run make configs"
     # 3 models x 5 datasets x {CE, Contextrast, multi-/cross-scale}, pixel and region contrast
     # on Cityscapes, 2 Table 6 ablations on Cityscapes and CamVid, the 2 digits configs and
-    # the INIA19 benchmark's CE and Contextrast under its 4 schedules.
-    assert len(GENERATED) == 45 + 2 + 4 + 2 + 2 * 4
+    # the INIA19 benchmark's CE and Contextrast under its 4 schedules; Contextrast++ on every
+    # model and dataset (its Table III) and its 3 Table VIII ablations on Cityscapes HRNet.
+    assert len(GENERATED) == 45 + 2 + 4 + 2 + 2 * 4 + 15 + 3
     names = {f"{p.parent.name}/{p.stem}" for p in GENERATED}
     assert {
         "cityscapes/hrnetv2_w48_pixel_contrast",
@@ -30,6 +31,8 @@ def test_configs_are_up_to_date_and_cover_table_2():
         "coco_stuff/ocrnet_hrnetv2_w48_ce",
         "inia19/contextrast",
         "inia19/ce_adamw_plateau",
+        "pascal_context/ocrnet_hrnetv2_w48_contextrast_pp",
+        "cityscapes/hrnetv2_w48_contextrast_pp_fusion",
     } <= names
 
 

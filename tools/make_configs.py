@@ -73,6 +73,13 @@ PAPER_HEADER = """\
 # Resume:  the same with --resume.   Evaluate: contextrast eval {path} --checkpoint RUN/best.pt
 """
 
+PP_HEADER = """\
+# Contextrast++ (arXiv 2608.22679) instead of the λ above: λ = (0.1, 0.3, 0.7, 1.0) (its
+# eq. 5); adaptive anchor fusion, class-balanced anchor memory K_M = 100, L = L_CE +
+# α(L_PA + L_AA). Its d = 256 is only implied; the library's default 128 here. Readings:
+# docs/method.md.
+"""
+
 DIGITS_HEADER = """\
 # {title}
 # The CPU demo (make demo): real MNIST digits composed into scenes (built in), an
@@ -111,6 +118,7 @@ INIA19_SCHEDULES = {
 }
 
 
+PP = {"layer_weights": [0.1, 0.3, 0.7, 1.0]}
 #: extra loss settings per variant (file suffix → (loss.name, loss section settings, title))
 VARIANTS = {
     "ce": ("ce", {}, "CE baseline"),
@@ -128,16 +136,49 @@ VARIANTS = {
         {"contrast": {"negatives": "semi_hard"}},
         "CCL + semi-hard negatives (Table 6)",
     ),
+    # Contextrast++ (its Table III; λ as its eq. 5 gives them), and Table VIII's ablations
+    "contextrast_pp": (
+        "contextrast",
+        {"contrast": {**PP, "anchor_fusion": "adaptive", "anchor_memory": 100}},
+        "Contextrast++ (adaptive fusion + anchor memory)",
+    ),
+    "contextrast_pp_fusion": (
+        "contextrast",
+        {"contrast": {**PP, "anchor_fusion": "adaptive"}},
+        "Contextrast++ fusion only (its Table VIII)",
+    ),
+    "contextrast_pp_memory": (
+        "contextrast",
+        {"contrast": {**PP, "anchor_memory": 100}},
+        "Contextrast++ anchor memory only (its Table VIII)",
+    ),
+    "contextrast_pp_semi_hard": (
+        "contextrast",
+        {
+            "contrast": {
+                **PP,
+                "anchor_fusion": "adaptive",
+                "anchor_memory": 100,
+                "negatives": "semi_hard",
+            }
+        },
+        "Contextrast++ with semi-hard negatives (its Table VIII)",
+    ),
 }
 #: which variants each model/dataset gets: the rows of Tables 2 and 6 this codebase trains
 ROWS = {
-    (dataset, model): ["ce", "contextrast", "ms_cs"] for dataset in DATASETS for model in MODELS
+    (dataset, model): ["ce", "contextrast", "ms_cs", "contextrast_pp"]
+    for dataset in DATASETS
+    for model in MODELS
 }
 ROWS[("cityscapes", "hrnetv2_w48")] += [
     "pixel_contrast",
     "region_contrast",
     "contextrast_ccl",
     "contextrast_ccl_semi_hard",
+    "contextrast_pp_fusion",
+    "contextrast_pp_memory",
+    "contextrast_pp_semi_hard",
 ]
 ROWS[("camvid", "hrnetv2_w48")] += ["contextrast_ccl", "contextrast_ccl_semi_hard"]
 
@@ -257,6 +298,8 @@ def files() -> dict[Path, str]:
                     protocol=protocol,
                     path=path.relative_to(ROOT.parent),
                 )
+                if variant.startswith("contextrast_pp"):
+                    header += PP_HEADER
                 out[path] = render(paper_config(dataset, model, variant), header)
     for loss in ("ce", "contextrast"):
         path = ROOT / "digits" / f"{loss}.yaml"

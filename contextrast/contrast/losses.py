@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contextrast.contrast.fusion import AnchorFusion
 from contextrast.contrast.memory import ClassQueue
 from contextrast.contrast.projection import (
     NonFiniteError,
@@ -32,6 +33,7 @@ from contextrast.utils.distributed import world_size
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
 
 NEGATIVE_SAMPLERS = {"bane": BaneSampler, "semi_hard": SemiHardSampler}
+ANCHOR_FUSIONS = ("fixed", "adaptive")
 
 
 def _check_channels(in_channels: Sequence[int]) -> list[int]:
@@ -142,6 +144,11 @@ class ContextrastLoss(nn.Module):
             class's FIFO queue. The queues are buffers: in ``state_dict``, checkpoints and
             resume, on the loss's device. A class with an empty queue adds no term, so the
             first steps are plain Contextrast. Readings: docs/method.md.
+        anchor_fusion: ``"fixed"``: ``Â_i = (1 − w_high)·A_i + w_high·A_I`` (Contextrast);
+            ``"adaptive"``: Contextrast++'s learned fusion ``â_i = MLP_i(F_i(a_I) ⊕
+            F_i(a_i))`` (:class:`~contextrast.contrast.fusion.AnchorFusion`, one module per
+            lower layer, trained with the projection heads; ``w_high`` is then unused).
+            Readings: docs/method.md.
         validate: per call, check the label values and that the loss is finite (two host
             synchronisations; a non-finite loss then names the bad feature map). The trainer
             turns it off: it checks the labels once before training and watches the loss on
@@ -180,6 +187,7 @@ class ContextrastLoss(nn.Module):
         ramp_steps: int = 0,
         bane_start_step: int = 0,
         anchor_memory: int | None = None,
+        anchor_fusion: Literal["fixed", "adaptive"] = "fixed",
         validate: bool = True,
     ):
         super().__init__()
@@ -221,6 +229,15 @@ class ContextrastLoss(nn.Module):
                 f"negatives must be one of {sorted(NEGATIVE_SAMPLERS)} or a PixelSampler "
                 f"instance (contextrast.contrast.sampling), got {type(negatives).__name__}"
             )
+        if anchor_fusion not in ANCHOR_FUSIONS:
+            raise ValueError(
+                f"unknown anchor_fusion {anchor_fusion!r}; choose from {list(ANCHOR_FUSIONS)}"
+            )
+        if anchor_fusion == "adaptive" and len(in_channels) < 2:
+            raise ValueError(
+                "anchor_fusion='adaptive' fuses the lower layers' anchors with the last "
+                f"layer's: it needs 2 layers or more, got {len(in_channels)}"
+            )
         ratio = getattr(negatives, "ratio", None)
         if ratio is not None and bane_ratio not in (0, ratio):
             # Its own K picks; a different bane_ratio would be reported but not used.
@@ -259,6 +276,10 @@ class ContextrastLoss(nn.Module):
         self.start_step, self.ramp_steps = start_step, ramp_steps
         self.bane_start_step = bane_start_step
         self.validate = validate
+        self.anchor_fusion = anchor_fusion
+        self.fusion = (
+            AnchorFusion(len(in_channels) - 1, embed_dim) if anchor_fusion == "adaptive" else None
+        )
         anchor_memory = _positive("anchor_memory", anchor_memory, none=True)
         try:
             self.memory = (
@@ -308,6 +329,7 @@ class ContextrastLoss(nn.Module):
                 else ""
             )
             + (f", anchor_memory={self.memory.size}" if self.memory is not None else "")
+            + (f", anchor_fusion={self.anchor_fusion!r}" if self.fusion is not None else "")
         )
 
     def forward(
@@ -438,6 +460,7 @@ class ContextrastLoss(nn.Module):
             detach_anchors=self.detach_anchors,
             global_anchors=self.global_anchors,
             validate=self.validate,
+            fusion=None if self.fusion is None else self.fusion.weights(),
         )
         if self.memory is None:
             return terms

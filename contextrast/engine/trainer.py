@@ -524,6 +524,15 @@ class Trainer:
                     f"{section}.{key}: {now!r} differs from {before!r} in the checkpoint {path}"
                     f"{why}"
                 )
+        if self.config.loss.name == "contextrast":
+            before = _at(saved, "loss.contrast.anchor_fusion") or "fixed"  # older checkpoints
+            now = self.config.loss.contrast.anchor_fusion
+            if before != now:
+                raise ConfigError(
+                    f"loss.contrast.anchor_fusion: {now!r} differs from {before!r} in the "
+                    f"checkpoint {path}: the fusion modules' weights and optimiser state "
+                    "would be missing or left over; start a new run"
+                )
         check_compatible(state, path, self.config, self.train_set.num_classes)
         classes = list(self.train_set.classes)
         if state.get("classes") not in (None, classes) and not self.accept_changes:

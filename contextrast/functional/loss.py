@@ -26,6 +26,7 @@ from contextrast.functional.checks import (
     is_finite,
     raise_if_nonfinite,
 )
+from contextrast.functional.fusion import FusionWeights, adaptive_fuse
 from contextrast.utils.distributed import sum_across_processes, world_size
 
 __all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "check_options", "contextrast_loss"]
@@ -134,6 +135,7 @@ def contextrast_loss(
     validate: bool = True,
     process_group=None,
     sizes: Sequence[tuple[int, int]] | None = None,
+    fusion: FusionWeights | None = None,
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
     :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
@@ -165,6 +167,8 @@ def contextrast_loss(
             them); ``False`` when the caller checked them before training.
         process_group: the processes of ``global_anchors`` (default: all).
         sizes: the (h_i, w_i) of the layers when ``embeddings`` is a function.
+        fusion: Contextrast++'s adaptive fusion's parameters (:func:`~.fusion.adaptive_fuse`
+            replaces ``w_high``'s fixed fusion); ``None``: the fixed fusion.
     """
     lazy = callable(embeddings)
     if lazy and sizes is None:
@@ -250,7 +254,12 @@ def contextrast_loss(
         one = B.constant(1.0, dtype, device)
         anchors = sums / torch.maximum(counts, one).transpose(0, 1).unsqueeze(2)  # (I, N, d)
         present = counts.select(1, -1) >= one  # (N,) the classes of the last layer
-        fused = B.fuse_anchors(anchors, present, w_high, normalize_anchors)
+        if fusion is None:
+            fused = B.fuse_anchors(anchors, present, w_high, normalize_anchors)
+        else:
+            # in the anchors' dtype: float32 at least, outside the caller's autocast
+            fusion = FusionWeights(*(w if w.dtype == dtype else w.to(dtype) for w in fusion))
+            fused = adaptive_fuse(anchors, counts, fusion, normalize_anchors)
         if detach_anchors:
             fused = fused.detach()
         if max_pixels is not None:

@@ -30,6 +30,7 @@ from contextrast.functional.checks import (
 )
 
 __all__ = [
+    "adaptive_updated_anchors",
     "anchor_anchor_loss",
     "bane_select",
     "class_error_maps",
@@ -41,6 +42,7 @@ __all__ = [
     "pa_loss",
     "pixel_anchor_loss",
     "quota",
+    "refine_anchor",
     "representative_anchors",
     "semi_hard_select",
     "total_loss",
@@ -374,6 +376,7 @@ def contextrast_loss(
     ignore_index: int,
     hard_negatives: str,
     normalize_anchors: bool,
+    fusion=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole contrastive term ``α·L_PA`` (eq. 1–4 and BANE), layer by layer, without the
     random per-anchor sampling (the fast path's ``max_positives = max_negatives = None``).
@@ -390,6 +393,9 @@ def contextrast_loss(
         embeddings: I maps (B, d, h_i, w_i), the projection heads' outputs (unnormalised).
         logits: (B, N, h, w) the segmentation output (only its argmax is used).
         target: (B, H, W) ground truth, ``ignore_index`` allowed.
+        fusion: Contextrast++'s adaptive fusion, a
+            :class:`~contextrast.functional.fusion.FusionWeights` (:func:`adaptive_updated_anchors`
+            replaces §3.2's fixed one); ``None``: the fixed fusion.
 
     Returns:
         loss α·Σ λ_i L_PA,i (scalar, with gradient); layer_losses (I,) the L_PA,i;
@@ -413,7 +419,10 @@ def contextrast_loss(
     anchors, present = zip(
         *(representative_anchors(vi, gi, n, ignore_index) for vi, gi in zip(v, g))
     )
-    fused = updated_anchors(anchors, w_high, present[-1], normalize_anchors)
+    if fusion is None:
+        fused = updated_anchors(anchors, w_high, present[-1], normalize_anchors)
+    else:
+        fused = adaptive_updated_anchors(anchors, fusion, present, normalize_anchors)
     layer_losses, hard_counts = [], []
     for a, vi, gi, yi in zip(fused, v, g, y):
         errors = class_error_maps(yi, gi, n, ignore_index)  # (B, N, h, w)
@@ -499,3 +508,63 @@ def anchor_anchor_loss(
             continue
         terms.append(info_nce(query, positives, memory[memory_classes != c], temperature))
     return torch.stack(terms).mean() if terms else queries.sum() * 0.0
+
+
+# Contextrast++'s adaptive fusion (eq. 3 of its text). Readings (docs/method.md): F is one
+# head of self-attention whose tokens are the d channels of one anchor vector, each channel j
+# scoring every channel k by q_j·k_k/√d with q = W_q·a, k = W_k·a, v = W_v·a; each lower layer
+# has its own module M_i (F and MLP), whose F refines both a_I and a_i; the MLP is
+# Linear(2d, h) → GELU → Linear(h, d); the last layer is not fused (â_I = a_I).
+
+
+def refine_anchor(anchor: torch.Tensor, query, key, value) -> torch.Tensor:
+    """F of eq. 3: ``F(a)_j = Σ_k softmax_k(q_j·k_k/√d)·v_k``.
+
+    Args:
+        anchor: (d,) one anchor vector a.
+        query, key, value: (d, d) W_q, W_k, W_v.
+
+    Returns:
+        (d,).
+    """
+    q, k, v = query @ anchor, key @ anchor, value @ anchor  # (d,) each
+    attention = torch.softmax(torch.outer(q, k) / math.sqrt(anchor.shape[0]), dim=1)  # (d, d)
+    return attention @ v
+
+
+def adaptive_updated_anchors(
+    anchors: Sequence[torch.Tensor],
+    weights,
+    present: Sequence[torch.Tensor],
+    normalize: bool = False,
+) -> list[torch.Tensor]:
+    """Eq. 3 of Contextrast++: ``â_i^n = MLP_i(F_i(a_I^n) ⊕ F_i(a_i^n))`` for n ∈ N_i ∩ N_I,
+    ``â_i^n = a_i^n`` otherwise; ``Â_I = A_I``.
+
+    Args:
+        anchors: I tensors (N, d), A_1 … A_I, lowest layer first.
+        weights: a :class:`~contextrast.functional.fusion.FusionWeights`, module i's
+            parameters at index i of each field.
+        present: I tensors (N,) bool, N_i.
+        normalize: L2-normalise each Â_i^n.
+
+    Returns:
+        I tensors (N, d).
+    """
+    last = anchors[-1]
+    fused = []
+    for i, a in enumerate(anchors[:-1]):
+        rows = []
+        for n in range(a.shape[0]):
+            if not (bool(present[i][n]) and bool(present[-1][n])):
+                rows.append(a[n])
+                continue
+            pair = [
+                refine_anchor(x, weights.query[i], weights.key[i], weights.value[i])
+                for x in (last[n], a[n])
+            ]
+            hidden = F.gelu(weights.hidden[i] @ torch.cat(pair) + weights.hidden_bias[i])
+            rows.append(weights.out[i] @ hidden + weights.out_bias[i])
+        fused.append(torch.stack(rows))
+    fused.append(last)
+    return [F.normalize(a, dim=1) for a in fused] if normalize else fused

@@ -538,6 +538,13 @@ def test_the_loss_waits_for_the_host_at_most_twice():
     unchecked = operators()
     assert sum(n in syncs for n in unchecked) == 0
     assert len(unchecked) < len(names)
+    # Contextrast++'s parts add operators, and no wait: 1,559 with both (docs/method.md).
+    loss = ContextrastLoss(
+        19, [s[0] for s in shapes], anchor_fusion="adaptive", anchor_memory=100, validate=False
+    )
+    loss(features, logits, target).backward()  # the memory holds anchors: L_AA runs
+    plus = operators()
+    assert sum(n in syncs for n in plus) == 0 and len(unchecked) < len(plus) <= 1600
 
 
 @pytest.mark.parametrize("embed_dim", [3, 8])  # 8 > hidden + 1: the large layer is factored
@@ -729,3 +736,38 @@ def test_the_anchor_term_leaves_the_callers_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = loss._with_anchor_memory(terms, 1.0).anchor_loss
     assert got.dtype == torch.float32 and got.item() == want.item() > 0
+
+
+def test_adaptive_fusion_is_the_module_s_own_trained_part():
+    from contextrast.functional import reference as R
+
+    features, logits, target = make_inputs()
+    args = {"embed_dim": 8, "layer_weights": (0.4, 1.0), "max_positives": None,
+            "max_negatives": None, "bane_ratio": 0.0}  # fmt: skip
+    fixed = ContextrastLoss(N, [4, 6], **args).double()
+    assert fixed.fusion is None and not any("fusion" in k for k in fixed.state_dict())
+    adaptive = ContextrastLoss(N, [4, 6], **args, anchor_fusion="adaptive").double()
+    adaptive.heads.load_state_dict(fixed.heads.state_dict())
+    assert "anchor_fusion='adaptive'" in repr(adaptive)
+    assert {k for k in adaptive.state_dict() if k.startswith("fusion.")} == {
+        f"fusion.{name}" for name in ("query", "key", "value", "hidden", "hidden_bias", "out",
+                                      "out_bias")
+    }  # fmt: skip
+    adaptive.eval()  # the heads as plain functions, for the reference
+    got = adaptive.terms(features, logits, target)
+    embeddings = [head.net(f) for head, f in zip(adaptive.heads, features)]
+    want, _, _ = R.contextrast_loss(
+        embeddings, logits, target, temperature=0.1, layer_weights=(0.4, 1.0), w_high=0.7,
+        bane_ratio=0.0, loss_weight=0.1, ignore_index=255, hard_negatives="add",
+        normalize_anchors=True, fusion=adaptive.fusion.weights(),
+    )  # fmt: skip
+    assert got.loss.item() == pytest.approx(want.item(), rel=1e-9)
+    assert got.loss.item() != pytest.approx(
+        fixed.eval().terms(features, logits, target).loss.item()
+    )
+    got.loss.backward()  # the fusion learns from the pixel-anchor loss
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adaptive.fusion.parameters())
+    with pytest.raises(ValueError, match=r"unknown anchor_fusion 'learned'; choose from \['fixed'"):
+        ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), anchor_fusion="learned")
+    with pytest.raises(ValueError, match=r"anchor_fusion='adaptive' .* needs 2 layers or more"):
+        ContextrastLoss(N, [6], layer_weights=(1.0,), anchor_fusion="adaptive")

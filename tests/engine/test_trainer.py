@@ -725,3 +725,22 @@ def test_resume_keeps_the_class_counts_and_an_accepted_memory_change_starts_it_e
     assert int(trainer.contrast.memory.count.sum()) == 0
     trainer.fit()
     assert int(trainer.contrast.memory.count.max()) == 2
+
+
+def test_adaptive_fusion_trains_in_the_contrast_group_and_a_resume_may_not_switch_it(workspace):
+    c = config(workspace, optim={"iters": 2}, train={"checkpoint_interval": 2})
+    c["loss"]["contrast"] = {**c["loss"].get("contrast", {}), "anchor_fusion": "adaptive"}
+    trainer = Trainer(config_from_dict(c))
+    fusion = {id(p) for p in trainer.contrast.fusion.parameters()}
+    groups = {(g["role"], g["kind"]): {id(p) for p in g["params"]} for g in
+              trainer.optimizer.param_groups}  # fmt: skip
+    assert fusion <= groups[("contrast", "weight")] | groups[("contrast", "bias")]
+    before = {k: v.clone() for k, v in trainer.contrast.fusion.state_dict().items()}
+    trainer.fit()
+    saved = ckpt.load_checkpoint(workspace / "runs" / "run" / "last.pt")["contrast"]
+    assert not torch.equal(saved["fusion.query"], before["query"])  # trained and saved
+    fixed = {**c, "loss": {**c["loss"], "contrast": {**c["loss"]["contrast"],
+                                                     "anchor_fusion": "fixed"}}}  # fmt: skip
+    for accept in (False, True):
+        with pytest.raises(ConfigError, match=r"loss\.contrast\.anchor_fusion: 'fixed' differs "):
+            Trainer(config_from_dict(fixed), resume=True, accept_changes=accept)
