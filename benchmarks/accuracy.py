@@ -158,6 +158,23 @@ def reading(history: list[dict], protocol: str) -> dict[str, float] | None:
     return scored
 
 
+def missing_tails(results: dict[str, dict[int, dict]]) -> str | None:
+    """The runs without a tail reading, said in one line (the table's tail column is then
+    short or absent: said rather than dropped without a word); None if every run has one."""
+    missing = [
+        f"{name} seed {seed}"
+        for name, by_seed in results.items()
+        for seed, scores in sorted(by_seed.items())
+        if "tail_miou" not in scores
+    ]
+    if not missing:
+        return None
+    return (
+        f"tail mIoU: none for {', '.join(missing)} (a run from before the thirds, or a tail "
+        "third whose classes are in neither ground truth nor prediction: null)"
+    )
+
+
 def summary(values: list[float]) -> str:
     spread = sd([v * 100 for v in values])
     return f"{statistics.mean(values) * 100:.2f} ± {shown(spread)}"
@@ -345,11 +362,16 @@ def main(argv: list[str] | None = None) -> None:
             row["tail_miou"] = [by_seed[s]["tail_miou"] for s in seeds]
             d_tail = [by_seed[s]["tail_miou"] - results[reference][s]["tail_miou"] for s in seeds]
             extra = f"{summary(row['tail_miou']):>16}{summary(d_tail):>16}"
+        elif tails:
+            extra = f"{'n/a':>16}{'n/a':>16}"
         print(
             f"{name:<18}{summary(miou):>16}{summary(band):>16}{summary(d_miou):>16}{summary(d_band):>16}{seconds:>8.3f}"
             + extra
         )
         rows.append(row)
+    note = missing_tails(results)
+    if note:
+        print(note)
     if args.noise:
         print_noise(histories, reference)
     if out is None:

@@ -51,6 +51,16 @@ METHODS = {
     "contextrast_semi_hard": lambda n, ch: ContextrastLoss(
         n, ch, negatives="semi_hard", validate=False
     ),
+    # Contextrast++ (issue 30): its two parts alone and together
+    "contextrast_pp": lambda n, ch: ContextrastLoss(
+        n, ch, anchor_fusion="adaptive", anchor_memory=100, validate=False
+    ),
+    "contextrast_pp_fusion": lambda n, ch: ContextrastLoss(
+        n, ch, anchor_fusion="adaptive", validate=False
+    ),
+    "contextrast_pp_memory": lambda n, ch: ContextrastLoss(
+        n, ch, anchor_memory=100, validate=False
+    ),
     "pixel_contrast": lambda n, ch: PixelContrastLoss(n, ch),
     "pixel_contrast_memory": lambda n, ch: PixelContrastMemory(PixelContrastLoss(n, ch)),
     "ms_cs": lambda n, ch: MultiScaleCrossScaleLoss(n, ch),

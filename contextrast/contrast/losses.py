@@ -194,6 +194,10 @@ class ContextrastLoss(nn.Module):
         start_step = _count("start_step", start_step)
         ramp_steps = _count("ramp_steps", ramp_steps)
         bane_start_step = _count("bane_start_step", bane_start_step)
+        try:  # any integer type (a NumPy count from a dataset too), not a bool
+            num_classes = _count("num_classes", num_classes)
+        except ValueError:
+            pass  # the message below says what is expected
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         in_channels = _check_channels(in_channels)

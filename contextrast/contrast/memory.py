@@ -64,8 +64,17 @@ class ClassQueue(nn.Module):
         """At most one key per class, without a host synchronisation: row c of ``keys``
         (N, D) goes into class c's queue where ``present`` (N,) bool says so. Every process
         must push the same keys for the queues to stay identical under DDP (Contextrast's
-        global anchors are)."""
-        rows = torch.arange(self.keys.shape[0], device=self.keys.device)
+        global anchors are). A row with a NaN or inf is not pushed: a caller that skips a
+        bad batch keeps a clean memory."""
+        n, _, d = self.keys.shape
+        if not (torch.is_tensor(keys) and tuple(keys.shape) == (n, d)):
+            got = tuple(keys.shape) if torch.is_tensor(keys) else type(keys).__name__
+            raise ValueError(f"push_rows: keys must have shape (N, D) = {(n, d)}, got {got}")
+        if not (torch.is_tensor(present) and present.dtype == torch.bool and present.shape == (n,)):
+            got = f"{present.dtype} {tuple(present.shape)}" if torch.is_tensor(present) else present
+            raise ValueError(f"push_rows: present must be a bool tensor of shape ({n},), got {got}")
+        present = present & torch.isfinite(keys).all(dim=1)  # on the device: no host sync
+        rows = torch.arange(n, device=self.keys.device)
         slot = self.keys[rows, self.pointer]  # (N, D): what the pointer's slot holds now
         self.keys[rows, self.pointer] = torch.where(
             present.unsqueeze(1), keys.to(self.keys.dtype), slot

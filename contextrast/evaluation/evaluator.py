@@ -6,7 +6,7 @@ Every statistic is a sum, so per-rank evaluators reduce with one ``all_reduce`` 
 from __future__ import annotations
 
 import math
-import numbers
+import reprlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +21,7 @@ from contextrast.evaluation.metrics import (
     frequency_miou,
     mean_iou,
     pixel_accuracy,
+    pixel_counts,
 )
 from contextrast.models import Segmentor
 from contextrast.utils.distributed import all_reduce_sum
@@ -83,14 +84,17 @@ class Evaluator:
         self.train_to_label = list(train_to_label)
         self.categories = list(categories)
         self.avg_class_size = avg_class_size or CITYSCAPES_AVG_CLASS_SIZE
-        if class_pixels is not None and (
-            len(class_pixels) != len(self.class_names)
-            or not all(isinstance(v, numbers.Integral) and v >= 0 for v in class_pixels)
-        ):
-            raise ValueError(
-                f"class_pixels must be {len(self.class_names)} ints >= 0 (training pixels per "
-                f"class), got {list(class_pixels)[:8]}"
-            )
+        if class_pixels is not None:
+            try:
+                counts = pixel_counts(class_pixels)
+            except ValueError:
+                counts = None
+            if counts is None or len(counts) != len(self.class_names):
+                raise ValueError(
+                    f"class_pixels must be {len(self.class_names)} ints >= 0 (training pixels "
+                    f"per class: a list, an array or a tensor), got {reprlib.repr(class_pixels)}"
+                )
+            class_pixels = counts
         # thirds of fewer than three classes would hold nothing: no thirds then
         enough = class_pixels is not None and len(class_pixels) >= 3
         self.class_pixels = [int(v) for v in class_pixels] if enough else None

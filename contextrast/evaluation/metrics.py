@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -28,6 +29,7 @@ __all__ = [
     "mean_iou",
     "metrics_json",
     "pixel_accuracy",
+    "pixel_counts",
 ]
 
 
@@ -101,6 +103,22 @@ def mean_iou(confusion: torch.Tensor) -> IoU:
 FREQUENCY_GROUPS = ("head", "middle", "tail")
 
 
+def pixel_counts(pixels: Sequence[int]) -> list[int]:
+    """``pixels`` as a list of ints >= 0 (Python, NumPy or tensor integers; not bools), or a
+    one-line ValueError."""
+    values = pixels.tolist() if hasattr(pixels, "tolist") else pixels
+    try:
+        values = list(values)
+    except TypeError:
+        values = None
+    if values is None or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        shown = values[:8] if values is not None else pixels
+        raise ValueError(f"pixels must be ints >= 0, one per class (training pixels), got {shown}")
+    return [int(v) for v in values]
+
+
 def frequency_groups(pixels: Sequence[int]) -> dict[str, list[int]]:
     """The classes in thirds by their training pixels (Contextrast++'s Table IV): ``head``
     the most frequent third, ``tail`` the rarest. Ties go to the lower class id first; with
@@ -108,6 +126,7 @@ def frequency_groups(pixels: Sequence[int]) -> dict[str, list[int]]:
 
     pixels: (N,) pixels of each class in the training split.
     """
+    pixels = pixel_counts(pixels)
     order = sorted(range(len(pixels)), key=lambda c: (-pixels[c], c))
     n = len(order)
     sizes = [n // 3 + (1 if k < n % 3 else 0) for k in range(3)]

@@ -100,3 +100,8 @@ def test_accuracy_reads_the_tail_third_where_the_runs_report_it():
     old = {"miou": 0.5, "boundary_miou": {"5": 0.4}}
     assert "tail_miou" not in accuracy.reading([old], "final")
     assert "tail_miou" not in accuracy.reading([entry(0.4, None)], "final")
+    # and the table says which runs lack it
+    results = {"ce": {0: {"tail_miou": 0.3}, 1: {}}, "contextrast": {0: {"tail_miou": 0.2}}}
+    note = accuracy.missing_tails(results)
+    assert note.startswith("tail mIoU: none for ce seed 1 (") and "contextrast" not in note
+    assert accuracy.missing_tails({"ce": {0: {"tail_miou": 0.3}}}) is None

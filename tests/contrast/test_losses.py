@@ -538,7 +538,7 @@ def test_the_loss_waits_for_the_host_at_most_twice():
     unchecked = operators()
     assert sum(n in syncs for n in unchecked) == 0
     assert len(unchecked) < len(names)
-    # Contextrast++'s parts add operators, and no wait: 1,559 with both (docs/method.md).
+    # Contextrast++'s parts add operators, and no wait: 1,575 with both (docs/method.md).
     loss = ContextrastLoss(
         19, [s[0] for s in shapes], anchor_fusion="adaptive", anchor_memory=100, validate=False
     )
@@ -771,3 +771,15 @@ def test_adaptive_fusion_is_the_module_s_own_trained_part():
         ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), anchor_fusion="learned")
     with pytest.raises(ValueError, match=r"anchor_fusion='adaptive' .* needs 2 layers or more"):
         ContextrastLoss(N, [6], layer_weights=(1.0,), anchor_fusion="adaptive")
+
+
+def test_num_classes_takes_any_integer_type_and_refuses_the_rest():
+    import numpy as np
+
+    assert ContextrastLoss(np.int64(3), [4, 6], layer_weights=(0.4, 1.0)).num_classes == 3
+    assert (
+        type(ContextrastLoss(torch.tensor(3), [4, 6], layer_weights=(0.4, 1.0)).num_classes) is int
+    )
+    for bad in (1, True, 3.0, "3", None):
+        with pytest.raises(ValueError, match=r"num_classes must be an int >= 2, got"):
+            ContextrastLoss(bad, [4, 6], layer_weights=(0.4, 1.0))

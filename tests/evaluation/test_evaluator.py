@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,8 +86,11 @@ def test_training_pixel_thirds_are_reported_beside_miou():
     # IoU a 1, b 2 / 3, c 1 / 2
     assert result["frequency_miou"] == pytest.approx({"head": 1.0, "middle": 2 / 3, "tail": 0.5})
     assert "frequency_miou" not in Evaluator(["a", "b"]).compute()
-    for bad in ([1, 2], [1, -2, 3], [1, float("nan"), 3], ["a", 2, 3]):
+    for bad in ([1, 2], [1, -2, 3], [1, float("nan"), 3], ["a", 2, 3], [True, 2, 3], 7):
         with pytest.raises(ValueError, match=r"class_pixels must be 3 ints >= 0 \(training"):
             Evaluator(["a", "b", "c"], class_pixels=bad)
+    # a tensor or an array of counts is taken as the list
+    for counts in (torch.tensor([90, 9, 1]), np.array([90, 9, 1])):
+        assert Evaluator(["a", "b", "c"], class_pixels=counts).class_pixels == [90, 9, 1]
     # two classes make no thirds: none reported rather than an always-NaN tail
     assert "frequency_miou" not in Evaluator(["a", "b"], class_pixels=[5, 1]).compute()

@@ -123,6 +123,10 @@ def test_frequency_groups_split_the_classes_in_thirds_by_training_pixels():
     # order: 9 (1000), 1 (900), 3 (400), 6 (300) | 5 (70), 0 (50), 2 (10) | 7, 8 (5), 4 (0)
     assert groups == {"head": [1, 3, 6, 9], "middle": [0, 2, 5], "tail": [4, 7, 8]}
     assert metrics.frequency_groups([3, 2]) == {"head": [0], "middle": [1], "tail": []}
+    assert metrics.frequency_groups(torch.tensor([1, 3, 2]))["head"] == [1]
+    for bad in ([1, -1, 2], [1.5, 2, 3], [True, 1, 2], None):
+        with pytest.raises(ValueError, match=r"pixels must be ints >= 0, one per class"):
+            metrics.frequency_groups(bad)
 
 
 def test_frequency_miou_means_each_third_over_its_occurring_classes():
