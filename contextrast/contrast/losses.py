@@ -27,7 +27,12 @@ from contextrast.functional.checks import (
     check_map_size,
     check_rank,
 )
-from contextrast.functional.loss import ContextrastTerms, check_options, contextrast_loss
+from contextrast.functional.loss import (
+    ContextrastTerms,
+    check_options,
+    contextrast_loss,
+    layer_targets,
+)
 from contextrast.utils.distributed import world_size
 
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
@@ -443,19 +448,31 @@ class ContextrastLoss(nn.Module):
         weight: float,
         bane: bool,
     ) -> ContextrastTerms:
-        """The one functional call, on checked inputs (shapes as in :meth:`terms`); ``weight``
-        scales α (the schedule), ``bane`` says whether the sampler picks."""
+        """The sampler's pick, the heads, then the one functional call, on checked inputs
+        (shapes as in :meth:`terms`); ``weight`` scales α (the schedule), ``bane`` says
+        whether the sampler picks."""
+        sizes = [tuple(f.shape[-2:]) for f in features]
+        targets = layer_targets(logits, target, sizes, self.ignore_index, self.validate)
+        hard = None
+        if bane:
+            with torch.autocast(device_type=target.device.type, enabled=False):
+                hard = self.sampler(
+                    targets.labels, targets.pred, num_classes=self.num_classes,
+                    layout=targets.layout,
+                )  # fmt: skip
+        # The heads after BANE: the distance transform's temporaries never meet their
+        # activations (a lower peak of memory).
         terms = contextrast_loss(
-            lambda: self._embed(features),  # after BANE: a lower peak of memory
+            self._embed(features),
             logits,
             target,
-            sizes=[tuple(f.shape[-2:]) for f in features],
+            hard=hard,
+            targets=targets,
             temperature=self.temperature,
             layer_weights=self.layer_weights,
             w_high=self.w_high,
             loss_weight=self.loss_weight * weight,
             ignore_index=self.ignore_index,
-            sampler=self.sampler if bane else None,
             hard_negatives=self.hard_negatives,
             max_pixels=self.max_pixels,
             max_positives=self.max_positives,

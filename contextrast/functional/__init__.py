@@ -11,7 +11,8 @@
   names the reference it equals and is tested against it.
 
 :func:`contextrast_loss` (:mod:`~contextrast.functional.loss`) is the whole loss on the fast
-path, the one call :class:`~contextrast.ContextrastLoss` makes after its heads;
+path, the one call :class:`~contextrast.ContextrastLoss` makes after its sampler picked on
+:func:`layer_targets` and its heads ran (tensors in, nothing called back);
 :func:`supervised_contrastive_loss` is the peers' loss. The names below are re-exported here,
 so ``from contextrast import functional as CF; CF.distance_transform(...)`` works.
 """
@@ -46,7 +47,12 @@ from contextrast.functional.batched import (
     tensor_cache,
 )
 from contextrast.functional.checks import NonFiniteError, check_labels, compute_dtype
-from contextrast.functional.loss import ContextrastTerms, contextrast_loss
+from contextrast.functional.loss import (
+    ContextrastTerms,
+    LayerTargets,
+    contextrast_loss,
+    layer_targets,
+)
 from contextrast.functional.reference import (
     bane_select,
     class_error_maps,
@@ -71,6 +77,7 @@ __all__ = [
     "ContextrastTerms",
     "LayerGroup",
     "LayerLayout",
+    "LayerTargets",
     "NonFiniteError",
     "Segments",
     "bane_select",
@@ -97,6 +104,7 @@ __all__ = [
     "layer_layout",
     "layer_similarity",
     "layer_sums",
+    "layer_targets",
     "pa_loss",
     "pixel_anchor_loss",
     "reference",

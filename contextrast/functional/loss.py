@@ -1,5 +1,11 @@
-"""The whole contrastive term as one function: what :class:`~contextrast.ContextrastLoss` calls
-after its projection heads, as smp's ``losses/_functional.py`` serves its loss modules.
+"""The whole contrastive term as one function on tensors: what
+:class:`~contextrast.ContextrastLoss` calls after its projection heads, as smp's
+``losses/_functional.py`` serves its loss modules.
+
+One way, as pytorch-metric-learning's miner → loss: the caller lays the labels out
+(:func:`layer_targets`), lets its sampler pick the hard negatives on them, runs its heads, and
+makes one call of :func:`contextrast_loss` with the embeddings and the picked mask. Nothing
+is passed down to be called back.
 
 It equals :func:`contextrast.functional.reference.contextrast_loss` (eq. 1–4 with BANE, layer
 by layer) when the random sampling is off (``max_positives = max_negatives = max_pixels =
@@ -11,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -29,7 +35,14 @@ from contextrast.functional.checks import (
 from contextrast.functional.fusion import FusionWeights, adaptive_fuse
 from contextrast.utils.distributed import sum_across_processes, world_size
 
-__all__ = ["HARD_NEGATIVE_MODES", "ContextrastTerms", "check_options", "contextrast_loss"]
+__all__ = [
+    "HARD_NEGATIVE_MODES",
+    "ContextrastTerms",
+    "LayerTargets",
+    "check_options",
+    "contextrast_loss",
+    "layer_targets",
+]
 
 HARD_NEGATIVE_MODES = ("only", "include", "add")
 
@@ -54,6 +67,56 @@ class ContextrastTerms(NamedTuple):
     anchors: torch.Tensor | None = None
     class_counts: torch.Tensor | None = None
     anchor_loss: torch.Tensor | None = None
+
+
+class LayerTargets(NamedTuple):
+    """Every layer's ground truth and prediction on one flat axis (what a sampler reads).
+
+    layout: the :class:`~.batched.LayerLayout` of the layers' sizes; labels: (M,) class ids
+    (``ignore_index`` where unlabelled), each layer's target resized (nearest); pred: (M,)
+    the logits' argmax, resized likewise.
+    """
+
+    layout: B.LayerLayout
+    labels: torch.Tensor
+    pred: torch.Tensor
+
+
+def layer_targets(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    ignore_index: int = 255,
+    validate: bool = True,
+) -> LayerTargets:
+    """Lay out the labels and the prediction of every layer on one flat axis.
+
+    Args:
+        logits: (B, N, h, w) segmentation output; only its argmax is used.
+        target: (B, H, W) class ids with ``ignore_index``.
+        sizes: the layers' (h_i, w_i), lowest layer first.
+        validate: check the label values (one host synchronisation).
+    """
+    if validate:
+        check_labels(target, logits.shape[1], ignore_index, "target")
+    sizes = tuple(tuple(int(x) for x in size) for size in sizes)
+    layout = B.layer_layout(target.shape[0], sizes, target.device)
+    with torch.no_grad(), torch.autocast(device_type=target.device.type, enabled=False):
+        pred = logits.argmax(dim=1)  # (B, h, w)
+        return LayerTargets(layout, B.gather_layers(target, layout), B.gather_layers(pred, layout))
+
+
+def _check_hard(hard: torch.Tensor | None, labels: torch.Tensor) -> None:
+    """``hard`` must be None or a bool mask of the labels' flat axis."""
+    if hard is None or (
+        torch.is_tensor(hard) and hard.dtype == torch.bool and hard.shape == labels.shape
+    ):
+        return
+    got = f"{hard.dtype} {tuple(hard.shape)}" if torch.is_tensor(hard) else type(hard).__name__
+    raise ValueError(
+        f"hard must be a bool mask of the layers' flat axis {tuple(labels.shape)} (a "
+        f"sampler's pick on layer_targets' labels), got {got}"
+    )
 
 
 #: One layer's embeddings: a (B, d, h, w) map, or ``(coords (B, K, h, w), lift (d, K))`` with
@@ -115,7 +178,7 @@ def _shapes(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> list[t
 
 
 def contextrast_loss(
-    embeddings: Sequence[Embedding] | Callable[[], Sequence[Embedding]],
+    embeddings: Sequence[Embedding],
     logits: torch.Tensor,
     target: torch.Tensor,
     *,
@@ -124,7 +187,7 @@ def contextrast_loss(
     w_high: float,
     loss_weight: float,
     ignore_index: int,
-    sampler: Callable[..., torch.Tensor] | None,
+    hard: torch.Tensor | None,
     hard_negatives: str,
     max_pixels: int | None,
     max_positives: int | None,
@@ -134,49 +197,42 @@ def contextrast_loss(
     global_anchors: bool,
     validate: bool = True,
     process_group=None,
-    sizes: Sequence[tuple[int, int]] | None = None,
+    targets: LayerTargets | None = None,
     fusion: FusionWeights | None = None,
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
     :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
 
-    Every layer's pixels lie on one flat axis (:class:`~.batched.LayerLayout`): labels, BANE,
-    the masks, the sampling and the InfoNCE run once for all layers, each layer's terms kept
+    Every layer's pixels lie on one flat axis (:class:`~.batched.LayerLayout`): labels, the
+    masks, the sampling and the InfoNCE run once for all layers, each layer's terms kept
     apart by segment sums; only the products with each layer's own coordinates are per layer.
 
     Args:
         embeddings: I unnormalised embeddings (:data:`Embedding`), lowest layer first, any
-            resolutions of one aspect ratio; or a function that returns them, called after
-            BANE's selection so that the distance transform's temporaries never meet the
-            heads' activations (a lower peak; what :class:`~contextrast.ContextrastLoss`
-            passes), with their ``sizes``.
+            resolutions of one aspect ratio.
         logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
         target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
-        sampler: picks the hard negatives: ``sampler(labels (M,), pred (M,),
-            num_classes=N, layout=layout)`` -> (M,) bool (the
-            :class:`~contextrast.contrast.sampling.PixelSampler` contract); ``None``: plain
-            CCL.
+        hard: (M,) bool, the hard negatives a sampler picked on ``targets``' flat axis (for
+            BANE: ``BaneSampler(K)(targets.labels, targets.pred, num_classes=N,
+            layout=targets.layout)``); ``None``: plain CCL.
         global_anchors: under ``torch.distributed`` with several processes, the anchors
             (eq. 1) and the InfoNCE denominators and means run over every process's pixels
             (:func:`_reduce_anchor_sums`, :func:`~.batched.info_nce_across_processes`): N
             processes with B/N images each give one process's loss on B images, with K = 0
             and sampling off. BANE's quota and the random sampling stay per process. No
             effect in one process.
-        validate: check the label values, and that the loss is finite (two host
+        validate: check the label values (unless ``targets`` is given: its
+            :func:`layer_targets` call checked them), and that the loss is finite (two host
             synchronisations; NaN or inf inputs raise :class:`~.checks.NonFiniteError` naming
             them); ``False`` when the caller checked them before training.
         process_group: the processes of ``global_anchors`` (default: all).
-        sizes: the (h_i, w_i) of the layers when ``embeddings`` is a function.
+        targets: :func:`layer_targets` of these logits, target and the embeddings' sizes,
+            where the caller made them for its sampler (made here otherwise).
         fusion: Contextrast++'s adaptive fusion's parameters (:func:`~.fusion.adaptive_fuse`
             replaces ``w_high``'s fixed fusion); ``None``: the fixed fusion.
     """
-    lazy = callable(embeddings)
-    if lazy and sizes is None:
-        raise ValueError("sizes: give the layers' (h, w) when embeddings is a function")
-    if not lazy:
-        pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
-        sizes = [tuple(coords.shape[-2:]) for coords, _ in pairs]
-    sizes = tuple(tuple(size) for size in sizes)
+    pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
+    sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
     check_options(
         layers=len(sizes),
         temperature=temperature,
@@ -187,46 +243,25 @@ def contextrast_loss(
         max_positives=max_positives,
         max_negatives=max_negatives,
     )
-    if sampler is not None and not callable(sampler):
-        raise ValueError(f"sampler must be a PixelSampler instance or None, got {sampler!r}")
     if not isinstance(loss_weight, numbers.Real) or not 0 <= loss_weight < math.inf:
         raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
-    # A function's maps are checked once it made them (the module checked its features).
-    check_loss_inputs(
-        _shapes(pairs) if not lazy else [(len(target), 1, *size) for size in sizes], logits, target
-    )
+    check_loss_inputs(_shapes(pairs), logits, target)
+    if targets is None:
+        targets = layer_targets(logits, target, sizes, ignore_index, validate)
+    elif not isinstance(targets, LayerTargets) or targets.layout.sizes != sizes:
+        got = targets.layout.sizes if isinstance(targets, LayerTargets) else type(targets)
+        raise ValueError(
+            f"targets must be layer_targets(logits, target, sizes) of the embeddings' sizes "
+            f"{list(sizes)}, got {got}"
+        )
+    labels, layer_pred, blocks = targets.labels, targets.pred, targets.layout.segments
+    _check_hard(hard, labels)
+    picked = hard is not None
+    if not picked:
+        hard = torch.zeros_like(labels, dtype=torch.bool)
     n = logits.shape[1]
     device = target.device
     world = world_size(process_group) if global_anchors else 1
-    if validate:
-        check_labels(target, n, ignore_index, "target")
-    with torch.no_grad():
-        pred = logits.argmax(dim=1)  # (B, h, w)
-    layout = B.layer_layout(target.shape[0], sizes, device)
-    blocks = layout.segments
-    with torch.autocast(device_type=device.type, enabled=False):
-        labels = B.gather_layers(target, layout)  # (M,)
-        layer_pred = B.gather_layers(pred, layout)  # (M,)
-        # BANE first: its distance transform's temporaries then never meet the heads'
-        # activations (a lower peak).
-        if sampler is None:
-            hard = torch.zeros_like(labels, dtype=torch.bool)
-        else:
-            hard = sampler(labels, layer_pred, num_classes=n, layout=layout)  # (M,)
-            if not (
-                torch.is_tensor(hard) and hard.dtype == torch.bool and hard.shape == labels.shape
-            ):
-                got = f"{hard.dtype} {tuple(hard.shape)}" if torch.is_tensor(hard) else type(hard)
-                raise ValueError(
-                    f"sampler {getattr(sampler, '__name__', type(sampler).__name__)} returned "
-                    f"{got}; expected a bool mask of the labels' shape {tuple(labels.shape)}"
-                )
-    if lazy:  # the heads, under the caller's autocast
-        pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings()]
-        got = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
-        if got != sizes:
-            raise ValueError(f"the embedding function gave maps of sizes {got}, not {sizes}")
-        check_loss_inputs(_shapes(pairs), logits, target)
     with torch.autocast(device_type=device.type, enabled=False):
         dtype = compute_dtype(*(coords for coords, _ in pairs))
         groups = _group_layers(pairs, blocks.counts, dtype)
@@ -274,9 +309,9 @@ def contextrast_loss(
         labelled = labels != B.constant(ignore_index, labels.dtype, device)
         negative = (~positive).bitwise_and_(labelled)  # (N, M)
         extra = None
-        if sampler is not None and hard_negatives == "only":
+        if picked and hard_negatives == "only":
             negative.bitwise_and_(B.hard_negative_mask(hard, layer_pred, n, blocks=blocks))
-        elif sampler is not None and hard_negatives == "add":
+        elif picked and hard_negatives == "add":
             # Selected pixels are errors: labelled and never of the row's class.
             extra = B.hard_negative_mask(hard, layer_pred, n, fallback=False)
         if max_positives is not None or max_negatives is not None:

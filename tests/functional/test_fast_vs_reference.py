@@ -33,10 +33,20 @@ def make_case(seed: int, dtype=torch.float64, d: int = 16):
     return embeddings, logits, target
 
 
+def picked(embeddings, logits, target, sampler, validate=True):
+    """The one-way call's first steps: the layers' targets, and the sampler's pick on them."""
+    sizes = [tuple(e.shape[-2:]) for e in embeddings]
+    targets = CF.layer_targets(logits, target, sizes, 255, validate)
+    if sampler is None:
+        return targets, None
+    return targets, sampler(targets.labels, targets.pred, num_classes=N, layout=targets.layout)
+
+
 def fast(embeddings, logits, target, mode="add", ratio=0.5, normalize=True, validate=True):
     sampler = BaneSampler(ratio, validate=False) if ratio > 0 else None
+    targets, hard = picked(embeddings, logits, target, sampler, validate)
     return CF.contextrast_loss(
-        embeddings, logits, target, **HYPER, ignore_index=255, sampler=sampler,
+        embeddings, logits, target, **HYPER, ignore_index=255, hard=hard, targets=targets,
         hard_negatives=mode, max_pixels=None, max_positives=None, max_negatives=None,
         normalize_anchors=normalize, detach_anchors=False, global_anchors=False,
         validate=validate,
@@ -219,22 +229,28 @@ def test_bad_options_are_one_line_errors_at_both_entries():
         ({"layer_weights": (1.0, 1.0)}, "2 entries but there are 4 layers"),
     ]:
         kwargs = dict(
-            HYPER, ignore_index=255, sampler=None, hard_negatives="add", max_pixels=None,
+            HYPER, ignore_index=255, hard=None, hard_negatives="add", max_pixels=None,
             max_positives=None, max_negatives=None, normalize_anchors=True,
             detach_anchors=False, global_anchors=False,
         )  # fmt: skip
         kwargs.update(options)
         with pytest.raises(ValueError, match=match):
             CF.contextrast_loss(embeddings, logits, target, **kwargs)
-    sampler = BaneSampler(0.5, validate=False)
-    lazy = dict(kwargs, **HYPER, hard_negatives="add", max_pixels=None, sampler=sampler)
-    with pytest.raises(ValueError, match="sizes: give the layers"):
-        CF.contextrast_loss(lambda: embeddings, logits, target, **lazy)
-    with pytest.raises(ValueError, match="gave maps of sizes"):
-        CF.contextrast_loss(lambda: embeddings, logits, target, **lazy, sizes=[(8, 12)] * 4)
-    called = fast(embeddings, logits, target).loss
-    lazily = CF.contextrast_loss(lambda: embeddings, logits, target, **lazy, sizes=SIZES)
-    assert lazily.loss.item() == pytest.approx(called.item(), rel=1e-12)
+    # targets of other sizes, or a pick that is not a mask of their flat axis
+    good = dict(kwargs, **HYPER, hard_negatives="add", max_pixels=None)
+    targets, hard = picked(embeddings, logits, target, BaneSampler(0.5, validate=False))
+    other = CF.layer_targets(logits, target, [(8, 12)] * 4)
+    with pytest.raises(ValueError, match=r"targets must be layer_targets.*sizes \[\(32, 48\)"):
+        CF.contextrast_loss(embeddings, logits, target, **good, targets=other)
+    with pytest.raises(ValueError, match=r"targets must be layer_targets.*got <class 'tuple'>"):
+        CF.contextrast_loss(embeddings, logits, target, **good, targets=tuple(targets))
+    with pytest.raises(ValueError, match=r"hard must be a bool mask of the layers' flat axis"):
+        CF.contextrast_loss(embeddings, logits, target, **{**good, "hard": hard[:-1]})
+    given = CF.contextrast_loss(embeddings, logits, target, **{**good, "hard": hard})
+    made = CF.contextrast_loss(
+        embeddings, logits, target, **{**good, "hard": hard}, targets=targets
+    )  # its own layer_targets equal the caller's
+    assert given.loss.item() == made.loss.item() == fast(embeddings, logits, target).loss.item()
     with pytest.raises(ValueError, match="unknown hard_negatives"):
         R.contextrast_loss(
             embeddings, logits, target, **HYPER, bane_ratio=0.5, ignore_index=255,
@@ -300,7 +316,7 @@ def test_the_functional_entry_names_a_bad_input_in_one_line(change, match):
     with pytest.raises(ValueError, match=match):
         CF.contextrast_loss(
             embeddings, logits, target, **{**HYPER, "loss_weight": weight}, ignore_index=255,
-            sampler=None, hard_negatives="add", max_pixels=None, max_positives=None,
+            hard=None, hard_negatives="add", max_pixels=None, max_positives=None,
             max_negatives=None, normalize_anchors=True, detach_anchors=False,
             global_anchors=False,
         )  # fmt: skip
@@ -333,22 +349,19 @@ def test_the_functional_entry_names_nan_inputs_as_the_module_does():
         (lambda labels: labels != 0, None),  # the contract: a (M,) bool mask
         (lambda labels: (labels != 0).long(), r"torch.int64 \(\d+,\)"),
         (lambda labels: labels[:5] != 0, r"torch.bool \(5,\)"),
-        (lambda labels: [True], r"<class 'list'>"),
+        (lambda labels: [True], r"list"),
     ],
 )
-def test_a_plain_function_sampler_is_held_to_the_contract(returns, got):
+def test_a_hand_made_pick_is_held_to_the_contract(returns, got):
     embeddings, logits, target = make_case(seed=4)
-
-    def picks(labels, pred, num_classes=None, layout=None):
-        return returns(labels)
-
+    targets = CF.layer_targets(logits, target, SIZES)
     kwargs = dict(
-        HYPER, ignore_index=255, sampler=picks, hard_negatives="add", max_pixels=None,
-        max_positives=None, max_negatives=None, normalize_anchors=True, detach_anchors=False,
-        global_anchors=False,
+        HYPER, ignore_index=255, hard=returns(targets.labels), targets=targets,
+        hard_negatives="add", max_pixels=None, max_positives=None, max_negatives=None,
+        normalize_anchors=True, detach_anchors=False, global_anchors=False,
     )  # fmt: skip
     if got is None:
         assert torch.isfinite(CF.contextrast_loss(embeddings, logits, target, **kwargs).loss)
         return
-    with pytest.raises(ValueError, match=rf"sampler picks returned {got}; expected a bool mask"):
+    with pytest.raises(ValueError, match=rf"hard must be a bool mask .*, got {got}$"):
         CF.contextrast_loss(embeddings, logits, target, **kwargs)

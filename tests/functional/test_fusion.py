@@ -74,9 +74,13 @@ def test_fast_fusion_equals_the_reference_with_its_gradient(seed):
 def test_the_loss_with_adaptive_fusion_equals_the_reference_loss():
     embeddings, logits, target = make_case(seed=5)
     weights = random_weights(3, embeddings[0].shape[1], 7, seed=5)
+    targets = CF.layer_targets(logits, target, [e.shape[-2:] for e in embeddings])
+    hard = BaneSampler(0.5, validate=False)(
+        targets.labels, targets.pred, num_classes=N, layout=targets.layout
+    )
     got = CF.contextrast_loss(
-        embeddings, logits, target, **HYPER, ignore_index=255,
-        sampler=BaneSampler(0.5, validate=False), hard_negatives="add", max_pixels=None,
+        embeddings, logits, target, **HYPER, ignore_index=255, hard=hard, targets=targets,
+        hard_negatives="add", max_pixels=None,
         max_positives=None, max_negatives=None, normalize_anchors=True,
         detach_anchors=False, global_anchors=False, fusion=weights,
     )  # fmt: skip
