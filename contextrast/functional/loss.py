@@ -233,27 +233,12 @@ def contextrast_loss(
     """
     pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
     sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
-    check_options(
-        layers=len(sizes),
-        temperature=temperature,
-        layer_weights=layer_weights,
-        w_high=w_high,
-        hard_negatives=hard_negatives,
-        max_pixels=max_pixels,
-        max_positives=max_positives,
-        max_negatives=max_negatives,
-    )
-    if not isinstance(loss_weight, numbers.Real) or not 0 <= loss_weight < math.inf:
-        raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
-    check_loss_inputs(_shapes(pairs), logits, target)
+    _check_call(pairs, logits, target, loss_weight, layer_weights, targets, options=dict(
+        temperature=temperature, w_high=w_high, hard_negatives=hard_negatives,
+        max_pixels=max_pixels, max_positives=max_positives, max_negatives=max_negatives,
+    ))  # fmt: skip
     if targets is None:
         targets = layer_targets(logits, target, sizes, ignore_index, validate)
-    elif not isinstance(targets, LayerTargets) or targets.layout.sizes != sizes:
-        got = targets.layout.sizes if isinstance(targets, LayerTargets) else type(targets)
-        raise ValueError(
-            f"targets must be layer_targets(logits, target, sizes) of the embeddings' sizes "
-            f"{list(sizes)}, got {got}"
-        )
     labels, layer_pred, blocks = targets.labels, targets.pred, targets.layout.segments
     _check_hard(hard, labels)
     picked = hard is not None
@@ -266,30 +251,12 @@ def contextrast_loss(
         dtype = compute_dtype(*(coords for coords, _ in pairs))
         groups = _group_layers(pairs, blocks.counts, dtype)
         is_class = labels == B.class_rows(n, device)  # (N, M)
-        one_hot = is_class.to(dtype)
-        counts = B.segment_sum(one_hot, blocks)  # (N, I)
-        # A single layer's pixels' classes (any for unlabelled ones) let its backward gather
-        # by them instead of keeping two (N, M_1) tensors, and with them the whole (N, M)
-        # one-hot, alive until it runs: the stride-4 layer's, the largest.
-        inverse, sums, start = [], [], 0
-        for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
-            single = len(group.counts) == 1
-            rows = labels.narrow(0, start, group.counts[0]).clamp(0, n - 1) if single else None
-            group_inverse, group_sums = B.layer_sums(
-                group.coords, group.lift, B.group_one_hot(part, group.counts), rows=rows
-            )
-            start += sum(group.counts)
-            inverse.append(group_inverse)  # (M_g,)
-            sums.append(group_sums)  # (I_g·N, d)
-        inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)
-        sums = (torch.cat(sums) if len(sums) > 1 else sums[0]).view(len(sizes), n, -1)
-        if world > 1:
-            sums, counts = _reduce_anchor_sums(sums, counts, process_group)
-        # Eq. 1: each layer's class sums over its class counts.
-        one = B.constant(1.0, dtype, device)
-        anchors = sums / torch.maximum(counts, one).transpose(0, 1).unsqueeze(2)  # (I, N, d)
-        present = counts.select(1, -1) >= one  # (N,) the classes of the last layer
+        anchors, counts, inverse_norm = _class_anchors(
+            groups, labels, is_class, blocks, dtype, world, process_group
+        )  # (I, N, d), (N, I), (M,)
         if fusion is None:
+            one = B.constant(1.0, dtype, device)
+            present = counts.select(1, -1) >= one  # (N,) the classes of the last layer
             fused = B.fuse_anchors(anchors, present, w_high, normalize_anchors)
         else:
             # in the anchors' dtype: float32 at least, outside the caller's autocast
@@ -305,19 +272,10 @@ def contextrast_loss(
                 labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
                 inverse_norm, is_class = inverse_norm[keep], is_class[:, keep]
         similarity = B.layer_similarity(fused, groups, inverse_norm, temperature)  # (N, M)
-        positive = is_class
-        labelled = labels != B.constant(ignore_index, labels.dtype, device)
-        negative = (~positive).bitwise_and_(labelled)  # (N, M)
-        extra = None
-        if picked and hard_negatives == "only":
-            negative.bitwise_and_(B.hard_negative_mask(hard, layer_pred, n, blocks=blocks))
-        elif picked and hard_negatives == "add":
-            # Selected pixels are errors: labelled and never of the row's class.
-            extra = B.hard_negative_mask(hard, layer_pred, n, fallback=False)
-        if max_positives is not None or max_negatives is not None:
-            positive, negative, extra = B.sample_pairs(
-                positive, negative, extra, blocks, max_positives, max_negatives
-            )
+        positive, negative, extra = _pairs(
+            labels, layer_pred, is_class, hard if picked else None, blocks, ignore_index,
+            hard_negatives, max_positives, max_negatives,
+        )  # fmt: skip
         if world > 1:
             stacked = B.info_nce_across_processes(
                 similarity, positive, negative, extra, blocks, process_group
@@ -330,6 +288,100 @@ def contextrast_loss(
     if validate:
         _check_finite(total, logits, [coords for coords, _ in pairs])
     return ContextrastTerms(total, stacked.detach(), hard_counts, anchors, counts)
+
+
+def _check_call(
+    pairs: list[tuple[torch.Tensor, torch.Tensor | None]],
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    loss_weight: float,
+    layer_weights: Sequence[float],
+    targets: LayerTargets | None,
+    options: dict,
+) -> None:
+    """One-line errors for the options and the inputs' shapes, before any work."""
+    sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
+    check_options(layers=len(sizes), layer_weights=layer_weights, **options)
+    if not isinstance(loss_weight, numbers.Real) or not 0 <= loss_weight < math.inf:
+        raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
+    check_loss_inputs(_shapes(pairs), logits, target)
+    if targets is not None and (
+        not isinstance(targets, LayerTargets) or targets.layout.sizes != sizes
+    ):
+        got = targets.layout.sizes if isinstance(targets, LayerTargets) else type(targets)
+        raise ValueError(
+            f"targets must be layer_targets(logits, target, sizes) of the embeddings' sizes "
+            f"{list(sizes)}, got {got}"
+        )
+
+
+def _class_anchors(
+    groups: list[B.LayerGroup],
+    labels: torch.Tensor,
+    is_class: torch.Tensor,
+    blocks: B.Segments,
+    dtype: torch.dtype,
+    world: int,
+    process_group,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 1 for every layer: the anchors (I, N, d), the class counts (N, I) (over every
+    process when ``world`` > 1) and each pixel's inverse embedding norm (M,).
+
+    labels: (M,) class ids; is_class: (N, M) bool, ``labels == n``.
+    """
+    n, device = is_class.shape[0], labels.device
+    one_hot = is_class.to(dtype)
+    counts = B.segment_sum(one_hot, blocks)  # (N, I)
+    # A single layer's pixels' classes (any for unlabelled ones) let its backward gather
+    # by them instead of keeping two (N, M_1) tensors, and with them the whole (N, M)
+    # one-hot, alive until it runs: the stride-4 layer's, the largest.
+    inverse, sums, start = [], [], 0
+    for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
+        single = len(group.counts) == 1
+        rows = labels.narrow(0, start, group.counts[0]).clamp(0, n - 1) if single else None
+        group_inverse, group_sums = B.layer_sums(
+            group.coords, group.lift, B.group_one_hot(part, group.counts), rows=rows
+        )
+        start += sum(group.counts)
+        inverse.append(group_inverse)  # (M_g,)
+        sums.append(group_sums)  # (I_g·N, d)
+    inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)
+    sums = (torch.cat(sums) if len(sums) > 1 else sums[0]).view(len(blocks.counts), n, -1)
+    if world > 1:
+        sums, counts = _reduce_anchor_sums(sums, counts, process_group)
+    one = B.constant(1.0, dtype, device)
+    anchors = sums / torch.maximum(counts, one).transpose(0, 1).unsqueeze(2)  # (I, N, d)
+    return anchors, counts, inverse_norm
+
+
+def _pairs(
+    labels: torch.Tensor,
+    layer_pred: torch.Tensor,
+    is_class: torch.Tensor,
+    hard: torch.Tensor | None,
+    blocks: B.Segments,
+    ignore_index: int,
+    hard_negatives: str,
+    max_positives: int | None,
+    max_negatives: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Each anchor's positives and negatives (N, M) bool, and the hard negatives counted
+    once more (``"add"``) or None; sampled down to the bounds.
+
+    labels, layer_pred: (M,); is_class: (N, M); hard: (M,) bool, the sampler's pick, or None.
+    """
+    n, device = is_class.shape[0], labels.device
+    labelled = labels != B.constant(ignore_index, labels.dtype, device)
+    negative = (~is_class).bitwise_and_(labelled)  # (N, M)
+    extra = None
+    if hard is not None and hard_negatives == "only":
+        negative.bitwise_and_(B.hard_negative_mask(hard, layer_pred, n, blocks=blocks))
+    elif hard is not None and hard_negatives == "add":
+        # Selected pixels are errors: labelled and never of the row's class.
+        extra = B.hard_negative_mask(hard, layer_pred, n, fallback=False)
+    if max_positives is None and max_negatives is None:
+        return is_class, negative, extra
+    return B.sample_pairs(is_class, negative, extra, blocks, max_positives, max_negatives)
 
 
 def _check_finite(total: torch.Tensor, logits: torch.Tensor, embeddings: list) -> None:
