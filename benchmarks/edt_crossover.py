@@ -2,8 +2,8 @@
 
     python benchmarks/edt_crossover.py [--batch 2 --classes 19 --repeats 5]
 
-The loss runs eq. 7 dense (``functional.error_distance``: one label map per image, a min-plus
-over every row of a column, W·H² values per map, a fixed number of operations and no host
+The loss runs eq. 7 dense (``functional.batched.error_distance``: one label map per image, a
+min-plus over every row of a column, W·H² values per map, a fixed number of operations and no host
 synchronisation). The sparse form (``functional.distance_transform`` above
 ``DENSE_EDT_LIMIT``) works on the error pixels alone and stops each as soon as no larger
 offset can win, but its work set is data-dependent (host synchronisations on a GPU). For
@@ -24,12 +24,8 @@ import torch.nn.functional as F
 from results_io import check_out, write_result
 
 from contextrast.functional import batched as B
-from contextrast.functional import (
-    class_error_maps,
-    distance_transform,
-    error_distance,
-    error_labels,
-)
+from contextrast.functional import class_error_maps, distance_transform
+from contextrast.functional.batched import error_distance, error_labels
 
 SIZES = ((32, 64), (64, 128), (128, 256), (256, 512))
 

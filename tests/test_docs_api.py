@@ -422,7 +422,7 @@ def test_a_module_listing_checks_the_table_after_it():
     text = (
         "`contextrast.functional` — pure functions:\n\n| function | what |\n|---|---|\n"
         "| `distance_transform(mask)` | eq. 7, `(B, N)` |\n| `no_such_function(x)`, "
-        "`fuse_anchors(a)` | `other_column_name` |\n"
+        "`layer_targets(a)` | `other_column_name` |\n"
     )
     found = problems(parse(text, "T.md"))
     assert len(found) == 1, found

@@ -328,7 +328,9 @@ class RegionContrastLoss(_SingleMapProjection):
             pred = CF.resize_labels(logits.argmax(1), size).flatten(1)  # (B, P)
             valid = CF.resize_labels(target, size).flatten(1) != self.ignore_index
             pred = torch.where(valid, pred, torch.full_like(pred, self.num_classes))
-            one_hot = CF.class_one_hot(pred, self.num_classes, embeddings.dtype)  # (B, N, P)
+            one_hot = CF.batched.class_one_hot(
+                pred, self.num_classes, embeddings.dtype
+            )  # (B, N, P)
             counts = one_hot.sum(2)  # (B, N)
         sums = torch.bmm(one_hot, embeddings.transpose(1, 2))  # (B, N, D)
         present = counts > 0  # (B, N)

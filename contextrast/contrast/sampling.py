@@ -10,7 +10,7 @@ of class n predicted as m becomes a hard negative of anchor m.
 
 The bounds on how many pixels and pairs enter a loss (``max_pixels``, ``max_positives``,
 ``max_negatives``) are options of the loss, not samplers: ``functional.bound_pixels`` and
-``functional.sample_pairs``.
+``functional.batched.sample_pairs``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class PixelSampler:
     Implement :meth:`select`. Arguments:
 
     - labels: ground-truth class ids (``ignore_index`` where unlabelled), (B, H, W) or (B, P)
-      for one map, or the (M,) flat axis of every layer (``functional.gather_layers``) with
-      ``layout``, the :class:`~contextrast.functional.LayerLayout` that says which pixel is
+      for one map, or the (M,) flat axis of every layer (``functional.batched.gather_layers``) with
+      ``layout``, the :class:`~contextrast.functional.batched.LayerLayout` that says which pixel is
       whose (the layers' pixel counts: ``layout.segments.counts``). A sampler that picks per
       layer works per block of that axis.
     - pred: predicted class ids of the same shape, or None for samplers that do not use it.
@@ -51,7 +51,7 @@ class PixelSampler:
         labels: torch.Tensor,
         pred: torch.Tensor | None = None,
         num_classes: int | None = None,
-        layout: CF.LayerLayout | None = None,
+        layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         with torch.no_grad():
             picked = self.select(labels, pred, num_classes=num_classes, layout=layout)
@@ -72,7 +72,7 @@ class PixelSampler:
         labels: torch.Tensor,
         pred: torch.Tensor | None,
         num_classes: int | None = None,
-        layout: CF.LayerLayout | None = None,
+        layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError(
             f"{type(self).__name__} must implement select(labels, pred, num_classes, layout)"
@@ -121,18 +121,18 @@ class BaneSampler(PixelSampler):
         labels: torch.Tensor,
         pred: torch.Tensor | None,
         num_classes: int | None = None,
-        layout: CF.LayerLayout | None = None,
+        layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         """Select hard negatives (equals ``functional.reference.bane_select`` of the error
         maps, per layer with ``layout``).
 
         Args:
             labels: (B, H, W) ground truth at the layer's resolution; or, with ``layout``,
-                the (M,) flat axis of every layer's labels (``functional.gather_layers``),
+                the (M,) flat axis of every layer's labels (``functional.batched.gather_layers``),
                 selected per layer in one computation.
             pred: predicted class ids of ``labels``' shape and layout.
             num_classes: N (required).
-            layout: the :class:`~contextrast.functional.LayerLayout` of flat inputs.
+            layout: the :class:`~contextrast.functional.batched.LayerLayout` of flat inputs.
 
         Returns:
             bool of ``labels``' shape: the selected error pixels. Each is a hard negative for
@@ -144,18 +144,20 @@ class BaneSampler(PixelSampler):
             raise ValueError(f"{type(self).__name__} needs num_classes=N")
         if self.ratio == 0:
             return torch.zeros_like(labels, dtype=torch.bool)
-        errors = CF.error_labels(pred, labels, num_classes, self.ignore_index, self.validate)
+        errors = CF.batched.error_labels(
+            pred, labels, num_classes, self.ignore_index, self.validate
+        )
         scores = self.scores(errors, num_classes, layout)
         blocks = None if layout is None else layout.segments
-        return CF.bane_select_labels(scores, errors, num_classes, self.ratio, blocks)
+        return CF.batched.bane_select_labels(scores, errors, num_classes, self.ratio, blocks)
 
     def scores(
-        self, errors: torch.Tensor, num_classes: int, layout: CF.LayerLayout | None = None
+        self, errors: torch.Tensor, num_classes: int, layout: CF.batched.LayerLayout | None = None
     ) -> torch.Tensor:
         """errors: error labels (N: none) as :meth:`select` takes labels -> ranking keys of
         the same shape, smaller first: the distance of each error pixel to the edge of its
         class's error region (eq. 7)."""
-        return CF.error_distance(errors, num_classes, layout)
+        return CF.batched.error_distance(errors, num_classes, layout)
 
 
 class SemiHardSampler(BaneSampler):
@@ -163,7 +165,7 @@ class SemiHardSampler(BaneSampler):
     BANE, chosen uniformly at random instead of nearest to the edge."""
 
     def scores(
-        self, errors: torch.Tensor, num_classes: int, layout: CF.LayerLayout | None = None
+        self, errors: torch.Tensor, num_classes: int, layout: CF.batched.LayerLayout | None = None
     ) -> torch.Tensor:
         return torch.rand(errors.shape, device=errors.device)
 
@@ -195,7 +197,7 @@ class HardAnchorSampler(PixelSampler):
         labels: torch.Tensor,
         pred: torch.Tensor | None,
         num_classes: int | None = None,
-        layout: CF.LayerLayout | None = None,
+        layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         """labels, pred: (B, P) at the embeddings' resolution -> (B, P) bool."""
         _per_image(labels, layout, type(self).__name__)
@@ -250,7 +252,7 @@ class BalancedRandomSampler(PixelSampler):
         labels: torch.Tensor,
         pred: torch.Tensor | None = None,
         num_classes: int | None = None,
-        layout: CF.LayerLayout | None = None,
+        layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         """labels: (B, P) -> (B, P) bool; pred: unused (the pick is uniform in each class)."""
         _per_image(labels, layout, type(self).__name__)

@@ -173,7 +173,7 @@ def boundary_similarity(
             anchors.append(a)
             present.append(p)
         # The anchors exactly as the loss fuses (and normalises) them.
-        fused_anchors = CF.fuse_anchors(
+        fused_anchors = CF.batched.fuse_anchors(
             anchors, present[-1], contrast.w_high, contrast.normalize_anchors
         )
         for i, (e, fused) in enumerate(zip(embeddings, fused_anchors)):

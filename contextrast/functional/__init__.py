@@ -1,51 +1,29 @@
-"""Stateless math of Contextrast (paper §3.2–3.3, eq. 1–7), in two parts kept apart:
+"""Stateless math of Contextrast (paper §3.2–3.3, eq. 1–7) and of Contextrast++: the
+references and one entry point.
 
 - :mod:`~contextrast.functional.reference` — the paper as code: one short, readable function
   per equation (eq. 1 :func:`representative_anchors`, the anchor update
   :func:`updated_anchors`, eq. 2 :func:`info_nce`, eq. 3–4 :func:`pixel_anchor_loss` and
   :func:`pa_loss`, eq. 5 :func:`total_loss`, eq. 6 :func:`class_error_maps`, eq. 7
-  :func:`distance_map`, BANE's :func:`bane_select` and :func:`hard_negative_mask`, and the
-  whole term, :func:`reference.contextrast_loss <.reference.contextrast_loss>`). The oracle.
-- :mod:`~contextrast.functional.batched` — the fast path the training step runs: all layers
-  at once, BANE on one canvas, written-out gradients, no host synchronisation. Each piece
-  names the reference it equals and is tested against it.
+  :func:`distance_map`, BANE's :func:`bane_select` and :func:`hard_negative_mask`, the whole
+  term :func:`reference.contextrast_loss <.reference.contextrast_loss>`; Contextrast++'s
+  :func:`~.reference.adaptive_updated_anchors`, :func:`~.reference.class_prioritized_anchors`
+  and :func:`~.reference.anchor_anchor_loss`). The oracle; re-exported here.
+- :func:`contextrast_loss` — the whole loss on the fast path, on tensors, one way:
+  :func:`layer_targets` lays the labels out, a sampler picks on them, the heads run, then one
+  call (what :class:`~contextrast.ContextrastLoss` does). It equals the reference with
+  sampling off.
 
-:func:`contextrast_loss` (:mod:`~contextrast.functional.loss`) is the whole loss on the fast
-path, the one call :class:`~contextrast.ContextrastLoss` makes after its sampler picked on
-:func:`layer_targets` and its heads ran (tensors in, nothing called back);
-:func:`supervised_contrastive_loss` is the peers' loss. The names below are re-exported here,
-so ``from contextrast import functional as CF; CF.distance_transform(...)`` works.
+The fast machinery is internal, in files named for what they hold (``_layouts``,
+``_anchors``, ``_info_nce``, ``_sampling``, ``_distance``, ``_cache``, ``fusion``,
+``anchor_memory``), gathered in the :mod:`~contextrast.functional.batched` namespace; each
+piece names the reference it equals and is tested against it. Two utilities are public
+besides: :func:`distance_transform` (exact, batched; the boundary metrics use it) and
+:func:`resize_labels`. :func:`supervised_contrastive_loss` is the peers' loss.
 """
 
 from contextrast.functional import batched, reference
-from contextrast.functional.batched import (
-    DENSE_EDT_LIMIT,
-    Canvas,
-    LayerGroup,
-    LayerLayout,
-    Segments,
-    bane_select_labels,
-    bound_pixels,
-    class_one_hot,
-    class_rows,
-    constant,
-    distance_transform,
-    error_distance,
-    error_labels,
-    fuse_anchors,
-    gather_layers,
-    group_one_hot,
-    info_nce_from_logits,
-    layer_layout,
-    layer_similarity,
-    layer_sums,
-    resize_labels,
-    sample_pairs,
-    sample_per_row,
-    segment_sum,
-    segments,
-    tensor_cache,
-)
+from contextrast.functional.batched import distance_transform, resize_labels
 from contextrast.functional.checks import NonFiniteError, check_labels, compute_dtype
 from contextrast.functional.loss import (
     ContextrastTerms,
@@ -54,9 +32,13 @@ from contextrast.functional.loss import (
     layer_targets,
 )
 from contextrast.functional.reference import (
+    adaptive_updated_anchors,
+    anchor_anchor_loss,
     bane_select,
     class_error_maps,
+    class_prioritized_anchors,
     distance_map,
+    hard_negative_mask,
     info_nce,
     pa_loss,
     pixel_anchor_loss,
@@ -67,56 +49,31 @@ from contextrast.functional.reference import (
 )
 from contextrast.functional.supcon import supervised_contrastive_loss
 
-# hard_negative_mask: the fast (M,)-flat form, with per-layer blocks; the reference one is
-# reference.hard_negative_mask.
-hard_negative_mask = batched.hard_negative_mask
-
 __all__ = [
-    "DENSE_EDT_LIMIT",
-    "Canvas",
     "ContextrastTerms",
-    "LayerGroup",
-    "LayerLayout",
     "LayerTargets",
     "NonFiniteError",
-    "Segments",
+    "adaptive_updated_anchors",
+    "anchor_anchor_loss",
     "bane_select",
-    "bane_select_labels",
     "batched",
-    "bound_pixels",
     "check_labels",
     "class_error_maps",
-    "class_one_hot",
-    "class_rows",
+    "class_prioritized_anchors",
     "compute_dtype",
-    "constant",
     "contextrast_loss",
     "distance_map",
     "distance_transform",
-    "error_distance",
-    "error_labels",
-    "fuse_anchors",
-    "gather_layers",
-    "group_one_hot",
     "hard_negative_mask",
     "info_nce",
-    "info_nce_from_logits",
-    "layer_layout",
-    "layer_similarity",
-    "layer_sums",
     "layer_targets",
     "pa_loss",
     "pixel_anchor_loss",
     "reference",
     "representative_anchors",
     "resize_labels",
-    "sample_pairs",
-    "sample_per_row",
-    "segment_sum",
-    "segments",
     "semi_hard_select",
     "supervised_contrastive_loss",
-    "tensor_cache",
     "total_loss",
     "updated_anchors",
 ]

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from contextrast.functional._cache import constant
+
 __all__ = [
     "NonFiniteError",
     "check_fraction",
@@ -28,8 +30,6 @@ class NonFiniteError(ValueError):
 
 def is_finite(scalar: torch.Tensor) -> bool:
     """Whether a scalar tensor is finite (one host synchronisation)."""
-    from contextrast.functional.batched import constant  # batched imports this module
-
     difference = scalar - scalar  # NaN for NaN and for ±inf
     return bool(difference == constant(0.0, difference.dtype, difference.device))
 

@@ -33,18 +33,18 @@ def test_bound_pixels_keeps_priority_and_skips_ignore():
     torch.manual_seed(0)
     labels = torch.tensor([0, 1, 255, 1, 0, 255, 1, 0])
     priority = torch.tensor([False, False, False, True, False, False, True, False])
-    keep, kept = CF.bound_pixels(labels, 4, priority)
+    keep, kept = CF.batched.bound_pixels(labels, 4, priority)
     assert keep.numel() == 4 and kept.counts == (4,)
     assert {3, 6} <= set(keep.tolist()) and not set(keep.tolist()) & {2, 5}
     # 6 labelled pixels of 8 fit a bound of 6: all of them are kept, with no host sync to
     # count them (so the pick is 6 indices, not "all").
-    fit, _ = CF.bound_pixels(labels, 6, priority)
+    fit, _ = CF.batched.bound_pixels(labels, 6, priority)
     assert set(fit.tolist()) == {0, 1, 3, 4, 6, 7}
-    assert CF.bound_pixels(labels, 8, priority) is None
+    assert CF.batched.bound_pixels(labels, 8, priority) is None
     # Per block: the first (5 pixels, 4 labelled) is cut to its 4 labelled ones, the second
     # (3 pixels) fits and is kept whole; the kept segments say so.
-    blocks = CF.segments((5, 3), labels.device)
-    keep, kept = CF.bound_pixels(labels, 4, priority, blocks)
+    blocks = CF.batched.segments((5, 3), labels.device)
+    keep, kept = CF.batched.bound_pixels(labels, 4, priority, blocks)
     assert set(keep[:4].tolist()) == {0, 1, 3, 4} and keep[4:].tolist() == [5, 6, 7]
     assert kept.counts == (4, 3)
 
@@ -81,14 +81,14 @@ def test_sample_per_row_keeps_at_most_count_of_each_row_uniformly():
     torch.manual_seed(0)
     hits = torch.zeros(40)
     for _ in range(300):
-        picked = CF.sample_per_row(mask, 10)
+        picked = CF.batched.sample_per_row(mask, 10)
         assert picked.sum(1).tolist() == [10, 4, 0]
         assert not (picked & ~mask).any()
         hits += picked[0].float()
     # each of the 30 candidates is kept 1/3 of the time: 100 of 300 draws (binomial sd 8.2)
     assert hits[:30].min() > 60 and hits[:30].max() < 140
     with pytest.raises(ValueError, match="count must be >= 1"):
-        CF.sample_per_row(mask, 0)
+        CF.batched.sample_per_row(mask, 0)
 
 
 def test_sample_pairs_bounds_each_kind_separately():
@@ -96,11 +96,11 @@ def test_sample_pairs_bounds_each_kind_separately():
     positive[0, :20] = True
     negative = ~positive
     extra = negative & (torch.arange(50) % 2 == 0)
-    p, n, e = CF.sample_pairs(positive, negative, extra, None, 5, 8)
+    p, n, e = CF.batched.sample_pairs(positive, negative, extra, None, 5, 8)
     assert p.sum(1).tolist() == [5, 0]
     assert n.sum(1).tolist() == [8, 8] and e.sum(1).tolist() == [8, 8]
     assert not (e & ~extra).any() and not (p & ~positive).any() and not (n & ~negative).any()
-    p, n, e = CF.sample_pairs(positive, negative, None, None, 5, None)
+    p, n, e = CF.batched.sample_pairs(positive, negative, None, None, 5, None)
     assert torch.equal(n, negative) and e is None
 
 
@@ -159,10 +159,10 @@ def test_rows_are_sampled_independently():
     torch.manual_seed(0)
     mask = torch.zeros(2, 300, dtype=torch.bool)
     mask[:, :100] = True
-    blocks = CF.segments((200, 100), mask.device)
+    blocks = CF.batched.segments((200, 100), mask.device)
     overlaps = []
     for _ in range(50):
-        picked = CF.sample_per_row(mask, 10, blocks)
+        picked = CF.batched.sample_per_row(mask, 10, blocks)
         assert picked.sum(1).tolist() == [10, 10] and not (picked & ~mask).any()
         overlaps.append(int((picked[0] & picked[1]).sum()))
     assert sum(overlaps) / len(overlaps) < 2.5

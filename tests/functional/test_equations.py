@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from contextrast import functional as CF
+from contextrast.functional import _distance
 from tests import reference as ref
 
 # ------------------------------------------------------------------ representative anchors
@@ -351,13 +352,13 @@ def test_bane_select_rejects_ratio(ratio):
 def test_hard_negative_mask_rows_are_confused_classes():
     hard = torch.tensor([True, True, False, True])
     pred = torch.tensor([1, 2, 1, 1])
-    mask = CF.hard_negative_mask(hard, pred, num_classes=3, fallback=False)
+    mask = CF.batched.hard_negative_mask(hard, pred, num_classes=3, fallback=False)
     assert mask.tolist() == [
         [False, False, False, False],
         [True, False, False, True],
         [False, True, False, False],
     ]
-    with_fallback = CF.hard_negative_mask(hard, pred, num_classes=3)
+    with_fallback = CF.batched.hard_negative_mask(hard, pred, num_classes=3)
     assert with_fallback[0].all() and torch.equal(with_fallback[1:], mask[1:])
 
 
@@ -383,27 +384,27 @@ def test_layer_sums_hand_case_and_bad_shapes():
     coords = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # (K=2, M=2): one column per pixel
     lift = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
     one_hot = torch.tensor([[1.0, 1.0]])  # both pixels in class 0
-    inverse, sums = CF.layer_sums(coords, lift, one_hot)
+    inverse, sums = CF.batched.layer_sums(coords, lift, one_hot)
     assert inverse[0].item() == pytest.approx(1 / 5)
     assert inverse[1].item() == pytest.approx(1e12)  # v = 0: F.normalize's eps
     assert sums[0].tolist() == pytest.approx([3 / 5, 4 / 5])  # v/‖v‖ of pixel 0, plus 0
-    assert CF.layer_sums(coords, None, one_hot)[0][0].item() == pytest.approx(2**-0.5)
+    assert CF.batched.layer_sums(coords, None, one_hot)[0][0].item() == pytest.approx(2**-0.5)
     with pytest.raises(ValueError, match="lift has 3 columns but coords have K=2"):
-        CF.layer_sums(coords, torch.ones(2, 3), one_hot)
+        CF.batched.layer_sums(coords, torch.ones(2, 3), one_hot)
     with pytest.raises(ValueError, match=r"coords must have shape \(K, M\)"):
-        CF.layer_sums(torch.ones(1, 2, 2), lift, one_hot)
+        CF.batched.layer_sums(torch.ones(1, 2, 2), lift, one_hot)
     with pytest.raises(ValueError, match=r"one_hot must have shape \(N, M\) with M=2"):
-        CF.layer_sums(coords, lift, one_hot[:, :1])
+        CF.batched.layer_sums(coords, lift, one_hot[:, :1])
 
 
 def test_fuse_anchors_by_hand():
     low = torch.tensor([[3.0, 0.0], [0.0, 2.0]])  # (N=2, D=2)
     top = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # class 1 vanished at the last layer
     present = torch.tensor([True, False])
-    fused_low, fused_top = CF.fuse_anchors([low, top], present, w_high=0.7, normalize=False)
+    fused_low, fused_top = CF.batched.fuse_anchors([low, top], present, w_high=0.7, normalize=False)
     assert torch.allclose(fused_low, torch.tensor([[0.9, 0.7], [0.0, 2.0]]))
     assert torch.equal(fused_top, top)
-    unit_low, unit_top = CF.fuse_anchors([low, top], present, w_high=0.7)
+    unit_low, unit_top = CF.batched.fuse_anchors([low, top], present, w_high=0.7)
     norm = (0.9**2 + 0.7**2) ** 0.5
     assert torch.allclose(unit_low, torch.tensor([[0.9 / norm, 0.7 / norm], [0.0, 1.0]]))
     assert torch.allclose(unit_top, torch.tensor([[0.0, 1.0], [0.0, 0.0]]))  # zero stays zero
@@ -421,22 +422,24 @@ def test_collapsed_error_maps_give_the_per_class_distances_and_selection(seed):
     pred[1] = target[1].clamp(max=4)  # an image without errors except the noise below
     pred[1, 5, 5] = (target[1, 5, 5] + 1) % 5
     maps = CF.class_error_maps(pred, target, 5)  # (B, N, H, W)
-    labels = CF.error_labels(pred, target, 5)  # (B, H, W)
+    labels = CF.batched.error_labels(pred, target, 5)  # (B, H, W)
     for n in range(5):
         assert torch.equal(labels == n, maps[:, n])
     per_class = CF.distance_transform(maps)
     own = (per_class * maps).sum(1)
-    assert torch.allclose(CF.error_distance(labels, 5), own)
+    assert torch.allclose(CF.batched.error_distance(labels, 5), own)
     for ratio in (0.3, 0.5, 0.8):
-        chosen = CF.bane_select_labels(CF.error_distance(labels, 5), labels, 5, ratio)
+        chosen = CF.batched.bane_select_labels(
+            CF.batched.error_distance(labels, 5), labels, 5, ratio
+        )
         assert torch.equal(chosen, CF.bane_select(per_class, maps, ratio).any(1))
 
 
 def test_an_error_region_that_fills_its_image_is_infinitely_far():
     labels = torch.full((1, 3, 4), 2)
-    distance = CF.error_distance(labels, 3)
+    distance = CF.batched.error_distance(labels, 3)
     assert torch.isinf(distance).all()
-    assert CF.bane_select_labels(distance, labels, 3, 0.5).sum() == 6  # ⌈0.5 · 12⌉
+    assert CF.batched.bane_select_labels(distance, labels, 3, 0.5).sum() == 6  # ⌈0.5 · 12⌉
 
 
 @pytest.mark.parametrize("density", [0.3, 0.9, 0.995])
@@ -447,8 +450,14 @@ def test_dense_and_sparse_transforms_agree(density, monkeypatch):
     mask[0, 1] = True  # a map without a False pixel
     dense = CF.distance_transform(mask)
     cut = CF.distance_transform(mask, max_distance=3.5)
-    monkeypatch.setattr(CF, "DENSE_EDT_LIMIT", 0)
+    monkeypatch.setattr(_distance, "DENSE_EDT_LIMIT", 0)
+    sparse_calls = []
+    envelope = _distance._column_envelope
+    monkeypatch.setattr(
+        _distance, "_column_envelope", lambda *a: sparse_calls.append(1) or envelope(*a)
+    )
     assert torch.equal(dense, CF.distance_transform(mask))
+    assert sparse_calls  # the sparse form ran (a patch of the wrong module would not do it)
     assert torch.equal(cut, CF.distance_transform(mask, max_distance=3.5))
     finite = ~mask.flatten(-2).all(-1)  # scipy has no convention for maps without a zero
     np.testing.assert_allclose(dense[finite].numpy(), ref.edt(mask[finite].numpy()), atol=1e-4)
@@ -459,7 +468,7 @@ def test_dense_transform_splits_its_work_into_chunks(monkeypatch):
     g = torch.Generator().manual_seed(5)
     mask = torch.rand(6, 20, 30, generator=g) < 0.9
     whole = CF.distance_transform(mask)
-    monkeypatch.setattr(CF, "DENSE_EDT_LIMIT", 20 * 20 * 30 * 2)  # two maps per chunk
+    monkeypatch.setattr(_distance, "DENSE_EDT_LIMIT", 20 * 20 * 30 * 2)  # two maps per chunk
     assert torch.equal(CF.distance_transform(mask), whole)
 
 
@@ -470,7 +479,7 @@ def _blocks_case(seed=0):
     g = torch.Generator().manual_seed(seed)
     counts = (7, 5)
     labels = torch.randint(0, 3, (sum(counts),), generator=g)
-    return g, counts, labels, CF.segments(counts, torch.device("cpu"))
+    return g, counts, labels, CF.batched.segments(counts, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("lifted", [True, False])
@@ -478,11 +487,11 @@ def test_layer_sums_gradients_match_finite_differences(lifted):
     g, _counts, labels, _ = _blocks_case()
     coords = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
     lift = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    one_hot = CF.class_one_hot(labels, 3, torch.float64)
+    one_hot = CF.batched.class_one_hot(labels, 3, torch.float64)
     inputs = (coords, lift) if lifted else (coords,)
 
     def run(*args):
-        inverse, sums = CF.layer_sums(args[0], args[1] if lifted else None, one_hot)
+        inverse, sums = CF.batched.layer_sums(args[0], args[1] if lifted else None, one_hot)
         return inverse, sums
 
     assert torch.autograd.gradcheck(run, inputs)
@@ -503,8 +512,8 @@ def test_layer_similarity_gradients_match_finite_differences():
     inverse = torch.rand(15, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
 
     def run(anchors, inverse, c0, c1, lift):
-        groups = [CF.LayerGroup((7,), c0, lift), CF.LayerGroup((5, 3), c1, None)]
-        return CF.layer_similarity(anchors, groups, inverse, 0.3)
+        groups = [CF.batched.LayerGroup((7,), c0, lift), CF.batched.LayerGroup((5, 3), c1, None)]
+        return CF.batched.layer_similarity(anchors, groups, inverse, 0.3)
 
     inputs = (anchors, inverse, *coords, lift)
     assert torch.autograd.gradcheck(run, inputs)
@@ -520,11 +529,11 @@ def test_layer_similarity_gradients_match_finite_differences():
 
 
 def test_group_one_hot_puts_each_layer_in_its_own_rows():
-    one_hot = CF.class_one_hot(torch.tensor([0, 1, 255, 1, 0]), 2, torch.float32)  # (2, 5)
-    rows = CF.group_one_hot(one_hot, (3, 2))  # layer 0: columns 0-2, layer 1: columns 3-4
+    one_hot = CF.batched.class_one_hot(torch.tensor([0, 1, 255, 1, 0]), 2, torch.float32)  # (2, 5)
+    rows = CF.batched.group_one_hot(one_hot, (3, 2))  # layer 0: columns 0-2, layer 1: columns 3-4
     want = [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 0]]
     assert rows.tolist() == want
-    assert CF.group_one_hot(one_hot, (5,)) is one_hot
+    assert CF.batched.group_one_hot(one_hot, (5,)) is one_hot
 
 
 def test_blockwise_info_nce_matches_autograd_of_the_explicit_form():
@@ -535,9 +544,9 @@ def test_blockwise_info_nce_matches_autograd_of_the_explicit_form():
     extra = ~positive & (torch.rand(3, 12, generator=g) < 0.3)
     negative[2, 7:] = False  # anchor 2 has no ordinary negative in block 1 ...
     extra[2, 7:] = False  # ... and no extra one: it drops out of that block
-    losses = CF.info_nce_from_logits(logits, positive, negative, extra, blocks)
+    losses = CF.batched.info_nce_from_logits(logits, positive, negative, extra, blocks)
     assert torch.autograd.gradcheck(
-        lambda x: CF.info_nce_from_logits(x, positive, negative, extra, blocks), (logits,)
+        lambda x: CF.batched.info_nce_from_logits(x, positive, negative, extra, blocks), (logits,)
     )
     # The explicit form, block by block: log-sum-exp over the denominator with the extra
     # negatives counted once more, mean over positives, mean over anchors that have both.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from contextrast import ContextrastLoss
 from contextrast import functional as CF
 from contextrast.contrast.sampling import BaneSampler, PixelSampler
+from contextrast.functional import _cache
 from contextrast.functional import reference as R
 
 N = 12
@@ -125,12 +126,12 @@ def test_the_module_with_factored_heads_equals_the_reference_on_its_embeddings()
 def test_reference_pieces_agree_with_the_fast_pieces():
     _embeddings, logits, target = make_case(seed=4)
     pred = logits.argmax(1)
-    layout = CF.layer_layout(2, SIZES, target.device)
-    labels = CF.gather_layers(target, layout)
-    layer_pred = CF.gather_layers(pred, layout)
-    errors = CF.error_labels(layer_pred, labels, N)
-    distance = CF.error_distance(errors, N, layout)
-    chosen = CF.bane_select_labels(distance, errors, N, 0.5, layout.segments)
+    layout = CF.batched.layer_layout(2, SIZES, target.device)
+    labels = CF.batched.gather_layers(target, layout)
+    layer_pred = CF.batched.gather_layers(pred, layout)
+    errors = CF.batched.error_labels(layer_pred, labels, N)
+    distance = CF.batched.error_distance(errors, N, layout)
+    chosen = CF.batched.bane_select_labels(distance, errors, N, 0.5, layout.segments)
     start = 0
     for (h, w), count in zip(SIZES, layout.segments.counts):
         part = slice(start, start + count)
@@ -148,7 +149,9 @@ def test_reference_pieces_agree_with_the_fast_pieces():
         picked = R.bane_select(d, maps, 0.5).any(1)  # BANE, class by class
         assert torch.equal(chosen[part].view(2, h, w), picked)
         rows = R.hard_negative_mask(picked.reshape(-1), y.reshape(-1), N)
-        assert torch.equal(CF.hard_negative_mask(picked.reshape(-1), y.reshape(-1), N), rows)
+        assert torch.equal(
+            CF.batched.hard_negative_mask(picked.reshape(-1), y.reshape(-1), N), rows
+        )
 
 
 def test_fast_anchor_update_equals_the_reference():
@@ -156,7 +159,7 @@ def test_fast_anchor_update_equals_the_reference():
     anchors = torch.randn(4, N, 8, generator=g, dtype=torch.float64)
     present = torch.rand(N, generator=g) > 0.3
     for normalize in (False, True):
-        fused = CF.fuse_anchors(anchors, present, 0.7, normalize)
+        fused = CF.batched.fuse_anchors(anchors, present, 0.7, normalize)
         want = R.updated_anchors(list(anchors), 0.7, present, normalize)
         assert torch.allclose(fused, torch.stack(want), rtol=1e-12, atol=1e-15)
 
@@ -171,25 +174,25 @@ def test_written_out_gradients_refuse_double_backward():
 
 def test_no_caller_can_corrupt_a_cached_tensor():
     cpu = torch.device("cpu")
-    CF.class_rows(5, cpu).fill_(0)  # a caller edits a returned tensor in place
-    assert CF.class_rows(5, cpu).view(-1).tolist() == [0, 1, 2, 3, 4]
-    CF.constant(2.0, torch.float32, cpu).add_(1.0)
-    assert CF.constant(2.0, torch.float32, cpu).item() == 2.0
+    CF.batched.class_rows(5, cpu).fill_(0)  # a caller edits a returned tensor in place
+    assert CF.batched.class_rows(5, cpu).view(-1).tolist() == [0, 1, 2, 3, 4]
+    CF.batched.constant(2.0, torch.float32, cpu).add_(1.0)
+    assert CF.batched.constant(2.0, torch.float32, cpu).item() == 2.0
     embeddings, logits, target = make_case(seed=7, d=4)
     before = fast(embeddings, logits, target).loss.item()
-    layout = CF.layer_layout(2, SIZES, cpu)
-    for tensor in CF.batched._tensors(layout):
+    layout = CF.batched.layer_layout(2, SIZES, cpu)
+    for tensor in _cache._tensors(layout):
         tensor.view(-1)[:1].fill_(3)  # every cached tensor of the step's layout, in place
     assert fast(embeddings, logits, target).loss.item() == before
 
 
 def test_evaluation_does_not_fill_the_training_layout_cache():
-    CF.layer_layout.cache_clear()
+    CF.batched.layer_layout.cache_clear()
     mask = torch.rand(3, 40, 50) < 0.5
     CF.distance_transform(mask)
-    assert CF.layer_layout.cache_size() == 0
+    assert CF.batched.layer_layout.cache_size() == 0
     with torch.inference_mode():  # a cache filled under inference mode still trains
-        layout = CF.layer_layout(1, ((4, 4),), torch.device("cpu"))
+        layout = CF.batched.layer_layout(1, ((4, 4),), torch.device("cpu"))
     assert not layout.segments.ids.is_inference()
 
 

@@ -1,0 +1,182 @@
+"""The InfoNCE of eq. 2–4 over every layer at once, with its written-out gradient
+(:class:`_InfoNCE`), and its form over several processes (global anchors).
+
+Internal: the fast path of :func:`contextrast.functional.contextrast_loss`; each piece names
+the reference it equals (:mod:`contextrast.functional.reference`) and is tested against it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from contextrast.functional._cache import constant
+from contextrast.functional._layouts import Segments, segment_sum, segments
+
+__all__ = [
+    "info_nce_across_processes",
+    "info_nce_from_logits",
+]
+
+
+def info_nce_from_logits(
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    extra_negative: torch.Tensor | None = None,
+    blocks: Segments | None = None,
+) -> torch.Tensor:
+    """Masked InfoNCE, the common core of every contrastive loss here: with the layers as
+    blocks, ``reference.pixel_anchor_loss`` of every layer at once (eq. 2–4).
+
+    For each anchor a with at least one positive and one negative:
+    ``mean over positives p of −log(exp(s_ap) / (exp(s_ap) + Σ_negatives exp(s_an)))``,
+    computed as ``softplus(LSE_n s_an − s_ap)`` with the log-sum-exp shifted by the largest
+    negative (stable at any temperature). The result is the mean over those anchors; an exact
+    zero that keeps the graph when there is none.
+
+    With ``blocks``, the columns fall into independent blocks (the loss's layers): each
+    (anchor, block) pair is scored on its block's columns alone, and the result holds one
+    such mean per block.
+
+    The gradient is written out (:class:`_InfoNCE`): a handful of operations instead of the
+    few dozen autograd would record; it is checked against autograd's in the tests.
+
+    Args:
+        logits: (A, C) similarities already divided by the temperature.
+        positive: (A, C) bool.
+        negative: (A, C) bool (disjoint from ``positive``).
+        extra_negative: optional (A, C) bool (disjoint from ``positive``): negatives added to
+            the denominator on top of ``negative``; a column in both counts twice.
+        blocks: optional :class:`Segments` of the C columns.
+
+    Returns:
+        A scalar, or (S,) with ``blocks``.
+    """
+    one = blocks is None
+    if one:
+        blocks = segments((logits.shape[1],), logits.device)
+    losses = _InfoNCE.apply(logits, positive, negative, extra_negative, blocks)  # (S,)
+    return losses[0] if one else losses
+
+
+class _InfoNCE(torch.autograd.Function):
+    """Block-wise masked InfoNCE with its gradient in closed form.
+
+    With z = LSE_s − s (LSE over the denominator of the row's block) and c[a, s] the weight
+    of anchor a in block s's mean (``used / (#positives · #used anchors)``), the loss of block
+    s is Σ_a Σ_{p ∈ s} c · softplus(z_ap), and for an upstream gradient g_s:
+    ``∂/∂s_aj = q_a · w_aj exp(s_aj − LSE) − g c [j positive] σ(z_aj)`` with
+    ``q_a = Σ_p g c σ(z_ap)`` and w the column's count in the denominator (0, 1 or 2).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, positive, negative, extra_negative, blocks):
+        dtype, device = logits.dtype, logits.device
+        zero = constant(0.0, dtype, device)
+        # Each column's count in the denominator: 0, 1, or 2 for a negative that is also extra.
+        weight = negative.to(dtype)
+        denominator = negative
+        if extra_negative is not None:
+            weight = torch.where(extra_negative, weight + constant(1.0, dtype, device), weight)
+            denominator = torch.bitwise_or(negative, extra_negative)
+        minus_inf = constant(float("-inf"), dtype, device)
+        masked = torch.where(denominator, logits, minus_inf)
+        # The largest negative per (anchor, block) keeps exp() in range at any temperature;
+        # it stays -inf where the block has no negative.
+        shift = torch.full(
+            (logits.shape[0], len(blocks.counts)), float("-inf"), dtype=dtype, device=device
+        )
+        shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
+        no_negative = shift == minus_inf  # (A, S)
+        shift.masked_fill_(no_negative, 0.0)  # (A, S)
+        # In place where a temporary would double the (A, C) memory.
+        terms = masked.sub_(shift.index_select(1, blocks.ids)).exp_().mul_(weight)  # (A, C)
+        # A block without negatives sums to 0: log(1) keeps it finite (it is unused).
+        sums = segment_sum(terms, blocks).masked_fill_(no_negative, 1.0)  # (A, S)
+        gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
+        positive = positive.to(dtype)
+        num_positive = segment_sum(positive, blocks)  # (A, S)
+        used = (num_positive > zero).masked_fill_(no_negative, False).to(dtype)  # (A, S)
+        # Each anchor's share of its block's mean; anchors without a positive or a negative
+        # are exact zeros (masking by multiplication: no host synchronisation).
+        one = constant(1.0, dtype, device)
+        anchors_used = torch.maximum(used.sum(0), one)  # (S,)
+        share = used / (torch.maximum(num_positive, one) * anchors_used)
+        per_pair = F.softplus(gap).mul_(positive)  # (A, C)
+        weighted = per_pair.mul_(share.index_select(1, blocks.ids)).sum(0, True)  # (1, C)
+        ctx.blocks = blocks
+        # The backward needs σ(z) on the positive pairs only: saved as one (A, C) tensor
+        # instead of z and the positives, one (N, M) float less held until the backward
+        # (~60 MB at 171 classes and a 4 × 512 × 512 batch).
+        positive_sigmoid = torch.sigmoid(gap).mul_(positive)  # (A, C)
+        soft = terms.div_(sums.index_select(1, blocks.ids))  # (A, C), in place: memory
+        ctx.save_for_backward(share, soft, positive_sigmoid)
+        return segment_sum(weighted, blocks).view(-1)  # (S,)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        share, soft, positive_sigmoid = ctx.saved_tensors
+        ids = ctx.blocks.ids
+        scale = (share * grad).index_select(1, ids)  # (A, C): g · c of each pair's block
+        direct = scale.mul_(positive_sigmoid)  # (A, C)
+        through_lse = segment_sum(direct, ctx.blocks).index_select(1, ids)  # (A, C): q
+        return through_lse * soft - direct, None, None, None, None
+
+
+def info_nce_across_processes(
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    extra_negative: torch.Tensor | None,
+    blocks: Segments,
+    group=None,
+) -> torch.Tensor:
+    """:func:`info_nce_from_logits` over the pixels of every process of ``group``: each
+    anchor's denominator sums its negatives on all processes, and the means run over all
+    processes' positives and anchors, so the result is the loss of one process holding the
+    whole batch.
+
+    Each process passes its own pixels' columns (the anchors, rows, must be the same on all:
+    global anchors). Three small collectives of (A, S) values: the shift (max), the
+    denominators and positive counts (sum, differentiable), and the per-block losses (sum).
+    Returns (S,) whose value is the whole batch's loss on every process and whose gradient
+    is ``world_size ×`` this process's share: after DDP averages the gradients over the
+    processes, they are the whole batch's. Plain autograd (no written-out gradient).
+    """
+    import torch.distributed as dist
+
+    from contextrast.utils.distributed import sum_across_processes
+
+    dtype, device = logits.dtype, logits.device
+    world = dist.get_world_size(group)
+    weight = negative.to(dtype)
+    denominator = negative
+    if extra_negative is not None:
+        weight = weight + extra_negative.to(dtype)
+        denominator = negative | extra_negative
+    masked = torch.where(denominator, logits, float("-inf"))
+    with torch.no_grad():
+        shift = torch.full(
+            (logits.shape[0], len(blocks.counts)), float("-inf"), dtype=dtype, device=device
+        )
+        shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=group)  # (A, S)
+        no_negative = shift == float("-inf")
+        shift = shift.masked_fill(no_negative, 0.0)
+    terms = torch.exp(masked - shift.index_select(1, blocks.ids)) * weight  # (A, C)
+    positive = positive.to(dtype)
+    local = torch.stack([segment_sum(terms, blocks), segment_sum(positive, blocks)])
+    sums, num_positive = sum_across_processes(local, group).unbind(0)  # (A, S) each, global
+    sums = torch.where(no_negative, torch.ones_like(sums), sums)
+    gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
+    used = ((num_positive > 0) & ~no_negative).to(dtype)  # (A, S)
+    share = used / (num_positive.clamp(min=1) * used.sum(0).clamp(min=1))  # (A, S)
+    pairs = F.softplus(gap) * positive * share.index_select(1, blocks.ids)  # (A, C)
+    mine = segment_sum(pairs.sum(0, keepdim=True), blocks).view(-1)  # (S,): this share
+    total = mine.detach().clone()
+    dist.all_reduce(total, group=group)
+    scaled = mine * world
+    return scaled + (total - scaled).detach()
