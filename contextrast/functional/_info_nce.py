@@ -8,6 +8,7 @@ the reference it equals (:mod:`contextrast.functional.reference`) and is tested 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
@@ -57,22 +58,29 @@ def info_nce_from_logits(
     one = blocks is None
     if one:
         blocks = segments((logits.shape[1],), logits.device)
-    losses = _InfoNCE.apply(logits, positive, negative, extra_negative, blocks)  # (S,)
+    losses = _InfoNCE.apply(logits, positive, negative, extra_negative, blocks, None, 1)  # (S,)
     return losses[0] if one else losses
 
 
 class _InfoNCE(torch.autograd.Function):
-    """Block-wise masked InfoNCE with its gradient in closed form.
+    """Block-wise masked InfoNCE with its gradient in closed form, in one process or over
+    the columns of every process of a group (``world`` > 1).
 
     With z = LSE_s − s (LSE over the denominator of the row's block) and c[a, s] the weight
     of anchor a in block s's mean (``used / (#positives · #used anchors)``), the loss of block
     s is Σ_a Σ_{p ∈ s} c · softplus(z_ap), and for an upstream gradient g_s:
     ``∂/∂s_aj = q_a · w_aj exp(s_aj − LSE) − g c [j positive] σ(z_aj)`` with
     ``q_a = Σ_p g c σ(z_ap)`` and w the column's count in the denominator (0, 1 or 2).
+
+    Over processes, the statistics that couple the columns are reduced: the shift (max), the
+    denominators and positive counts (sum) and the losses (sum) in the forward, q (sum) in
+    the backward. The gradient is then the whole batch's loss's with respect to this
+    process's columns, times ``world``, so that DDP's average over the processes is the
+    whole batch's gradient.
     """
 
     @staticmethod
-    def forward(ctx, logits, positive, negative, extra_negative, blocks):
+    def forward(ctx, logits, positive, negative, extra_negative, blocks, group, world):
         dtype, device = logits.dtype, logits.device
         zero = constant(0.0, dtype, device)
         # Each column's count in the denominator: 0, 1, or 2 for a negative that is also extra.
@@ -89,15 +97,22 @@ class _InfoNCE(torch.autograd.Function):
             (logits.shape[0], len(blocks.counts)), float("-inf"), dtype=dtype, device=device
         )
         shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
+        if world > 1:
+            dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=group)  # (A, S)
         no_negative = shift == minus_inf  # (A, S)
         shift.masked_fill_(no_negative, 0.0)  # (A, S)
         # In place where a temporary would double the (A, C) memory.
         terms = masked.sub_(shift.index_select(1, blocks.ids)).exp_().mul_(weight)  # (A, C)
-        # A block without negatives sums to 0: log(1) keeps it finite (it is unused).
-        sums = segment_sum(terms, blocks).masked_fill_(no_negative, 1.0)  # (A, S)
-        gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
         positive = positive.to(dtype)
+        sums = segment_sum(terms, blocks)  # (A, S)
         num_positive = segment_sum(positive, blocks)  # (A, S)
+        if world > 1:
+            both = torch.stack([sums, num_positive])  # (2, A, S): one collective
+            dist.all_reduce(both, group=group)
+            sums, num_positive = both.unbind(0)
+        # A block without negatives sums to 0: log(1) keeps it finite (it is unused).
+        sums = sums.masked_fill_(no_negative, 1.0)
+        gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
         used = (num_positive > zero).masked_fill_(no_negative, False).to(dtype)  # (A, S)
         # Each anchor's share of its block's mean; anchors without a positive or a negative
         # are exact zeros (masking by multiplication: no host synchronisation).
@@ -106,14 +121,17 @@ class _InfoNCE(torch.autograd.Function):
         share = used / (torch.maximum(num_positive, one) * anchors_used)
         per_pair = F.softplus(gap).mul_(positive)  # (A, C)
         weighted = per_pair.mul_(share.index_select(1, blocks.ids)).sum(0, True)  # (1, C)
-        ctx.blocks = blocks
+        ctx.blocks, ctx.group, ctx.world = blocks, group, world
         # The backward needs σ(z) on the positive pairs only: saved as one (A, C) tensor
         # instead of z and the positives, one (N, M) float less held until the backward
         # (~60 MB at 171 classes and a 4 × 512 × 512 batch).
         positive_sigmoid = torch.sigmoid(gap).mul_(positive)  # (A, C)
         soft = terms.div_(sums.index_select(1, blocks.ids))  # (A, C), in place: memory
         ctx.save_for_backward(share, soft, positive_sigmoid)
-        return segment_sum(weighted, blocks).view(-1)  # (S,)
+        losses = segment_sum(weighted, blocks).view(-1)  # (S,)
+        if world > 1:
+            dist.all_reduce(losses, group=group)  # every process's pairs
+        return losses
 
     @staticmethod
     @once_differentiable
@@ -122,8 +140,11 @@ class _InfoNCE(torch.autograd.Function):
         ids = ctx.blocks.ids
         scale = (share * grad).index_select(1, ids)  # (A, C): g · c of each pair's block
         direct = scale.mul_(positive_sigmoid)  # (A, C)
-        through_lse = segment_sum(direct, ctx.blocks).index_select(1, ids)  # (A, C): q
-        return through_lse * soft - direct, None, None, None, None
+        q = segment_sum(direct, ctx.blocks)  # (A, S)
+        if ctx.world > 1:
+            dist.all_reduce(q, group=ctx.group)  # the positives of every process
+            return (q.index_select(1, ids) * soft - direct) * ctx.world, *([None] * 6)
+        return q.index_select(1, ids) * soft - direct, *([None] * 6)
 
 
 def info_nce_across_processes(
@@ -140,43 +161,11 @@ def info_nce_across_processes(
     whole batch.
 
     Each process passes its own pixels' columns (the anchors, rows, must be the same on all:
-    global anchors). Three small collectives of (A, S) values: the shift (max), the
-    denominators and positive counts (sum, differentiable), and the per-block losses (sum).
-    Returns (S,) whose value is the whole batch's loss on every process and whose gradient
-    is ``world_size ×`` this process's share: after DDP averages the gradients over the
-    processes, they are the whole batch's. Plain autograd (no written-out gradient).
+    global anchors). The same :class:`_InfoNCE`, with three small collectives of (A, S)
+    values in the forward (the shift, the denominators with the positive counts, the
+    losses) and one in the backward. Returns (S,) whose value is the whole batch's loss on
+    every process and whose gradient is ``world_size ×`` this process's share: after DDP
+    averages the gradients over the processes, they are the whole batch's.
     """
-    import torch.distributed as dist
-
-    from contextrast.utils.distributed import sum_across_processes
-
-    dtype, device = logits.dtype, logits.device
     world = dist.get_world_size(group)
-    weight = negative.to(dtype)
-    denominator = negative
-    if extra_negative is not None:
-        weight = weight + extra_negative.to(dtype)
-        denominator = negative | extra_negative
-    masked = torch.where(denominator, logits, float("-inf"))
-    with torch.no_grad():
-        shift = torch.full(
-            (logits.shape[0], len(blocks.counts)), float("-inf"), dtype=dtype, device=device
-        )
-        shift.scatter_reduce_(1, blocks.ids.expand_as(masked), masked, "amax")
-        dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=group)  # (A, S)
-        no_negative = shift == float("-inf")
-        shift = shift.masked_fill(no_negative, 0.0)
-    terms = torch.exp(masked - shift.index_select(1, blocks.ids)) * weight  # (A, C)
-    positive = positive.to(dtype)
-    local = torch.stack([segment_sum(terms, blocks), segment_sum(positive, blocks)])
-    sums, num_positive = sum_across_processes(local, group).unbind(0)  # (A, S) each, global
-    sums = torch.where(no_negative, torch.ones_like(sums), sums)
-    gap = (shift + torch.log(sums)).index_select(1, blocks.ids) - logits  # (A, C): z
-    used = ((num_positive > 0) & ~no_negative).to(dtype)  # (A, S)
-    share = used / (num_positive.clamp(min=1) * used.sum(0).clamp(min=1))  # (A, S)
-    pairs = F.softplus(gap) * positive * share.index_select(1, blocks.ids)  # (A, C)
-    mine = segment_sum(pairs.sum(0, keepdim=True), blocks).view(-1)  # (S,): this share
-    total = mine.detach().clone()
-    dist.all_reduce(total, group=group)
-    scaled = mine * world
-    return scaled + (total - scaled).detach()
+    return _InfoNCE.apply(logits, positive, negative, extra_negative, blocks, group, world)
