@@ -36,15 +36,21 @@ class PixelSampler:
     Implement :meth:`select`. Arguments:
 
     - labels: ground-truth class ids (``ignore_index`` where unlabelled), (B, H, W) or (B, P)
-      for one map, or the (M,) flat axis of every layer (``functional.batched.gather_layers``) with
-      ``layout``, the :class:`~contextrast.functional.batched.LayerLayout` that says which pixel is
-      whose (the layers' pixel counts: ``layout.segments.counts``). A sampler that picks per
-      layer works per block of that axis.
+      for one map, or the (M,) flat axis of every layer (``functional.layer_targets``) with
+      ``layout``, the :class:`~contextrast.functional.batched.LayerLayout` that says which
+      pixel is whose (the layers' pixel counts: ``layout.segments.counts``).
     - pred: predicted class ids of the same shape, or None for samplers that do not use it.
     - num_classes: N.
 
     Returns: bool of ``labels``' shape.
+
+    A sampler that picks per image (``per_image = True``: its :meth:`select` reads (B, P)
+    maps, as the peers' do) gets the flat axis one layer at a time, as (B, h_i·w_i) maps,
+    and its picks are laid back on the axis: every sampler serves every loss that takes one.
     """
+
+    #: select reads (B, P) maps only: the flat axis is split into them (see above)
+    per_image = False
 
     def __call__(
         self,
@@ -54,7 +60,10 @@ class PixelSampler:
         layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         with torch.no_grad():
-            picked = self.select(labels, pred, num_classes=num_classes, layout=layout)
+            if layout is not None and self.per_image:
+                picked = self._per_layer(labels, pred, num_classes, layout)
+            else:
+                picked = self.select(labels, pred, num_classes=num_classes, layout=layout)
         if not isinstance(picked, torch.Tensor) or picked.dtype != torch.bool:
             raise TypeError(
                 f"{type(self).__name__}.select must return a bool tensor of labels' shape "
@@ -66,6 +75,30 @@ class PixelSampler:
                 f"contract is a mask of labels' shape {tuple(labels.shape)}"
             )
         return picked
+
+    def _per_layer(
+        self,
+        labels: torch.Tensor,
+        pred: torch.Tensor | None,
+        num_classes: int | None,
+        layout: CF.batched.LayerLayout,
+    ) -> torch.Tensor:
+        """:meth:`select` on each layer's block of the (M,) flat axis as (B, h·w) maps."""
+        if labels.dim() != 1 or labels.shape[0] != sum(layout.segments.counts):
+            raise ValueError(
+                f"{type(self).__name__}: with a layout, labels must be the (M,) flat axis of "
+                f"{sum(layout.segments.counts)} pixels, got shape {tuple(labels.shape)}"
+            )
+        parts = []
+        for block, (h, w) in zip(labels.split(layout.segments.counts), layout.sizes):
+            maps = block.view(layout.batch, h * w)  # (B, P_i): the axis is (b, y, x) per layer
+            parts.append(maps)
+        preds = [None] * len(parts) if pred is None else pred.split(layout.segments.counts)
+        return torch.cat([
+            self.select(maps, None if p is None else p.view_as(maps), num_classes=num_classes)
+            .reshape(-1)
+            for maps, p in zip(parts, preds)
+        ])  # fmt: skip
 
     def select(
         self,
@@ -79,16 +112,14 @@ class PixelSampler:
         )
 
 
-def _per_image(labels: torch.Tensor, layout, name: str) -> None:
-    """The peers' samplers pick per image on (B, P) maps; refuse the loss's flat axis."""
-    if layout is not None or not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+def _per_image(labels: torch.Tensor, name: str) -> None:
+    """The peers' samplers pick per image on (B, P) maps (the flat axis reaches them split
+    into such maps: :meth:`PixelSampler._per_layer`)."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
         raise ValueError(
-            f"{name} picks per image on (B, P) labels (a pixel-contrast loss's maps), got "
-            f"shape {tuple(getattr(labels, 'shape', ()))}"
-            + (" with a layout: ContextrastLoss passes every layer's pixels on one flat axis; "
-               "use BaneSampler, SemiHardSampler or a sampler that reads the layout"
-               if layout is not None else "")
-        )  # fmt: skip
+            f"{name} picks per image on (B, P) labels, or on a loss's flat axis with its "
+            f"layout; got shape {tuple(getattr(labels, 'shape', ()))}"
+        )
 
 
 def _needs_prediction(pred: torch.Tensor | None, name: str) -> torch.Tensor:
@@ -184,6 +215,8 @@ class HardAnchorSampler(PixelSampler):
     views, half "hard" (predicted wrongly) and half "easy" (predicted rightly), filling from
     the other kind when one is short."""
 
+    per_image = True
+
     def __init__(self, max_samples: int = 1024, max_views: int = 100, ignore_index: int = 255):
         if not (_count(max_samples, 1) and _count(max_views, 2)):
             raise ValueError(
@@ -200,7 +233,7 @@ class HardAnchorSampler(PixelSampler):
         layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         """labels, pred: (B, P) at the embeddings' resolution -> (B, P) bool."""
-        _per_image(labels, layout, type(self).__name__)
+        _per_image(labels, type(self).__name__)
         pred = _needs_prediction(pred, type(self).__name__)
         if pred.shape != labels.shape:
             raise ValueError(
@@ -232,6 +265,8 @@ class BalancedRandomSampler(PixelSampler):
     smallest pair's count, capped at ``max_views`` and ``max_samples // #pairs`` — drawn
     uniformly at random."""
 
+    per_image = True
+
     def __init__(
         self,
         min_pixels: int = 5,
@@ -255,7 +290,7 @@ class BalancedRandomSampler(PixelSampler):
         layout: CF.batched.LayerLayout | None = None,
     ) -> torch.Tensor:
         """labels: (B, P) -> (B, P) bool; pred: unused (the pick is uniform in each class)."""
-        _per_image(labels, layout, type(self).__name__)
+        _per_image(labels, type(self).__name__)
         pairs, smallest = [], None
         for b in range(labels.shape[0]):
             values, counts = torch.unique(labels[b], return_counts=True)

@@ -270,16 +270,31 @@ def test_bad_options_are_one_line_errors_at_both_entries():
     CF.check_labels(torch.zeros(0, 4, 4, dtype=torch.long), 3, 255)  # empty: nothing to check
 
 
-def test_per_image_samplers_refuse_the_loss_flat_axis():
+def test_per_image_samplers_pick_on_each_layer_of_the_flat_axis():
+    # One contract: the peers' per-image samplers serve ContextrastLoss too. On the flat axis
+    # they pick per layer, on (B, h·w) maps, exactly as on each layer's maps by hand.
     from contextrast.contrast import BalancedRandomSampler, HardAnchorSampler
 
     g = torch.Generator().manual_seed(10)
     features = [torch.randn(2, c, h, w, generator=g) for c, (h, w) in zip(CHANNELS, SIZES)]
     _, logits, target = make_case(seed=10, dtype=torch.float32)
-    for sampler in (HardAnchorSampler(), BalancedRandomSampler()):
+    targets = CF.layer_targets(logits, target, SIZES)
+    for sampler in (HardAnchorSampler(max_samples=64, max_views=8), BalancedRandomSampler()):
+        torch.manual_seed(0)
+        flat = sampler(targets.labels, targets.pred, num_classes=N, layout=targets.layout)
+        torch.manual_seed(0)
+        by_hand = [
+            sampler(labels.view(2, -1), pred.view(2, -1)).reshape(-1)
+            for labels, pred in zip(
+                targets.labels.split(targets.layout.segments.counts),
+                targets.pred.split(targets.layout.segments.counts),
+            )
+        ]
+        assert torch.equal(flat, torch.cat(by_hand)) and flat.any()
         loss = ContextrastLoss(N, CHANNELS, negatives=sampler)
-        with pytest.raises(ValueError, match=r"picks per image on \(B, P\) labels.*flat axis"):
-            loss(features, logits, target)
+        assert torch.isfinite(loss(features, logits, target))
+    with pytest.raises(ValueError, match=r"with a layout, labels must be the \(M,\) flat axis"):
+        HardAnchorSampler()(target, target, num_classes=N, layout=targets.layout)
 
 
 @pytest.mark.parametrize(
