@@ -108,7 +108,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("world", [2, 3])
+# Three processes (two images each) take another ~10 s: opt-in (-m slow).
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_processes_with_global_anchors_equal_one_process_with_the_whole_batch(world, tmp_path):
     features, logits, target = make_case()
     loss = make_loss()
