@@ -207,3 +207,37 @@ def test_dropin_checks_its_loss_arguments_and_keys_the_file_by_them(workspace):
     argv = ["--root", "data", "--out", str(out), "--contrast", "loss_weight=3e-2"]
     with pytest.raises(SystemExit, match=r"contrast \{\} \(asked: \{'loss_weight': 0\.03\}\)"):
         dropin.main(argv)
+
+
+def test_merge_results_joins_invocations_of_one_benchmark_and_refuses_the_rest(tmp_path, capsys):
+    merge = load_tool("merge_results")
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "inia19" / "contextrast.yaml")
+
+    def part(name, rows, overrides=(), iters=None, runs=None):
+        path = result(tmp_path / name, rows, runs=runs, overrides=overrides)
+        data = json.loads(path.read_text())
+        data.update(config=config, iters=iters, protocol="final")
+        path.write_text(json.dumps(data))
+        return path
+
+    ce = part("ce.json", {"ce": {0: 0.5, 1: 0.6}}, runs={"ce/0": "ce_s0_a", "ce/1": "ce_s1_b"})
+    # the same benchmark: an override that restates the config's own data.root
+    other = part("l.json", {"ce+lovasz": {0: 0.55, 1: 0.7}, "ce": {0: 0.5}},
+                 overrides=["data.root=data/inia19/coronal"])  # fmt: skip
+    merge.main([str(ce), str(other), "--out", str(tmp_path / "m.json")])
+    merged = json.loads((tmp_path / "m.json").read_text())
+    rows = {row["method"]: row for row in merged["rows"]}
+    assert rows["ce"]["miou"] == [0.5, 0.6] and rows["ce+lovasz"]["miou"] == [0.55, 0.7]
+    assert merged["seeds"] == [0, 1] and merged["runs"] == {"ce/0": "ce_s0_a", "ce/1": "ce_s1_b"}
+    assert [m["file"] for m in merged["merged_from"]] == [str(ce), str(other)]
+    # pooled.py reads it as any accuracy.py result: Δ paired per seed
+    load_tool("pooled").main([str(tmp_path / "m.json")])
+    assert "ce+lovasz" in capsys.readouterr().out
+    for bad, message in (
+        (part("x.json", {"ce": {0: 0.51}}), r"ce seed 0 reads 0.51 but .*ce.json reads 0.5"),
+        (part("y.json", {"ce": {2: 0.5}}, iters=8), r"iters 8 differs from None"),
+        (part("z.json", {"ce": {2: 0.5}}, overrides=["optim.lr=0.5"]), r"is not that of"),
+        (ce, r"a file is given twice"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            merge.main([str(ce), str(bad), "--out", str(tmp_path / "n.json")])
