@@ -49,6 +49,7 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     step = sections["step"]
     assert step["ce"]["ms_per_step"] > 0 and step["contextrast"]["ms_per_step"] > 0
     assert step["time_ratio"] > 0
+    assert step["contextrast_pp"]["ms_per_step"] > 0 and step["pp_time_ratio"] > 0
 
     losses = sections["classes150"]["classes_150"]
     assert losses["ce"]["ms"] > 0 and losses["ce_plus_contextrast"]["ms"] > 0
