@@ -242,6 +242,12 @@ class ContextrastLoss(nn.Module):
             raise ValueError(
                 f"unknown anchor_fusion {anchor_fusion!r}; choose from {list(ANCHOR_FUSIONS)}"
             )
+        if anchor_fusion == "adaptive" and detach_anchors:
+            raise ValueError(
+                "anchor_fusion='adaptive' with detach_anchors=True: the fusion modules would "
+                "never receive a gradient (and DDP would stop on their unused parameters); "
+                "set one of them off"
+            )
         if anchor_fusion == "adaptive" and len(in_channels) < 2:
             raise ValueError(
                 "anchor_fusion='adaptive' fuses the lower layers' anchors with the last "
@@ -460,6 +466,13 @@ class ContextrastLoss(nn.Module):
                     targets.labels, targets.pred, num_classes=self.num_classes,
                     layout=targets.layout,
                 )  # fmt: skip
+                if not self.sampler.picks_errors:
+                    # A pick is a negative of its predicted class's anchor: a correctly
+                    # predicted pixel would be its own anchor's positive and negative at once.
+                    wrong = (targets.pred != targets.labels).bitwise_and_(
+                        targets.labels != self.ignore_index
+                    )
+                    hard = hard & wrong
         # The heads after BANE: the distance transform's temporaries never meet their
         # activations (a lower peak of memory).
         terms = contextrast_loss(

@@ -9,8 +9,8 @@ without a sampler. :class:`~contextrast.contrast.losses.ContextrastLoss` takes a
 of class n predicted as m becomes a hard negative of anchor m.
 
 The bounds on how many pixels and pairs enter a loss (``max_pixels``, ``max_positives``,
-``max_negatives``) are options of the loss, not samplers: ``functional.bound_pixels`` and
-``functional.batched.sample_pairs``.
+``max_negatives``) are options of the loss, not samplers: ``functional.batched.bound_pixels``
+and ``functional.batched.sample_pairs``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class PixelSampler:
 
     #: select reads (B, P) maps only: the flat axis is split into them (see above)
     per_image = False
+    #: every pick is an error pixel (labelled, predicted wrongly), as BANE's: a loss that
+    #: makes picks hard negatives need not restrict them
+    picks_errors = False
 
     def __call__(
         self,
@@ -141,6 +144,8 @@ class BaneSampler(PixelSampler):
         validate: check the label and prediction values on each call (two host
             synchronisations); the loss's own sampler skips it (the loss checks once).
     """
+
+    picks_errors = True
 
     def __init__(self, ratio: float = 0.5, ignore_index: int = 255, validate: bool = True):
         self.ratio = check_fraction("bane ratio", ratio)

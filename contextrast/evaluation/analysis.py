@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from contextrast import functional as CF
 from contextrast.contrast.losses import ContextrastLoss
 from contextrast.functional import resize_labels
+from contextrast.functional.fusion import adaptive_fuse
 from contextrast.models import Segmentor
 
 __all__ = [
@@ -173,9 +174,15 @@ def boundary_similarity(
             anchors.append(a)
             present.append(p)
         # The anchors exactly as the loss fuses (and normalises) them.
-        fused_anchors = CF.batched.fuse_anchors(
-            anchors, present[-1], contrast.w_high, contrast.normalize_anchors
-        )
+        if contrast.fusion is None:
+            fused_anchors = CF.batched.fuse_anchors(
+                anchors, present[-1], contrast.w_high, contrast.normalize_anchors
+            )
+        else:  # Contextrast++'s learned fusion (N_i ∩ N_I from the presence per layer)
+            held = torch.stack(present, dim=1).long()  # (N, I)
+            fused_anchors = adaptive_fuse(
+                torch.stack(anchors), held, contrast.fusion.weights(), contrast.normalize_anchors
+            )
         for i, (e, fused) in enumerate(zip(embeddings, fused_anchors)):
             size = tuple(e.shape[-2:])
             s, c = similarity_by_distance(

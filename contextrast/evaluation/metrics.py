@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -107,8 +107,8 @@ def pixel_counts(pixels: Sequence[int]) -> list[int]:
     """``pixels`` as a list of ints >= 0 (Python, NumPy or tensor integers; not bools), or a
     one-line ValueError."""
     values = pixels.tolist() if hasattr(pixels, "tolist") else pixels
-    try:
-        values = list(values)
+    try:  # a mapping would give its keys, a string its characters
+        values = None if isinstance(values, (Mapping, str, bytes)) else list(values)
     except TypeError:
         values = None
     if values is None or not all(

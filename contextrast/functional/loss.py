@@ -214,7 +214,11 @@ def contextrast_loss(
         target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
         hard: (M,) bool, the hard negatives a sampler picked on ``targets``' flat axis (for
             BANE: ``BaneSampler(K)(targets.labels, targets.pred, num_classes=N,
-            layout=targets.layout)``); ``None``: plain CCL.
+            layout=targets.layout)``); ``None``: plain CCL. Error pixels only (labelled,
+            predicted wrongly): a pick becomes a negative of its predicted class's anchor,
+            so a correctly predicted one would be its own anchor's positive too
+            (:class:`~contextrast.ContextrastLoss` restricts the picks of a sampler that
+            does not promise errors, ``picks_errors``).
         global_anchors: under ``torch.distributed`` with several processes, the anchors
             (eq. 1) and the InfoNCE denominators and means run over every process's pixels
             (:func:`_reduce_anchor_sums`, :func:`~.batched.info_nce_across_processes`): N
@@ -227,13 +231,15 @@ def contextrast_loss(
             them); ``False`` when the caller checked them before training.
         process_group: the processes of ``global_anchors`` (default: all).
         targets: :func:`layer_targets` of these logits, target and the embeddings' sizes,
-            where the caller made them for its sampler (made here otherwise).
+            where the caller made them for its sampler (made here otherwise); given, the
+            labels and the prediction are read from it, not again from ``logits`` and
+            ``target``.
         fusion: Contextrast++'s adaptive fusion's parameters (:func:`~.fusion.adaptive_fuse`
             replaces ``w_high``'s fixed fusion); ``None``: the fixed fusion.
     """
     pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
     sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
-    _check_call(pairs, logits, target, loss_weight, layer_weights, targets, options=dict(
+    _check_call(pairs, logits, target, loss_weight, layer_weights, targets, fusion, options=dict(
         temperature=temperature, w_high=w_high, hard_negatives=hard_negatives,
         max_pixels=max_pixels, max_positives=max_positives, max_negatives=max_negatives,
     ))  # fmt: skip
@@ -297,6 +303,7 @@ def _check_call(
     loss_weight: float,
     layer_weights: Sequence[float],
     targets: LayerTargets | None,
+    fusion: FusionWeights | None,
     options: dict,
 ) -> None:
     """One-line errors for the options and the inputs' shapes, before any work."""
@@ -304,14 +311,33 @@ def _check_call(
     check_options(layers=len(sizes), layer_weights=layer_weights, **options)
     if not isinstance(loss_weight, numbers.Real) or not 0 <= loss_weight < math.inf:
         raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
-    check_loss_inputs(_shapes(pairs), logits, target)
+    shapes = _shapes(pairs)
+    check_loss_inputs(shapes, logits, target)
     if targets is not None and (
-        not isinstance(targets, LayerTargets) or targets.layout.sizes != sizes
+        not isinstance(targets, LayerTargets)
+        or targets.layout.sizes != sizes
+        or targets.layout.batch != target.shape[0]
+        or targets.labels.device != target.device
     ):
-        got = targets.layout.sizes if isinstance(targets, LayerTargets) else type(targets)
+        got = (
+            f"batch {targets.layout.batch}, sizes {list(targets.layout.sizes)} on "
+            f"{targets.labels.device}"
+            if isinstance(targets, LayerTargets)
+            else type(targets)
+        )
         raise ValueError(
-            f"targets must be layer_targets(logits, target, sizes) of the embeddings' sizes "
+            f"targets must be layer_targets(logits, target, sizes) of this batch "
+            f"({target.shape[0]} images on {target.device}) and the embeddings' sizes "
             f"{list(sizes)}, got {got}"
+        )
+    d = shapes[0][1]
+    if fusion is not None and (
+        not isinstance(fusion, FusionWeights) or fusion.query.shape != (len(sizes) - 1, d, d)
+    ):
+        got = tuple(fusion.query.shape) if isinstance(fusion, FusionWeights) else type(fusion)
+        raise ValueError(
+            f"fusion must be FusionWeights of {len(sizes) - 1} modules for d = {d} (query "
+            f"{(len(sizes) - 1, d, d)}), got {got}"
         )
 
 

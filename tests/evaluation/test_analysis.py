@@ -41,3 +41,27 @@ def test_collect_head_inputs_is_bounded_per_class(tmp_path):
     assert embeddings.shape == (labels.numel(), model.decode_head.classifier.in_channels)
     assert set(labels.tolist()) <= {0, 1, 2}
     assert max(int((labels == c).sum()) for c in range(3)) <= 5
+
+
+def test_boundary_similarity_fuses_the_anchors_as_the_loss_does(tmp_path, monkeypatch):
+    # Fig. 5 with Contextrast++'s learned fusion: the analysis runs the loss's own modules.
+    from contextrast import ContextrastLoss
+    from contextrast.evaluation import analysis
+
+    root = fixtures.folder(tmp_path / "f")
+    dataset = build_dataset("folder", root=root, split="val", transform=EvalTransform())
+    model = create_model("hrnetv2_w18_small", num_classes=3)
+    torch.manual_seed(0)
+    fixed = ContextrastLoss(3, model.feature_channels, embed_dim=8)
+    adaptive = ContextrastLoss(3, model.feature_channels, embed_dim=8, anchor_fusion="adaptive")
+    adaptive.heads.load_state_dict(fixed.heads.state_dict())
+    calls = []
+    fuse = analysis.adaptive_fuse
+    monkeypatch.setattr(analysis, "adaptive_fuse", lambda *a: calls.append(a[3]) or fuse(*a))
+    plain = analysis.boundary_similarity(model, fixed, dataset, max_distance=10)
+    assert not calls
+    learned = analysis.boundary_similarity(model, adaptive, dataset, max_distance=10)
+    assert calls and all(calls)  # per image, normalised as the loss normalises
+    assert learned[-1] == plain[-1]  # the last layer is never fused
+    assert learned[0]["pixels"] == plain[0]["pixels"] and sum(plain[0]["pixels"]) > 0
+    assert learned[0]["similarity"] != plain[0]["similarity"]  # the lowest layer is

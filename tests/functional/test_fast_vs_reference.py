@@ -383,3 +383,47 @@ def test_a_hand_made_pick_is_held_to_the_contract(returns, got):
         return
     with pytest.raises(ValueError, match=rf"hard must be a bool mask .*, got {got}$"):
         CF.contextrast_loss(embeddings, logits, target, **kwargs)
+
+
+def test_a_sampler_that_may_pick_correct_pixels_gives_hard_negatives_of_errors_only():
+    # HardAnchorSampler picks correctly predicted pixels too; as hard negatives of their
+    # predicted class they would be their own anchor's positives: the loss keeps the errors.
+    from contextrast.contrast import HardAnchorSampler
+
+    g = torch.Generator().manual_seed(11)
+    features = [torch.randn(2, c, h, w, generator=g) for c, (h, w) in zip(CHANNELS, SIZES)]
+    _, logits, target = make_case(seed=11, dtype=torch.float32)
+    sampler = HardAnchorSampler(max_samples=64, max_views=8)
+    targets = CF.layer_targets(logits, target, SIZES)
+    torch.manual_seed(0)
+    picked = sampler(targets.labels, targets.pred, num_classes=N, layout=targets.layout)
+    wrong = (targets.pred != targets.labels) & (targets.labels != 255)
+    assert (picked & ~wrong).any() and (picked & wrong).any()
+    loss = ContextrastLoss(N, CHANNELS, negatives=sampler)
+    torch.manual_seed(0)
+    terms = loss.terms(features, logits, target)
+    per_layer = torch.stack(
+        [p.sum() for p in (picked & wrong).split(targets.layout.segments.counts)]
+    )
+    assert torch.equal(terms.hard_negatives, per_layer)
+    assert not sampler.picks_errors and BaneSampler.picks_errors
+
+
+def test_the_entry_refuses_targets_of_another_batch_and_fusion_of_another_shape():
+    from contextrast.functional.fusion import FusionWeights
+
+    embeddings, logits, target = make_case(seed=12)
+    kwargs = dict(
+        HYPER, ignore_index=255, hard=None, hard_negatives="add", max_pixels=None,
+        max_positives=None, max_negatives=None, normalize_anchors=True, detach_anchors=False,
+        global_anchors=False,
+    )  # fmt: skip
+    other = CF.layer_targets(logits[:1], target[:1], SIZES)
+    with pytest.raises(ValueError, match=r"of this batch \(2 images on cpu\).*got batch 1"):
+        CF.contextrast_loss(embeddings, logits, target, **kwargs, targets=other)
+    d = embeddings[0].shape[1]
+    wrong = FusionWeights(*(torch.zeros(2, d, d) for _ in range(7)))  # 2 modules, not 3
+    with pytest.raises(ValueError, match=rf"FusionWeights of 3 modules for d = {d} \(query"):
+        CF.contextrast_loss(embeddings, logits, target, **kwargs, fusion=wrong)
+    with pytest.raises(ValueError, match=r"anchor_fusion='adaptive' with detach_anchors=True"):
+        ContextrastLoss(N, CHANNELS, anchor_fusion="adaptive", detach_anchors=True)
