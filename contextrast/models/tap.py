@@ -145,12 +145,9 @@ class FeatureTap:
             if name not in modules:
                 raise ValueError(_unknown(name, modules))
             self._parsed.append((name, item))
-        # timm returns some families' maps channels-last (Swin: output_fmt NHWC)
-        self._channels_last = {
-            name
-            for name, _ in self._parsed
-            if str(getattr(modules[name], "output_fmt", "")).endswith("NHWC")
-        }
+        # timm returns some families' maps channels-last (Swin: output_fmt NHWC), on the
+        # features_only wrapper or on the model whose stages are named by hand ("layers.0")
+        self._channels_last = {name for name, _ in self._parsed if _channels_last(modules, name)}
         for name in dict.fromkeys(name for name, _ in self._parsed):
             self._handles.append(
                 modules[name].register_forward_hook(self._recorder(name, modules[name]))
@@ -234,6 +231,15 @@ class FeatureTap:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _channels_last(modules: dict[str, nn.Module], name: str) -> bool:
+    """Whether the module ``name`` or one that holds it says its maps are (B, h, w, C)."""
+    parts = name.split(".")
+    holders = [".".join(parts[:k]) for k in range(len(parts), -1, -1)]  # itself, ..., root
+    return any(
+        str(getattr(modules.get(holder), "output_fmt", "")).endswith("NHWC") for holder in holders
+    )
 
 
 def _item(text: str) -> int | str:

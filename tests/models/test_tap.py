@@ -332,6 +332,10 @@ def test_timm_swin_maps_come_out_channels_first_and_a_vit_gives_its_three():
         assert tap.channels(image) == [96, 192, 384, 768]
         swin(image)
         assert [tuple(f.shape[-2:]) for f in tap.features()] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    # Stages named by hand on the whole model (its output_fmt is NHWC too)
+    whole = timm.create_model("swin_tiny_patch4_window7_224", img_size=64)
+    with FeatureTap(whole, [f"layers.{i}" for i in range(4)]) as tap:
+        assert tap.channels(image) == [96, 192, 384, 768]
     # A ViT lists 12 blocks in its feature_info but returns out_indices' 3: all of them.
     vit = timm.create_model("vit_tiny_patch16_224", features_only=True, img_size=64)
     assert preset_layers(vit) == ["[-3]", "[-2]", "[-1]"]
