@@ -146,6 +146,22 @@ def build_contrast(config: Config, num_classes: int, channels: list[int]) -> nn.
         raise ConfigError(f"loss.{section}: {error}") from None
 
 
+def unused_loss_settings(config: Config) -> list[str]:
+    """The ``loss.<section>.<key>=<value>`` settings away from their defaults in the
+    sections of the losses ``loss.name`` does not build: they change nothing, and a user who
+    set one should be told (the generated configs restate every section at its defaults)."""
+    found = []
+    for name, (_, section) in LOSSES.items():
+        if name == config.loss.name:
+            continue
+        values = getattr(config.loss, section)
+        defaults = dataclasses.asdict(type(values)())
+        for key, value in dataclasses.asdict(values).items():
+            if value != defaults[key]:
+                found.append(f"loss.{section}.{key}={value!r}")
+    return found
+
+
 def build_region(config: Config) -> RegionLoss | None:
     """The region term of ``loss.region`` (None when its name is "none")."""
     kwargs = dataclasses.asdict(config.loss.region)

@@ -38,6 +38,7 @@ from contextrast.engine.builders import (
     build_region,
     build_split,
     eval_options,
+    unused_loss_settings,
 )
 from contextrast.engine.optim import apply_hyperparameters, build_optimizer, load_optimizer_state
 from contextrast.engine.runs import check_compatible, differing_settings, last_metrics
@@ -737,6 +738,11 @@ class Trainer:
             f"{self.dist.world_size} process(es), "
             f"{self.config.optim.name} lr {self.config.optim.lr:g}"
         )
+        unused = unused_loss_settings(self.config)
+        if unused:
+            self.train_log.say(
+                f"unused with loss.name {self.config.loss.name!r}: {', '.join(unused)}"
+            )
         metrics: dict[str, Any] = {}
         for iteration, batch in enumerate(self._loader(), start=self.start_iter + 1):
             started = time.perf_counter()

@@ -744,3 +744,12 @@ def test_adaptive_fusion_trains_in_the_contrast_group_and_a_resume_may_not_switc
     for accept in (False, True):
         with pytest.raises(ConfigError, match=r"loss\.contrast\.anchor_fusion: 'fixed' differs "):
             Trainer(config_from_dict(fixed), resume=True, accept_changes=accept)
+
+
+def test_a_loss_section_the_chosen_loss_never_reads_is_named_in_the_log(workspace):
+    c = config(workspace, optim={"iters": 1}, loss={"name": "ce"})
+    c["loss"]["contrast"] = {"bane_ratio": 0.3}
+    Trainer(config_from_dict(c)).fit()
+    log = (workspace / "runs" / "run" / "train.log").read_text()
+    assert "unused with loss.name 'ce': loss.contrast.bane_ratio=0.3" in log
+    assert "ms_cs" not in log.split("unused with")[1].splitlines()[0]  # defaults are quiet
