@@ -92,16 +92,16 @@ class PixelSampler:
                 f"{type(self).__name__}: with a layout, labels must be the (M,) flat axis of "
                 f"{sum(layout.segments.counts)} pixels, got shape {tuple(labels.shape)}"
             )
-        parts = []
-        for block, (h, w) in zip(labels.split(layout.segments.counts), layout.sizes):
+        counts = layout.segments.counts
+        preds = [None] * len(counts) if pred is None else pred.split(counts)
+        picked = []
+        for block, layer_pred, (h, w) in zip(labels.split(counts), preds, layout.sizes):
             maps = block.view(layout.batch, h * w)  # (B, P_i): the axis is (b, y, x) per layer
-            parts.append(maps)
-        preds = [None] * len(parts) if pred is None else pred.split(layout.segments.counts)
-        return torch.cat([
-            self.select(maps, None if p is None else p.view_as(maps), num_classes=num_classes)
-            .reshape(-1)
-            for maps, p in zip(parts, preds)
-        ])  # fmt: skip
+            pick = self.select(
+                maps, None if layer_pred is None else layer_pred.view_as(maps), num_classes
+            )
+            picked.append(pick.reshape(-1))  # (B·P_i,)
+        return torch.cat(picked)
 
     def select(
         self,
