@@ -92,6 +92,12 @@ class PixelSampler:
                 f"{type(self).__name__}: with a layout, labels must be the (M,) flat axis of "
                 f"{sum(layout.segments.counts)} pixels, got shape {tuple(labels.shape)}"
             )
+        if pred is not None and (not torch.is_tensor(pred) or pred.shape != labels.shape):
+            got = tuple(pred.shape) if torch.is_tensor(pred) else type(pred).__name__
+            raise ValueError(
+                f"{type(self).__name__}: pred must have labels' shape {tuple(labels.shape)} "
+                f"(the flat axis), got {got}"
+            )
         counts = layout.segments.counts
         preds = [None] * len(counts) if pred is None else pred.split(counts)
         picked = []

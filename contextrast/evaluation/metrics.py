@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -108,7 +108,8 @@ def pixel_counts(pixels: Sequence[int]) -> list[int]:
     one-line ValueError."""
     values = pixels.tolist() if hasattr(pixels, "tolist") else pixels
     try:  # a mapping would give its keys, a string its characters
-        values = None if isinstance(values, (Mapping, str, bytes)) else list(values)
+        one_shot = isinstance(values, (Mapping, str, bytes, Iterator))  # keys, characters, once
+        values = None if one_shot else list(values)
     except TypeError:
         values = None
     if values is None or not all(

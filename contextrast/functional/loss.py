@@ -99,20 +99,40 @@ def layer_targets(
     """
     if validate:
         check_labels(target, logits.shape[1], ignore_index, "target")
-    sizes = tuple(tuple(int(x) for x in size) for size in sizes)
+    sizes = _sizes(sizes)
     layout = B.layer_layout(target.shape[0], sizes, target.device)
     with torch.no_grad(), torch.autocast(device_type=target.device.type, enabled=False):
         pred = logits.argmax(dim=1)  # (B, h, w)
         return LayerTargets(layout, B.gather_layers(target, layout), B.gather_layers(pred, layout))
 
 
+def _sizes(sizes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """``sizes`` as a tuple of (h, w) pairs of positive ints, or a one-line ValueError."""
+    try:
+        pairs = tuple(tuple(size) for size in sizes)
+    except TypeError:
+        pairs = None
+    if not pairs or not all(
+        len(p) == 2 and all(isinstance(x, numbers.Integral) and x >= 1 for x in p) for p in pairs
+    ):
+        raise ValueError(f"sizes must be (h, w) pairs of positive ints, one per layer, got {sizes}")
+    return tuple((int(h), int(w)) for h, w in pairs)
+
+
 def _check_hard(hard: torch.Tensor | None, labels: torch.Tensor) -> None:
     """``hard`` must be None or a bool mask of the labels' flat axis."""
     if hard is None or (
-        torch.is_tensor(hard) and hard.dtype == torch.bool and hard.shape == labels.shape
+        torch.is_tensor(hard)
+        and hard.dtype == torch.bool
+        and hard.shape == labels.shape
+        and hard.device == labels.device
     ):
         return
-    got = f"{hard.dtype} {tuple(hard.shape)}" if torch.is_tensor(hard) else type(hard).__name__
+    got = (
+        f"{hard.dtype} {tuple(hard.shape)} on {hard.device}"
+        if torch.is_tensor(hard)
+        else type(hard).__name__
+    )
     raise ValueError(
         f"hard must be a bool mask of the layers' flat axis {tuple(labels.shape)} (a "
         f"sampler's pick on layer_targets' labels), got {got}"
@@ -237,6 +257,9 @@ def contextrast_loss(
         fusion: Contextrast++'s adaptive fusion's parameters (:func:`~.fusion.adaptive_fuse`
             replaces ``w_high``'s fixed fusion); ``None``: the fixed fusion.
     """
+    if torch.is_tensor(embeddings) or len(embeddings) == 0:
+        got = f"a tensor {tuple(embeddings.shape)}" if torch.is_tensor(embeddings) else "none"
+        raise ValueError(f"embeddings must be a list of one map per layer (1 or more), got {got}")
     pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
     sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
     _check_call(pairs, logits, target, loss_weight, layer_weights, targets, fusion, options=dict(

@@ -124,7 +124,15 @@ def test_frequency_groups_split_the_classes_in_thirds_by_training_pixels():
     assert groups == {"head": [1, 3, 6, 9], "middle": [0, 2, 5], "tail": [4, 7, 8]}
     assert metrics.frequency_groups([3, 2]) == {"head": [0], "middle": [1], "tail": []}
     assert metrics.frequency_groups(torch.tensor([1, 3, 2]))["head"] == [1]
-    for bad in ([1, -1, 2], [1.5, 2, 3], [True, 1, 2], None, {0: 5, 1: 7, 2: 9}, b"abc"):
+    for bad in (
+        [1, -1, 2],
+        [1.5, 2, 3],
+        [True, 1, 2],
+        None,
+        {0: 5, 1: 7, 2: 9},
+        b"abc",
+        iter([1, 2]),
+    ):
         with pytest.raises(ValueError, match=r"pixels must be ints >= 0, one per class"):
             metrics.frequency_groups(bad)
 

@@ -365,8 +365,8 @@ def test_the_functional_entry_names_nan_inputs_as_the_module_does():
     ("returns", "got"),
     [
         (lambda labels: labels != 0, None),  # the contract: a (M,) bool mask
-        (lambda labels: (labels != 0).long(), r"torch.int64 \(\d+,\)"),
-        (lambda labels: labels[:5] != 0, r"torch.bool \(5,\)"),
+        (lambda labels: (labels != 0).long(), r"torch.int64 \(\d+,\) on cpu"),
+        (lambda labels: labels[:5] != 0, r"torch.bool \(5,\) on cpu"),
         (lambda labels: [True], r"list"),
     ],
 )
@@ -427,3 +427,25 @@ def test_the_entry_refuses_targets_of_another_batch_and_fusion_of_another_shape(
         CF.contextrast_loss(embeddings, logits, target, **kwargs, fusion=wrong)
     with pytest.raises(ValueError, match=r"anchor_fusion='adaptive' with detach_anchors=True"):
         ContextrastLoss(N, CHANNELS, anchor_fusion="adaptive", detach_anchors=True)
+
+
+def test_the_entry_and_layer_targets_name_bad_layers_sizes_and_picks():
+    embeddings, logits, target = make_case(seed=13)
+    kwargs = dict(
+        HYPER, ignore_index=255, hard_negatives="add", max_pixels=None, max_positives=None,
+        max_negatives=None, normalize_anchors=True, detach_anchors=False, global_anchors=False,
+    )  # fmt: skip
+    for bad in ([], embeddings[0]):
+        with pytest.raises(ValueError, match=r"embeddings must be a list of one map per layer"):
+            CF.contextrast_loss(bad, logits, target, hard=None, **kwargs)
+    for sizes in ([(32, 48, 1)], (32, 48), [(7.9, 12)], [(0, 4)]):
+        with pytest.raises(ValueError, match=r"sizes must be \(h, w\) pairs of positive ints"):
+            CF.layer_targets(logits, target, sizes)
+    targets = CF.layer_targets(logits, target, SIZES)
+    hard = torch.zeros_like(targets.labels, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match=r"hard must be a bool mask .* on meta$"):
+        CF.contextrast_loss(embeddings, logits, target, hard=hard, targets=targets, **kwargs)
+    from contextrast.contrast import HardAnchorSampler
+
+    with pytest.raises(ValueError, match=r"pred must have labels' shape \(\d+,\) \(the flat axis"):
+        HardAnchorSampler()(targets.labels, targets.pred[:-5], num_classes=N, layout=targets.layout)
