@@ -137,6 +137,8 @@ class ContextrastLoss(nn.Module):
         start_step: the term is 0 (weight 0, still in the graph) before this step.
         ramp_steps: from ``start_step`` on, the weight rises linearly to α over this many
             steps (0: at once).
+        stop_step: the term is 0 again (weight 0, still in the graph) from this step on
+            (``None``: never): a term on the first part of training only, CE alone after.
         bane_start_step: BANE's hard negatives from this step on; before it the loss is plain
             CCL (the hardest negatives can trap early training, Contextrast++).
             The three schedule options need ``step=`` in every call (the number of
@@ -190,6 +192,7 @@ class ContextrastLoss(nn.Module):
         global_anchors: bool = True,
         start_step: int = 0,
         ramp_steps: int = 0,
+        stop_step: int | None = None,
         bane_start_step: int = 0,
         anchor_memory: int | None = None,
         anchor_fusion: Literal["fixed", "adaptive"] = "fixed",
@@ -199,6 +202,13 @@ class ContextrastLoss(nn.Module):
         start_step = _count("start_step", start_step)
         ramp_steps = _count("ramp_steps", ramp_steps)
         bane_start_step = _count("bane_start_step", bane_start_step)
+        if stop_step is not None:
+            stop_step = _count("stop_step", stop_step)
+            if stop_step <= start_step:
+                raise ValueError(
+                    f"stop_step={stop_step} must be above start_step={start_step} (the term "
+                    "would never be on); None: never stop"
+                )
         try:  # any integer type (a NumPy count from a dataset too), not a bool
             num_classes = _count("num_classes", num_classes)
         except ValueError:
@@ -288,7 +298,7 @@ class ContextrastLoss(nn.Module):
         self.max_positives = max_positives
         self.max_negatives = max_negatives
         self.global_anchors = global_anchors
-        self.start_step, self.ramp_steps = start_step, ramp_steps
+        self.start_step, self.ramp_steps, self.stop_step = start_step, ramp_steps, stop_step
         self.bane_start_step = bane_start_step
         self.validate = validate
         self.anchor_fusion = anchor_fusion
@@ -311,19 +321,22 @@ class ContextrastLoss(nn.Module):
     @property
     def scheduled(self) -> bool:
         """Whether the term or BANE depends on the step (``step=`` is then required)."""
-        return bool(self.start_step or self.ramp_steps or self.bane_start_step)
+        return bool(
+            self.start_step or self.ramp_steps or self.bane_start_step
+            or self.stop_step is not None
+        )  # fmt: skip
 
     def weight_at(self, step: int | None) -> float:
         """The factor on α at ``step`` (1 without a schedule): 0 before ``start_step``, then
-        a linear ramp over ``ramp_steps``."""
+        a linear ramp over ``ramp_steps``, 0 again from ``stop_step`` on."""
         if not self.scheduled:
             return 1.0
         if step is None:
             raise ValueError(
-                "this ContextrastLoss has a schedule (start_step, ramp_steps or "
+                "this ContextrastLoss has a schedule (start_step, ramp_steps, stop_step or "
                 "bane_start_step): pass step= (optimiser steps taken so far) in every call"
             )
-        if step < self.start_step:
+        if step < self.start_step or (self.stop_step is not None and step >= self.stop_step):
             return 0.0
         return min(1.0, (step - self.start_step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
 
@@ -339,7 +352,7 @@ class ContextrastLoss(nn.Module):
             f"normalize_anchors={self.normalize_anchors}"
             + (
                 f", start_step={self.start_step}, ramp_steps={self.ramp_steps}, "
-                f"bane_start_step={self.bane_start_step}"
+                f"stop_step={self.stop_step}, bane_start_step={self.bane_start_step}"
                 if self.scheduled
                 else ""
             )
@@ -431,7 +444,8 @@ class ContextrastLoss(nn.Module):
             logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
             target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
             step: optimiser steps taken before this call (0 for the first); needed only
-                with a schedule (``start_step``, ``ramp_steps``, ``bane_start_step``).
+                with a schedule (``start_step``, ``ramp_steps``, ``stop_step``,
+                ``bane_start_step``).
         """
         step = None if step is None else _count("step", step)
         weight = self.weight_at(step)

@@ -619,6 +619,9 @@ def test_schedule_weight_by_hand():
     assert [loss.weight_at(s) for s in range(8)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
     assert scheduled(start_step=3).weight_at(2) == 0 and scheduled(start_step=3).weight_at(3) == 1
     assert scheduled().weight_at(None) == 1 and not scheduled().scheduled
+    early = scheduled(ramp_steps=2, stop_step=5)
+    assert early.scheduled and [early.weight_at(s) for s in range(7)] == [0.5, 1, 1, 1, 1, 0, 0]
+    assert [scheduled(start_step=2, stop_step=3).weight_at(s) for s in range(5)] == [0, 0, 1, 0, 0]
 
 
 def test_ramped_loss_is_the_weight_times_the_plain_loss():
@@ -628,6 +631,10 @@ def test_ramped_loss_is_the_weight_times_the_plain_loss():
     assert ramped(features, logits, target, step=1).item() == pytest.approx(0.5 * plain.item())
     off = scheduled(start_step=5)(features, logits, target, step=4)
     assert off.item() == 0 and off.requires_grad  # still in the graph (DDP sees one graph)
+    stopped = scheduled(stop_step=3)
+    assert stopped(features, logits, target, step=2).item() == pytest.approx(plain.item(), 1e-12)
+    off = stopped(features, logits, target, step=3)
+    assert off.item() == 0 and off.requires_grad
     assert scheduled(start_step=5)(features, logits, target, step=5).item() == pytest.approx(
         plain.item(), rel=1e-12
     )
@@ -651,6 +658,11 @@ def test_a_schedule_without_step_or_with_a_bad_value_is_one_clear_error():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match=r"start_step must be an int >= 0"):
             scheduled(start_step=bad)
+        with pytest.raises(ValueError, match=r"stop_step must be an int >= 0"):
+            scheduled(stop_step=bad)
+    for stop in (0, 4):
+        with pytest.raises(ValueError, match=rf"stop_step={stop} must be above start_step=4 "):
+            scheduled(start_step=4, stop_step=stop)
     loss = scheduled(bane_start_step=3)
     for bad in (-1, 2.5, True, float("nan"), "3", torch.tensor([3, 4])):
         with pytest.raises(ValueError, match=r"^step must be an int >= 0, got "):
