@@ -188,6 +188,8 @@ class EvalConfig:
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
     boundary_widths: list[int] = field(default_factory=lambda: [5, 7, 10])
+    #: side lengths (px) of tiny / small / medium objects for the object-size mIoU ([]: off)
+    object_sizes: list[int] = field(default_factory=lambda: [16, 32, 96])
     #: evaluate at most this many validation images (None: all)
     max_images: int | None = None
 
@@ -369,6 +371,16 @@ def _check(config: Config) -> Config:
             "must all be finite and > 0",
         ),
         ("eval.boundary_widths", all(w >= 1 for w in config.eval.boundary_widths), "must be >= 1"),
+        (
+            "eval.object_sizes",
+            config.eval.object_sizes == []
+            or (
+                len(config.eval.object_sizes) == 3
+                and 1 <= config.eval.object_sizes[0] < config.eval.object_sizes[1]
+                and config.eval.object_sizes[1] < config.eval.object_sizes[2]
+            ),
+            "must be three increasing side lengths >= 1 (px) or []",
+        ),
         (
             "eval.max_images",
             config.eval.max_images is None or config.eval.max_images >= 1,

@@ -120,6 +120,9 @@ def test_eval_predict_export(trained, capsys):
     assert metrics["images"] == 3 and "mIoU" in out
     # the thirds by the training run's pixel counts (saved in its checkpoint)
     assert list(metrics["frequency_miou"]) == ["head", "middle", "tail"] and "tail mIoU" in out
+    # the object-size mIoU (eval.object_sizes' default), a number or null per size
+    assert list(metrics["size_miou"]) == ["tiny", "small", "medium", "large"]
+    assert "tiny objects" in out and "large objects" in out
     images = tmp / "data" / "images" / "val"
     assert (
         cli.main(

@@ -338,6 +338,8 @@ def test_an_unknown_model_is_named_before_its_head(tmp_path, data, capsys):
         ("eval.scales", [1.0, 0.0], "must all be finite and > 0"),
         ("eval.scales", [float("inf")], "must all be finite and > 0"),
         ("eval.boundary_widths", [0], "must be >= 1"),
+        ("eval.object_sizes", [16, 32], "must be three increasing side lengths >= 1 (px) or []"),
+        ("eval.object_sizes", [32, 16, 96], "must be three increasing side lengths >= 1"),
         ("eval.max_images", 0, "must be >= 1 or null"),
     ],
 )

@@ -182,6 +182,7 @@ def build_evaluator(
         dataset.classes,
         dataset.ignore_index,
         boundary_widths=config.eval.boundary_widths,
+        object_sizes=config.eval.object_sizes,
         instance_classes=getattr(dataset, "instance_classes", ()),
         train_to_label=getattr(dataset, "train_to_label", ()),
         categories=getattr(dataset, "categories", ()),

@@ -859,7 +859,7 @@ class Trainer:
         timm reports both)."""
         metrics = self._score(self.model)
         if self.ema is not None:
-            kept = ("miou", "pixel_accuracy", "boundary_miou", "frequency_miou")
+            kept = ("miou", "pixel_accuracy", "boundary_miou", "frequency_miou", "size_miou")
             raw = {k: metrics[k] for k in kept if k in metrics}
             metrics = {**self._score(self.ema.module), "raw": raw}
         metrics.update(iteration=iteration, seconds_per_iter=self.train_log.seconds_per_step)
@@ -896,6 +896,7 @@ class Trainer:
                 "val/pixel_accuracy": metrics["pixel_accuracy"],
                 **{f"val/boundary_miou_{w}px": v for w, v in metrics["boundary_miou"].items()},
                 **{f"val/{k}_miou": v for k, v in metrics.get("frequency_miou", {}).items()},
+                **{f"val/{k}_objects_miou": v for k, v in metrics.get("size_miou", {}).items()},
             },
             iteration,
         )

@@ -1,4 +1,5 @@
-"""Accumulating evaluator: confusion matrices (whole and boundary bands), Cityscapes iIoU.
+"""Accumulating evaluator: confusion matrices (whole, boundary bands and object-size
+buckets), Cityscapes iIoU.
 
 Every statistic is a sum, so per-rank evaluators reduce with one ``all_reduce`` each.
 """
@@ -16,10 +17,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from contextrast.data import DatasetError
 from contextrast.evaluation.inference import predict_probabilities
 from contextrast.evaluation.metrics import (
+    OBJECT_SIZES,
     boundary_distance,
     confusion_matrix,
     frequency_miou,
     mean_iou,
+    object_size_buckets,
     pixel_accuracy,
     pixel_counts,
 )
@@ -43,6 +46,24 @@ CITYSCAPES_AVG_CLASS_SIZE = {
 }
 
 
+def _object_sizes(sizes: Sequence[int]) -> list[int]:
+    """``sizes`` as a list: three increasing ints >= 1, or empty (off); a one-line error."""
+    values = list(sizes) if isinstance(sizes, (list, tuple)) else None
+    if values is not None and (
+        values == []
+        or (
+            len(values) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+            and values[0] < values[1] < values[2]
+        )
+    ):
+        return values
+    raise ValueError(
+        f"object_sizes must be three increasing side lengths in px (tiny / small / medium "
+        f"limits, e.g. [16, 32, 96]) or [] (off), got {sizes!r}"
+    )
+
+
 def _nanmean(values: list[float]) -> float:
     valid = [v for v in values if not math.isnan(v)]
     return sum(valid) / len(valid) if valid else float("nan")
@@ -63,6 +84,14 @@ class Evaluator:
         class_pixels: (N,) training pixels per class; given, :meth:`compute` adds
             ``frequency_miou``: the mIoU of the head / middle / tail thirds by training-pixel
             frequency (Contextrast++'s Table IV).
+        object_sizes: three side lengths (px) s₀ < s₁ < s₂: :meth:`compute` adds
+            ``size_miou``, the mIoU of tiny (area ≤ s₀²), small (≤ s₁²), medium (≤ s₂²) and
+            large objects (Contextrast++'s Table V), an object being a connected region of
+            one class in the ground truth (8-connected,
+            :func:`~contextrast.evaluation.metrics.object_size_buckets`). As the boundary
+            mIoU scores a band, each size scores its objects' pixels only: a false positive
+            of class c is a pixel of another class's object of that size predicted c.
+            Empty: off.
     """
 
     def __init__(
@@ -75,11 +104,13 @@ class Evaluator:
         categories: Sequence[str] = (),
         avg_class_size: dict[str, float] | None = None,
         class_pixels: Sequence[int] | None = None,
+        object_sizes: Sequence[int] = (16, 32, 96),
     ):
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
         self.ignore_index = ignore_index
         self.boundary_widths = list(boundary_widths)
+        self.object_sizes = _object_sizes(object_sizes)
         self.instance_classes = list(instance_classes)
         self.train_to_label = list(train_to_label)
         self.categories = list(categories)
@@ -101,6 +132,8 @@ class Evaluator:
         n = self.num_classes
         self.confusion = torch.zeros(n, n, dtype=torch.int64)
         self.boundary = torch.zeros(len(self.boundary_widths), n, n, dtype=torch.int64)
+        buckets = len(OBJECT_SIZES) if self.object_sizes else 0
+        self.size = torch.zeros(buckets, n, n, dtype=torch.int64)
         category_names = sorted(set(self.categories), key=self.categories.index)
         self.category_names = category_names
         # Weighted TP / FN per class and per category (float64 sums).
@@ -125,6 +158,11 @@ class Evaluator:
             band = distance <= width
             banded = torch.where(band, target, torch.full_like(target, self.ignore_index))
             self.boundary[i] += confusion_matrix(pred, banded, self.num_classes, self.ignore_index)
+        if self.object_sizes:
+            buckets = object_size_buckets(target, self.object_sizes, self.ignore_index)
+            for k in range(len(OBJECT_SIZES)):
+                sized = torch.where(buckets == k, target, self.ignore_index)
+                self.size[k] += confusion_matrix(pred, sized, self.num_classes, self.ignore_index)
         if instances is not None and instances.numel() and self.instance_classes:
             self._update_instances(pred, instances.cpu())
         self.images += pred.shape[0]
@@ -156,6 +194,7 @@ class Evaluator:
         for tensor in (
             self.confusion,
             self.boundary,
+            self.size,
             self.instance_tp,
             self.instance_fn,
             self.category_tp,
@@ -175,6 +214,10 @@ class Evaluator:
                 str(w): mean_iou(self.boundary[i]).miou for i, w in enumerate(self.boundary_widths)
             },
         }
+        if self.object_sizes:
+            result["size_miou"] = {
+                name: mean_iou(self.size[k]).miou for k, name in enumerate(OBJECT_SIZES)
+            }
         if self.class_pixels is not None:
             result["frequency_miou"] = frequency_miou(iou.tolist(), self.class_pixels)
         if self.instance_classes:

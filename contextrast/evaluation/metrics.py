@@ -1,4 +1,5 @@
-"""Segmentation and feature metrics: confusion matrices, (boundary) mIoU, A / U / U_k.
+"""Segmentation and feature metrics: confusion matrices, (boundary, frequency, object-size)
+mIoU, A / U / U_k.
 
 Confusion matrices are plain int64 tensors, so they add up over batches and reduce across
 processes with ``torch.distributed.all_reduce``.
@@ -23,11 +24,13 @@ __all__ = [
     "boundary_confusion_matrix",
     "boundary_distance",
     "confusion_matrix",
+    "connected_components",
     "feature_metrics",
     "frequency_groups",
     "frequency_miou",
     "mean_iou",
     "metrics_json",
+    "object_size_buckets",
     "pixel_accuracy",
     "pixel_counts",
 ]
@@ -195,6 +198,111 @@ def boundary_distance(target: torch.Tensor, max_distance: float | None = None) -
         inside = target == value
         distance = torch.where(inside, distance_transform(inside, max_distance), distance)
     return distance
+
+
+#: The buckets of :func:`object_size_buckets`, smallest first (Contextrast++'s Table V).
+OBJECT_SIZES = ("tiny", "small", "medium", "large")
+
+# (dy, dx) of the neighbours below or to the right: each undirected edge once.
+_NEIGHBOURS = {4: ((0, 1), (1, 0)), 8: ((0, 1), (1, 0), (1, 1), (1, -1))}
+
+
+def connected_components(
+    target: torch.Tensor, ignore_index: int = 255, connectivity: int = 8
+) -> torch.Tensor:
+    """The connected regions of equal value in each map: ``ignore_index`` pixels belong to
+    none, ``connectivity`` 8 (diagonal neighbours join, as one object) or 4.
+
+    target: (..., H, W) integer. Returns (..., H, W) int64: each pixel the flat index
+    (``y·W + x``) of its region's first pixel in raster order, −1 on ignore pixels, so two
+    pixels of one map share a value exactly when they are connected.
+
+    FastSV's hooking and shortcutting (Zhang, Azad, Hu 2020) on all maps at once: every
+    pixel ends pointing at its region's smallest index in O(log P) rounds of O(P) tensor
+    work, where a propagation of labels would take as many rounds as the longest region.
+    """
+    if target.dim() < 2 or target.is_floating_point():
+        raise ValueError(
+            f"target must be an integer tensor of shape (..., H, W), got "
+            f"{target.dtype} {tuple(target.shape)}"
+        )
+    if connectivity not in _NEIGHBOURS:
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    h, w = target.shape[-2:]
+    maps = target.reshape(-1, h, w)  # (B, H, W)
+    device = target.device
+    valid = maps != ignore_index
+    # The runs of one value along each row are connected already: they are the nodes, so
+    # the work grows with the runs and their overlaps, not with every pixel's neighbours.
+    starts = valid.clone()
+    starts[:, :, 1:].bitwise_and_(
+        (maps[:, :, 1:] != maps[:, :, :-1]).bitwise_or_(~valid[:, :, :-1])
+    )
+    run = starts.view(-1).cumsum(0).sub_(1).view(maps.shape)  # (B, H, W) run of each pixel
+    first_pixel = starts.view(-1).nonzero().squeeze(1)  # (R,) flat index of each run's start
+    if first_pixel.numel() == 0:
+        return torch.full(target.shape, -1, dtype=torch.int64, device=device)
+    sources, sinks = [], []
+    for dy, dx in _NEIGHBOURS[connectivity][1:]:  # the rows below: the runs' overlaps
+        # The pixels at (y, x) and at (y + dy, x + dx), both inside the map.
+        left, right = max(0, -dx), w - max(0, dx)
+        here = (slice(None), slice(0, h - dy), slice(left, right))
+        there = (slice(None), slice(dy, h), slice(left + dx, right + dx))
+        same = (maps[here] == maps[there]).bitwise_and_(valid[here])  # (B, H − dy, W')
+        a, b = run[here], run[there]
+        # One edge per pair of runs: drop a pixel whose left neighbour gave the same pair.
+        same[:, :, 1:].bitwise_and_(
+            (a[:, :, 1:] != a[:, :, :-1]).bitwise_or_(b[:, :, 1:] != b[:, :, :-1])
+        )
+        sources.append(a[same])
+        sinks.append(b[same])
+    u = torch.cat(sources + sinks)  # (E,) both directions of every edge
+    v = torch.cat(sinks + sources)
+    parent = torch.arange(first_pixel.numel(), device=device)
+    grand = parent
+    while u.numel():
+        offer = grand.index_select(0, v)  # each edge's grandparent of its far end
+        hooked = parent.clone()
+        hooked.scatter_reduce_(0, parent.index_select(0, u), offer, "amin")  # hook the tree
+        hooked.scatter_reduce_(0, u, offer, "amin")  # hook the run itself
+        parent = torch.minimum(hooked, grand)  # shortcut
+        updated = parent.index_select(0, parent)
+        if torch.equal(updated, grand):
+            break
+        grand = updated
+    while not torch.equal(grand, parent):  # the last pointers straight to the roots
+        parent, grand = grand, grand.index_select(0, grand)
+    # A region's smallest run is its first in raster order: its start is the region's id.
+    image_start = torch.arange(maps.shape[0], device=device).view(-1, 1, 1) * (h * w)
+    regions = first_pixel.index_select(0, parent).index_select(0, run.view(-1).clamp_(min=0))
+    regions = regions.view(maps.shape) - image_start  # (B, H, W)
+    return regions.masked_fill_(~valid, -1).view(target.shape)
+
+
+def object_size_buckets(
+    target: torch.Tensor,
+    sizes: Sequence[int] = (16, 32, 96),
+    ignore_index: int = 255,
+    connectivity: int = 8,
+) -> torch.Tensor:
+    """Each labelled pixel's object-size bucket (:data:`OBJECT_SIZES`): an object is a
+    connected region of one class (:func:`connected_components`), its size its pixel area A:
+    0 tiny (A ≤ s₀²), 1 small (A ≤ s₁²), 2 medium (A ≤ s₂²), 3 large, for ``sizes`` (s₀,
+    s₁, s₂) (Contextrast++'s Table V: 16, 32, 96 px).
+
+    target: (..., H, W) integer. Returns (..., H, W) int64, −1 on ignore pixels.
+    """
+    regions = connected_components(target, ignore_index, connectivity)
+    h, w = target.shape[-2:]
+    flat = regions.reshape(-1, h * w)  # (B, H·W)
+    # Region ids made unique across maps: image b's ids move up by b·H·W.
+    offset = torch.arange(flat.shape[0], device=target.device).unsqueeze(1) * (h * w)
+    labelled = flat >= 0
+    ids = torch.where(labelled, flat + offset, 0)  # (B, H·W)
+    area = torch.bincount(ids[labelled], minlength=flat.numel())  # (B·H·W,)
+    limits = torch.tensor([s * s for s in sizes], device=target.device)
+    buckets = torch.bucketize(area.index_select(0, ids.view(-1)), limits)  # (B·H·W,)
+    return buckets.view(flat.shape).masked_fill_(~labelled, -1).view(target.shape)
 
 
 def boundary_confusion_matrix(

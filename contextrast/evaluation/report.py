@@ -45,6 +45,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     for third, value in metrics.get("frequency_miou", {}).items():  # by training pixels
         shown = "   n/a" if value is None or value != value else f"{value * 100:6.2f}"
         lines.append(f"{third + ' mIoU':<16}{shown}")
+    for size, value in metrics.get("size_miou", {}).items():  # by ground-truth object area
+        shown = "   n/a" if value is None or value != value else f"{value * 100:6.2f}"
+        lines.append(f"{size + ' objects':<16}{shown}")
     lines.append("")
     lines.append(f"{'class':<24}{'IoU':>8}")
     for name, value in metrics["iou"].items():

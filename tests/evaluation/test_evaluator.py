@@ -94,3 +94,20 @@ def test_training_pixel_thirds_are_reported_beside_miou():
         assert Evaluator(["a", "b", "c"], class_pixels=counts).class_pixels == [90, 9, 1]
     # two classes make no thirds: none reported rather than an always-NaN tail
     assert "frequency_miou" not in Evaluator(["a", "b"], class_pixels=[5, 1]).compute()
+
+
+def test_object_size_miou_scores_each_size_on_its_objects_pixels():
+    # sizes (1, 2, 3): the ten 0s are a large object (> 9 px), the two 1s a small one.
+    evaluator = Evaluator(["a", "b"], boundary_widths=[], object_sizes=[1, 2, 3])
+    target = torch.tensor([[0] * 10 + [1, 1]])
+    evaluator.update(torch.tensor([[0] * 9 + [1, 1, 0]]), target)
+    result = evaluator.compute()["size_miou"]
+    assert list(result) == ["tiny", "small", "medium", "large"]
+    # large: a 9 / 10, b 0 (one false positive); small: b 1 / 2, a 0 (one false positive)
+    assert result["large"] == pytest.approx(0.45) and result["small"] == pytest.approx(0.25)
+    assert math.isnan(result["tiny"]) and math.isnan(result["medium"])
+    assert evaluator.size.sum() == 12  # every labelled pixel in exactly one size
+    assert "size_miou" not in Evaluator(["a", "b"], object_sizes=[]).compute()
+    for bad in ([16, 32], [32, 16, 96], [0, 1, 2], [1.5, 2, 3], [True, 2, 3], "16"):
+        with pytest.raises(ValueError, match=r"object_sizes must be three increasing side"):
+            Evaluator(["a", "b"], object_sizes=bad)

@@ -145,3 +145,83 @@ def test_frequency_miou_means_each_third_over_its_occurring_classes():
     assert math.isnan(metrics.frequency_miou([math.nan, 1.0, 1.0], [9, 1, 1])["head"])
     with pytest.raises(ValueError, match="iou has 2 classes but pixels has 3"):
         metrics.frequency_miou([0.1, 0.2], [1, 2, 3])
+
+
+def test_connected_components_hand_case():
+    target = torch.tensor(
+        [
+            [1, 1, 0, 2],
+            [0, 1, 255, 2],
+            [1, 0, 0, 1],
+        ]
+    )
+    # Region ids are the flat index of each region's first pixel; under 8-connectivity
+    # only, the 1 at (2, 0) joins the 1s above it, and the 0 at (1, 0) the 0s below it
+    # (diagonal neighbours); the 0 at (0, 2) touches no other 0.
+    assert metrics.connected_components(target).tolist() == [
+        [0, 0, 2, 3],
+        [4, 0, -1, 3],
+        [0, 4, 4, 11],
+    ]
+    assert metrics.connected_components(target, connectivity=4).tolist() == [
+        [0, 0, 2, 3],
+        [4, 0, -1, 3],
+        [8, 9, 9, 11],
+    ]
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_connected_components_match_scipy(connectivity):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    generator = torch.Generator().manual_seed(connectivity)
+    structure = np.ones((3, 3)) if connectivity == 8 else None
+    for _ in range(20):
+        h, w = (int(v) for v in torch.randint(1, 24, (2,), generator=generator))
+        target = torch.randint(0, 3, (2, h, w), generator=generator)
+        target[torch.rand(2, h, w, generator=generator) < 0.15] = 255
+        regions = metrics.connected_components(target, connectivity=connectivity).numpy()
+        for image, found in zip(target.numpy(), regions):
+            expected, offset = np.full((h, w), -1), 0
+            for value in set(np.unique(image).tolist()) - {255}:
+                labels, count = ndimage.label(image == value, structure=structure)
+                expected[labels > 0] = labels[labels > 0] + offset
+                offset += count
+            assert ((found == -1) == (expected == -1)).all()
+            labelled = expected >= 0
+            pairs = set(zip(found[labelled].tolist(), expected[labelled].tolist()))
+            assert len(pairs) == len(set(expected[labelled].tolist()))  # one id per region
+            assert len(pairs) == len(set(found[labelled].tolist()))
+            for region in set(found[labelled].tolist()):  # its first pixel's flat index
+                assert np.flatnonzero(found.reshape(-1) == region).min() == region
+
+
+def test_connected_components_of_long_regions_and_bad_input():
+    snake = torch.zeros(64, 64, dtype=torch.long)  # one row-by-row zigzag of 1s
+    snake[::2] = 1
+    snake[1::4, -1] = 1
+    snake[3::4, 0] = 1
+    regions = metrics.connected_components(snake, connectivity=4)
+    assert regions[snake == 1].unique().tolist() == [0]
+    assert (metrics.connected_components(torch.full((2, 3), 255)) == -1).all()
+    with pytest.raises(ValueError, match=r"target must be an integer tensor of shape"):
+        metrics.connected_components(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match=r"connectivity must be 4 or 8, got 6"):
+        metrics.connected_components(snake, connectivity=6)
+
+
+def test_object_size_buckets_by_area():
+    # sizes (1, 2, 3): tiny <= 1 px, small <= 4, medium <= 9, large > 9
+    target = torch.tensor(
+        [
+            [0, 0, 0, 0, 0, 1, 1, 2],
+            [0, 0, 0, 0, 0, 255, 3, 3],
+        ]
+    )  # the 0s: 10 px; the 1s and the 3s: 2 px each; the 2: 1 px
+    buckets = metrics.object_size_buckets(target, (1, 2, 3))
+    assert buckets.tolist() == [
+        [3, 3, 3, 3, 3, 1, 1, 0],
+        [3, 3, 3, 3, 3, -1, 1, 1],
+    ]
+    # per image: the same 10 px split over two images is two medium objects
+    halves = target[:, :5].reshape(2, 1, 5)
+    assert metrics.object_size_buckets(halves, (1, 2, 3)).unique().tolist() == [2]
