@@ -24,9 +24,11 @@ class AnchorFusion(nn.Module):
         layers: I − 1, the lower layers (one module each).
         dim: d.
         hidden: h (default d).
+        zero_out: the MLP's last layer starts at 0, so the modules start by adding nothing
+            (the residual reading: training starts from Contextrast's fixed fusion).
     """
 
-    def __init__(self, layers: int, dim: int, hidden: int | None = None):
+    def __init__(self, layers: int, dim: int, hidden: int | None = None, zero_out: bool = False):
         super().__init__()
         hidden = dim if hidden is None else hidden
         shapes = {
@@ -43,6 +45,8 @@ class AnchorFusion(nn.Module):
             # nn.Linear's initialisation: U(−1/√fan_in, 1/√fan_in), fan_in its input width
             bound = 1.0 / math.sqrt(fan_in.get(name, shape[-1]))
             param = nn.Parameter(torch.empty(layers, *shape).uniform_(-bound, bound))
+            if zero_out and name in ("out", "out_bias"):
+                param.data.zero_()
             self.register_parameter(name, param)
 
     def weights(self) -> FusionWeights:

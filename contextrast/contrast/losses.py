@@ -38,7 +38,7 @@ from contextrast.utils.distributed import world_size
 __all__ = ["ContextrastLoss", "ContextrastTerms"]
 
 NEGATIVE_SAMPLERS = {"bane": BaneSampler, "semi_hard": SemiHardSampler}
-ANCHOR_FUSIONS = ("fixed", "adaptive")
+ANCHOR_FUSIONS = ("fixed", "adaptive", "residual")
 
 
 def _check_channels(in_channels: Sequence[int]) -> list[int]:
@@ -154,8 +154,10 @@ class ContextrastLoss(nn.Module):
         anchor_fusion: ``"fixed"``: ``Â_i = (1 − w_high)·A_i + w_high·A_I`` (Contextrast);
             ``"adaptive"``: Contextrast++'s learned fusion ``â_i = MLP_i(F_i(a_I) ⊕
             F_i(a_i))`` (:class:`~contextrast.contrast.fusion.AnchorFusion`, one module per
-            lower layer, trained with the projection heads; ``w_high`` is then unused).
-            Readings: docs/method.md.
+            lower layer, trained with the projection heads; ``w_high`` is then unused);
+            ``"residual"``: the fixed fusion plus the learned one, ``Â_i = (1 − w_high)·A_i
+            + w_high·A_I + MLP_i(…)``, the MLP's last layer starting at 0 (so training starts
+            from Contextrast's fusion). Readings: docs/method.md.
         validate: per call, check the label values and that the loss is finite (two host
             synchronisations; a non-finite loss then names the bad feature map). The trainer
             turns it off: it checks the labels once before training and watches the loss on
@@ -195,7 +197,7 @@ class ContextrastLoss(nn.Module):
         stop_step: int | None = None,
         bane_start_step: int = 0,
         anchor_memory: int | None = None,
-        anchor_fusion: Literal["fixed", "adaptive"] = "fixed",
+        anchor_fusion: Literal["fixed", "adaptive", "residual"] = "fixed",
         validate: bool = True,
     ):
         super().__init__()
@@ -252,15 +254,15 @@ class ContextrastLoss(nn.Module):
             raise ValueError(
                 f"unknown anchor_fusion {anchor_fusion!r}; choose from {list(ANCHOR_FUSIONS)}"
             )
-        if anchor_fusion == "adaptive" and detach_anchors:
+        if anchor_fusion != "fixed" and detach_anchors:
             raise ValueError(
-                "anchor_fusion='adaptive' with detach_anchors=True: the fusion modules would "
-                "never receive a gradient (and DDP would stop on their unused parameters); "
+                f"anchor_fusion={anchor_fusion!r} with detach_anchors=True: the fusion modules "
+                "would never receive a gradient (and DDP would stop on their unused parameters); "
                 "set one of them off"
             )
-        if anchor_fusion == "adaptive" and len(in_channels) < 2:
+        if anchor_fusion != "fixed" and len(in_channels) < 2:
             raise ValueError(
-                "anchor_fusion='adaptive' fuses the lower layers' anchors with the last "
+                f"anchor_fusion={anchor_fusion!r} fuses the lower layers' anchors with the last "
                 f"layer's: it needs 2 layers or more, got {len(in_channels)}"
             )
         ratio = getattr(negatives, "ratio", None)
@@ -303,7 +305,9 @@ class ContextrastLoss(nn.Module):
         self.validate = validate
         self.anchor_fusion = anchor_fusion
         self.fusion = (
-            AnchorFusion(len(in_channels) - 1, embed_dim) if anchor_fusion == "adaptive" else None
+            None
+            if anchor_fusion == "fixed"
+            else AnchorFusion(len(in_channels) - 1, embed_dim, zero_out=anchor_fusion == "residual")
         )
         anchor_memory = _positive("anchor_memory", anchor_memory, none=True)
         try:
@@ -509,6 +513,7 @@ class ContextrastLoss(nn.Module):
             global_anchors=self.global_anchors,
             validate=self.validate,
             fusion=None if self.fusion is None else self.fusion.weights(),
+            fusion_residual=self.anchor_fusion == "residual",
         )
         if self.memory is None:
             return terms

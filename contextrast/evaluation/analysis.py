@@ -180,8 +180,13 @@ def boundary_similarity(
             )
         else:  # Contextrast++'s learned fusion (N_i ∩ N_I from the presence per layer)
             held = torch.stack(present, dim=1).long()  # (N, I)
+            residual = contrast.w_high if contrast.anchor_fusion == "residual" else None
             fused_anchors = adaptive_fuse(
-                torch.stack(anchors), held, contrast.fusion.weights(), contrast.normalize_anchors
+                torch.stack(anchors),
+                held,
+                contrast.fusion.weights(),
+                contrast.normalize_anchors,
+                residual,
             )
         for i, (e, fused) in enumerate(zip(embeddings, fused_anchors)):
             size = tuple(e.shape[-2:])

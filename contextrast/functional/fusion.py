@@ -3,6 +3,9 @@ modules and the classes:
 
     â_i^n = MLP( F(a_I^n) ⊕ F(a_i^n) )  if n ∈ N_i ∩ N_I,  else  â_i^n = a_i^n,
 
+(or, as a residual, ``(1 − w)·a_i^n + w·a_I^n + MLP(…)``: Contextrast's fixed fusion plus
+a learned correction),
+
 F a single-head self-attention over the d channels of one anchor vector. Equals
 :func:`~contextrast.functional.reference.adaptive_updated_anchors` (tested), without a loop
 or a host synchronisation. The parameters come in as tensors (:class:`FusionWeights`), as
@@ -57,7 +60,11 @@ def refine(anchors: torch.Tensor, weights: FusionWeights) -> torch.Tensor:
 
 
 def adaptive_fuse(
-    anchors: torch.Tensor, counts: torch.Tensor, weights: FusionWeights, normalize: bool = True
+    anchors: torch.Tensor,
+    counts: torch.Tensor,
+    weights: FusionWeights,
+    normalize: bool = True,
+    residual: float | None = None,
 ) -> torch.Tensor:
     """Every layer's fused anchors; the last layer's are its own (â_I = a_I).
 
@@ -66,6 +73,8 @@ def adaptive_fuse(
         counts: (N, I) pixels of class n at layer i (> 0: n ∈ N_i).
         weights: the I − 1 modules' parameters.
         normalize: L2-normalise the fused anchors, as the fixed fusion does.
+        residual: w_high: the modules' output is added to the fixed fusion ``(1 − w)·a_i +
+            w·a_I`` (``None``: it replaces it).
 
     Returns:
         (I, N, d).
@@ -81,6 +90,8 @@ def adaptive_fuse(
     mixed = torch.baddbmm(
         weights.out_bias.unsqueeze(1), hidden, weights.out.transpose(1, 2)
     )  # (L, N, d)
+    if residual is not None:
+        mixed = mixed + torch.lerp(low, high, residual)
     held = counts > 0  # (N, I)
     fuse = (held[:, :-1] & held[:, -1:]).transpose(0, 1).unsqueeze(2)  # (L, N, 1): N_i ∩ N_I
     fused = torch.cat([torch.where(fuse, mixed, low), anchors[-1:]])  # (I, N, d)

@@ -219,6 +219,7 @@ def contextrast_loss(
     process_group=None,
     targets: LayerTargets | None = None,
     fusion: FusionWeights | None = None,
+    fusion_residual: bool = False,
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
     :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
@@ -256,6 +257,8 @@ def contextrast_loss(
             ``target``.
         fusion: Contextrast++'s adaptive fusion's parameters (:func:`~.fusion.adaptive_fuse`
             replaces ``w_high``'s fixed fusion); ``None``: the fixed fusion.
+        fusion_residual: with ``fusion``, its output is added to ``w_high``'s fixed fusion
+            instead of replacing it.
     """
     if torch.is_tensor(embeddings) or len(embeddings) == 0:
         got = f"a tensor {tuple(embeddings.shape)}" if torch.is_tensor(embeddings) else "none"
@@ -290,7 +293,8 @@ def contextrast_loss(
         else:
             # in the anchors' dtype: float32 at least, outside the caller's autocast
             fusion = FusionWeights(*(w if w.dtype == dtype else w.to(dtype) for w in fusion))
-            fused = adaptive_fuse(anchors, counts, fusion, normalize_anchors)
+            residual = w_high if fusion_residual else None
+            fused = adaptive_fuse(anchors, counts, fusion, normalize_anchors, residual)
         if detach_anchors:
             fused = fused.detach()
         if max_pixels is not None:

@@ -377,6 +377,7 @@ def contextrast_loss(
     hard_negatives: str,
     normalize_anchors: bool,
     fusion=None,
+    fusion_residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole contrastive term ``α·L_PA`` (eq. 1–4 and BANE), layer by layer, without the
     random per-anchor sampling (the fast path's ``max_positives = max_negatives = None``).
@@ -396,6 +397,8 @@ def contextrast_loss(
         fusion: Contextrast++'s adaptive fusion, a
             :class:`~contextrast.functional.fusion.FusionWeights` (:func:`adaptive_updated_anchors`
             replaces §3.2's fixed one); ``None``: the fixed fusion.
+        fusion_residual: the learned fusion adds to §3.2's fixed one (``w_high``) instead of
+            replacing it (``adaptive_updated_anchors(residual=w_high)``).
 
     Returns:
         loss α·Σ λ_i L_PA,i (scalar, with gradient); layer_losses (I,) the L_PA,i;
@@ -422,7 +425,8 @@ def contextrast_loss(
     if fusion is None:
         fused = updated_anchors(anchors, w_high, present[-1], normalize_anchors)
     else:
-        fused = adaptive_updated_anchors(anchors, fusion, present, normalize_anchors)
+        residual = w_high if fusion_residual else None
+        fused = adaptive_updated_anchors(anchors, fusion, present, normalize_anchors, residual)
     layer_losses, hard_counts = [], []
     for a, vi, gi, yi in zip(fused, v, g, y):
         errors = class_error_maps(yi, gi, n, ignore_index)  # (B, N, h, w)
@@ -537,9 +541,11 @@ def adaptive_updated_anchors(
     weights,
     present: Sequence[torch.Tensor],
     normalize: bool = False,
+    residual: float | None = None,
 ) -> list[torch.Tensor]:
     """Eq. 3 of Contextrast++: ``â_i^n = MLP_i(F_i(a_I^n) ⊕ F_i(a_i^n))`` for n ∈ N_i ∩ N_I,
-    ``â_i^n = a_i^n`` otherwise; ``Â_I = A_I``.
+    ``â_i^n = a_i^n`` otherwise; ``Â_I = A_I``. With ``residual`` = w, the module's output
+    is added to Contextrast's fixed fusion: ``(1 − w)·a_i^n + w·a_I^n + MLP_i(…)``.
 
     Args:
         anchors: I tensors (N, d), A_1 … A_I, lowest layer first.
@@ -547,6 +553,7 @@ def adaptive_updated_anchors(
             parameters at index i of each field.
         present: I tensors (N,) bool, N_i.
         normalize: L2-normalise each Â_i^n.
+        residual: w_high of the fixed fusion the output is added to (``None``: replaced).
 
     Returns:
         I tensors (N, d).
@@ -564,7 +571,10 @@ def adaptive_updated_anchors(
                 for x in (last[n], a[n])
             ]
             hidden = F.gelu(weights.hidden[i] @ torch.cat(pair) + weights.hidden_bias[i])
-            rows.append(weights.out[i] @ hidden + weights.out_bias[i])
+            out = weights.out[i] @ hidden + weights.out_bias[i]
+            if residual is not None:
+                out = out + (1 - residual) * a[n] + residual * last[n]
+            rows.append(out)
         fused.append(torch.stack(rows))
     fused.append(last)
     return [F.normalize(a, dim=1) for a in fused] if normalize else fused

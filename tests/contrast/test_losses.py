@@ -779,6 +779,14 @@ def test_adaptive_fusion_is_the_module_s_own_trained_part():
     )
     got.loss.backward()  # the fusion learns from the pixel-anchor loss
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adaptive.fusion.parameters())
+    # the residual reading: the module starts at 0, so the loss starts as Contextrast's
+    residual = ContextrastLoss(N, [4, 6], **args, anchor_fusion="residual").double()
+    residual.heads.load_state_dict(fixed.heads.state_dict())
+    start = residual.eval().terms(features, logits, target)
+    plain = fixed.eval().terms(features, logits, target).loss.item()
+    assert start.loss.item() == pytest.approx(plain, rel=1e-12)
+    start.loss.backward()
+    assert residual.fusion.out.grad.abs().sum() > 0  # and it learns a correction
     with pytest.raises(ValueError, match=r"unknown anchor_fusion 'learned'; choose from \['fixed'"):
         ContextrastLoss(N, [4, 6], layer_weights=(0.4, 1.0), anchor_fusion="learned")
     with pytest.raises(ValueError, match=r"anchor_fusion='adaptive' .* needs 2 layers or more"):

@@ -71,6 +71,37 @@ def test_fast_fusion_equals_the_reference_with_its_gradient(seed):
     assert all(grad[layer].abs().sum() > 0 for grad in got_grads[1:] for layer in range(3))
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_residual_fusion_is_the_fixed_fusion_plus_the_module_with_its_gradient(seed):
+    layers, n, d, hidden = 3, 4, 6, 5
+    g = torch.Generator().manual_seed(seed + 20)
+    anchors = torch.randn(layers, n, d, generator=g, dtype=torch.float64).requires_grad_()
+    counts = torch.ones(n, layers, dtype=torch.long)
+    counts[1, -1] = 0  # absent from the last layer: kept as it is, not fused
+    weights = random_weights(layers - 1, d, hidden, seed)
+    got = adaptive_fuse(anchors, counts, weights, normalize=False, residual=0.7)
+    want = torch.stack(
+        R.adaptive_updated_anchors(list(anchors), weights, list((counts > 0).T), residual=0.7)
+    )
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-13)
+    replaced = adaptive_fuse(anchors, counts, weights, normalize=False)
+    fixed = 0.3 * anchors[:-1] + 0.7 * anchors[-1:]  # (I − 1, N, d)
+    assert torch.allclose(got[:-1, 0], replaced[:-1, 0] + fixed[:, 0], rtol=1e-12)
+    assert torch.equal(got[:, 1], anchors[:, 1]) and torch.equal(got[-1], anchors[-1])
+    probe = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    inputs = [anchors, *weights]
+    got_grads = torch.autograd.grad((got * probe).sum(), inputs)
+    want_grads = torch.autograd.grad((want * probe).sum(), inputs)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    # zero-initialised output layer: the module adds nothing, the fixed fusion is exact
+    start = AnchorFusion(layers - 1, d, hidden, zero_out=True).double().weights()
+    assert torch.equal(start.out, torch.zeros_like(start.out)) and start.query.abs().sum() > 0
+    fused = adaptive_fuse(anchors, counts, start, normalize=True, residual=0.7)
+    present = counts[:, -1] > 0
+    assert torch.allclose(fused, CF.batched.fuse_anchors(anchors, present, 0.7), rtol=1e-12)
+
+
 def test_the_loss_with_adaptive_fusion_equals_the_reference_loss():
     embeddings, logits, target = make_case(seed=5)
     weights = random_weights(3, embeddings[0].shape[1], 7, seed=5)
