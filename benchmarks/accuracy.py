@@ -132,7 +132,8 @@ def evaluations(config: Path, method: str, seed: int, extra: list[str], tag: str
 
 
 def reading(history: list[dict], protocol: str) -> dict[str, float] | None:
-    """(mIoU, B-mIoU 5 px) of a run under ``protocol``; None when the run cannot give it
+    """mIoU and B-mIoU 5 px of a run under ``protocol`` (with the tail third's mIoU and the
+    object-size mIoU where its evaluations report them); None when the run cannot give it
     (``ema`` without ``train.ema_decay``, fewer than K evaluations)."""
     ema = protocol == "ema" or protocol.startswith("ema_")
     rest = "final" if protocol == "ema" else protocol.removeprefix("ema_")
@@ -148,13 +149,20 @@ def reading(history: list[dict], protocol: str) -> dict[str, float] | None:
             return None
         source = entry if ema or "raw" not in entry else entry["raw"]
         tail = (source.get("frequency_miou") or {}).get("tail")
-        picked.append((source["miou"], source["boundary_miou"]["5"], tail))
+        picked.append((source["miou"], source["boundary_miou"]["5"], tail, source.get("size_miou")))
     scored = {
         "miou": statistics.mean(p[0] for p in picked),
         "boundary_miou_5": statistics.mean(p[1] for p in picked),
     }
     if all(p[2] is not None for p in picked):  # runs before the thirds existed have none
         scored["tail_miou"] = statistics.mean(p[2] for p in picked)
+    if all(p[3] for p in picked):  # object-size mIoU (Table V); null: no object of a size
+        scored["size_miou"] = {
+            size: None
+            if any(p[3].get(size) is None for p in picked)
+            else statistics.mean(p[3][size] for p in picked)
+            for size in picked[0][3]
+        }
     return scored
 
 

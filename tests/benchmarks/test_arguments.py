@@ -105,3 +105,21 @@ def test_accuracy_reads_the_tail_third_where_the_runs_report_it():
     note = accuracy.missing_tails(results)
     assert note.startswith("tail mIoU: none for ce seed 1 (") and "contextrast" not in note
     assert accuracy.missing_tails({"ce": {0: {"tail_miou": 0.3}}}) is None
+
+
+def test_accuracy_keeps_the_object_size_miou_where_every_reading_has_it():
+    accuracy = load_tool("accuracy")
+
+    def entry(large, tiny):
+        sizes = {"tiny": tiny, "small": 0.5, "medium": 0.6, "large": large}
+        return {"miou": 0.5, "boundary_miou": {"5": 0.4}, "size_miou": sizes}
+
+    history = [entry(0.8, None), entry(0.6, 0.2)]
+    assert accuracy.reading(history, "final")["size_miou"] == {
+        "tiny": 0.2, "small": 0.5, "medium": 0.6, "large": 0.6
+    }  # fmt: skip
+    averaged = accuracy.reading(history, "last2")["size_miou"]
+    assert averaged["large"] == pytest.approx(0.7) and averaged["tiny"] is None  # a null size
+    assert "size_miou" not in accuracy.reading(
+        [{"miou": 0.5, "boundary_miou": {"5": 0.4}}], "final"
+    )
