@@ -54,9 +54,8 @@ from results_io import check_out, read_metrics, sd, shown
 from contextrast.config import ConfigError, load_config
 from contextrast.demo import WEIGHTS, prepare_weights
 from contextrast.engine import Trainer, finished_metrics, settings_key
-from contextrast.engine.builders import build_contrast, build_model, build_region, build_split
-from contextrast.engine.optim import build_optimizer
-from contextrast.engine.step import TrainingModule
+from contextrast.engine.builders import build_split
+from contextrast.engine.builders import check_buildable as check_model_and_losses
 
 DIGITS = Path("configs/digits/contextrast.yaml")
 PEER_SETTINGS = {
@@ -88,15 +87,10 @@ def config_for(config: Path, method: str, seed: int, extra: list[str], tag: str,
 
 def check_buildable(config) -> None:
     """Build what the trainer builds from ``config`` before its first step (the validation
-    split's classes, the model on the meta device: no weights, no memory; the loss, the
-    region term, the optimiser): a value only a constructor checks raises here, in the
-    parent, before any run trains."""
+    split's classes, then :func:`~contextrast.engine.builders.check_buildable`): a value only
+    a constructor checks raises here, in the parent, before any run trains."""
     classes = build_split(config, config.data.val_split, train=False).num_classes
-    with torch.device("meta"):
-        model = build_model(config, classes, pretrained=False)
-        contrast = build_contrast(config, classes, model.feature_channels)
-        net = TrainingModule(model, contrast, config.model.aux_weight, region=build_region(config))
-        build_optimizer(config, net)
+    check_model_and_losses(config, classes)
 
 
 def run(

@@ -361,6 +361,22 @@ def _check(config: Config) -> Config:
         ("model.aux_weight", 0 <= config.model.aux_weight < math.inf, "must be finite and >= 0"),
         ("loss.contrast_warmup_iters", config.loss.contrast_warmup_iters >= 0, "must be >= 0"),
         (
+            "loss.contrast.stop_step",
+            config.loss.name != "contextrast"
+            or config.loss.contrast.stop_step is None
+            or config.loss.contrast_warmup_iters < config.loss.contrast.stop_step,
+            f"must be above loss.contrast_warmup_iters ({config.loss.contrast_warmup_iters}): "
+            "the term would never be on",
+        ),
+        (
+            "loss.contrast.stop_step",
+            config.loss.name != "contextrast"
+            or config.loss.contrast.stop_step is None
+            or config.loss.contrast.stop_step < config.optim.iters,
+            f"must be below optim.iters ({config.optim.iters}) or null (never stop): the term "
+            "would never stop",
+        ),
+        (
             "loss.region.weight",
             math.isfinite(config.loss.region.weight) and config.loss.region.weight >= 0,
             "must be a finite number >= 0",
@@ -377,9 +393,9 @@ def _check(config: Config) -> Config:
             or (
                 len(config.eval.object_sizes) == 3
                 and 1 <= config.eval.object_sizes[0] < config.eval.object_sizes[1]
-                and config.eval.object_sizes[1] < config.eval.object_sizes[2]
+                and config.eval.object_sizes[1] < config.eval.object_sizes[2] <= 2**16
             ),
-            "must be three increasing side lengths >= 1 (px) or []",
+            "must be three increasing side lengths in [1, 65536] (px) or []",
         ),
         (
             "eval.max_images",

@@ -338,8 +338,9 @@ def test_an_unknown_model_is_named_before_its_head(tmp_path, data, capsys):
         ("eval.scales", [1.0, 0.0], "must all be finite and > 0"),
         ("eval.scales", [float("inf")], "must all be finite and > 0"),
         ("eval.boundary_widths", [0], "must be >= 1"),
-        ("eval.object_sizes", [16, 32], "must be three increasing side lengths >= 1 (px) or []"),
-        ("eval.object_sizes", [32, 16, 96], "must be three increasing side lengths >= 1"),
+        ("eval.object_sizes", [16, 32], "must be three increasing side lengths in [1, 65536]"),
+        ("eval.object_sizes", [32, 16, 96], "must be three increasing side lengths in [1, 65536]"),
+        ("eval.object_sizes", [16, 32, 10**10], "must be three increasing side lengths in [1, "),
         ("eval.max_images", 0, "must be >= 1 or null"),
     ],
 )
@@ -347,6 +348,23 @@ def test_values_that_would_train_wrongly_are_config_errors(key, value, message):
     section, name = key.split(".")
     with pytest.raises(ConfigError, match=re.escape(f"{key}: {message}")):
         config_from_dict({section: {name: value}})
+
+
+def test_a_stop_step_the_schedule_never_reaches_is_a_config_error():
+    base = {"loss": {"name": "contextrast", "contrast": {"stop_step": 50}}}
+    late = {"loss": {**base["loss"], "contrast_warmup_iters": 50}}
+    with pytest.raises(
+        ConfigError,
+        match=r"loss.contrast.stop_step: must be above loss.contrast_warmup_iters \(50\)",
+    ):
+        config_from_dict(late)
+    with pytest.raises(
+        ConfigError, match=r"loss.contrast.stop_step: must be below optim.iters \(40\)"
+    ):
+        config_from_dict({**base, "optim": {"iters": 40}})
+    assert config_from_dict({**base, "optim": {"iters": 400}}).loss.contrast.stop_step == 50
+    # another loss ignores the key (configs list every section)
+    assert config_from_dict({"loss": {"name": "ce", "contrast": {"stop_step": 5000}}})
 
 
 def test_an_unwritable_output_dir_names_the_key(tmp_path, data, capsys):

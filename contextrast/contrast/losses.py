@@ -141,7 +141,11 @@ class ContextrastLoss(nn.Module):
             (``None``: never): a term on the first part of training only, CE alone after.
         bane_start_step: BANE's hard negatives from this step on; before it the loss is plain
             CCL (the hardest negatives can trap early training, Contextrast++).
-            The three schedule options need ``step=`` in every call (the number of
+        encoder_start_step: the term's gradient reaches the features (the encoder) from this
+            step on; before it the term trains the projection heads alone, on detached
+            features (freshly initialised heads send the encoder arbitrary gradients, which
+            an adaptive optimiser applies at full step size).
+            The schedule options need ``step=`` in every call (the number of
             optimiser steps taken before it: 0 for the first), as the trainer passes.
         anchor_memory: Contextrast++'s class-balanced anchor memory, K_M entries per class
             (``None``: off, Contextrast). Each step adds ``α · L_AA``: every class of the
@@ -196,6 +200,7 @@ class ContextrastLoss(nn.Module):
         ramp_steps: int = 0,
         stop_step: int | None = None,
         bane_start_step: int = 0,
+        encoder_start_step: int = 0,
         anchor_memory: int | None = None,
         anchor_fusion: Literal["fixed", "adaptive", "residual"] = "fixed",
         validate: bool = True,
@@ -204,13 +209,21 @@ class ContextrastLoss(nn.Module):
         start_step = _count("start_step", start_step)
         ramp_steps = _count("ramp_steps", ramp_steps)
         bane_start_step = _count("bane_start_step", bane_start_step)
+        encoder_start_step = _count("encoder_start_step", encoder_start_step)
         if stop_step is not None:
             stop_step = _count("stop_step", stop_step)
-            if stop_step <= start_step:
+            first = max(start_step + ramp_steps, start_step + 1)  # α reached (or the term on)
+            if stop_step < first:
                 raise ValueError(
-                    f"stop_step={stop_step} must be above start_step={start_step} (the term "
-                    "would never be on); None: never stop"
+                    f"stop_step={stop_step} must be >= start_step + ramp_steps = {first} (the "
+                    "term would stop before it is on at full weight); None: never stop"
                 )
+            for name, value in (("bane_start_step", bane_start_step),
+                                ("encoder_start_step", encoder_start_step)):  # fmt: skip
+                if value >= stop_step:
+                    raise ValueError(
+                        f"{name}={value} >= stop_step={stop_step}: it would never take effect"
+                    )
         try:  # any integer type (a NumPy count from a dataset too), not a bool
             num_classes = _count("num_classes", num_classes)
         except ValueError:
@@ -302,6 +315,7 @@ class ContextrastLoss(nn.Module):
         self.global_anchors = global_anchors
         self.start_step, self.ramp_steps, self.stop_step = start_step, ramp_steps, stop_step
         self.bane_start_step = bane_start_step
+        self.encoder_start_step = encoder_start_step
         self.validate = validate
         self.anchor_fusion = anchor_fusion
         self.fusion = (
@@ -327,7 +341,7 @@ class ContextrastLoss(nn.Module):
         """Whether the term or BANE depends on the step (``step=`` is then required)."""
         return bool(
             self.start_step or self.ramp_steps or self.bane_start_step
-            or self.stop_step is not None
+            or self.encoder_start_step or self.stop_step is not None
         )  # fmt: skip
 
     def weight_at(self, step: int | None) -> float:
@@ -337,8 +351,9 @@ class ContextrastLoss(nn.Module):
             return 1.0
         if step is None:
             raise ValueError(
-                "this ContextrastLoss has a schedule (start_step, ramp_steps, stop_step or "
-                "bane_start_step): pass step= (optimiser steps taken so far) in every call"
+                "this ContextrastLoss has a schedule (start_step, ramp_steps, stop_step, "
+                "bane_start_step or encoder_start_step): pass step= (optimiser steps taken so "
+                "far) in every call"
             )
         if step < self.start_step or (self.stop_step is not None and step >= self.stop_step):
             return 0.0
@@ -356,7 +371,8 @@ class ContextrastLoss(nn.Module):
             f"normalize_anchors={self.normalize_anchors}"
             + (
                 f", start_step={self.start_step}, ramp_steps={self.ramp_steps}, "
-                f"stop_step={self.stop_step}, bane_start_step={self.bane_start_step}"
+                f"stop_step={self.stop_step}, bane_start_step={self.bane_start_step}, "
+                f"encoder_start_step={self.encoder_start_step}"
                 if self.scheduled
                 else ""
             )
@@ -449,12 +465,14 @@ class ContextrastLoss(nn.Module):
             target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
             step: optimiser steps taken before this call (0 for the first); needed only
                 with a schedule (``start_step``, ``ramp_steps``, ``stop_step``,
-                ``bane_start_step``).
+                ``bane_start_step``, ``encoder_start_step``).
         """
         step = None if step is None else _count("step", step)
         weight = self.weight_at(step)
         bane = self.bane_ratio > 0 and (step is None or step >= self.bane_start_step)
         features = self._validate(features, logits, target)
+        if step is not None and step < self.encoder_start_step:
+            features = [f.detach() for f in features]  # the heads learn, the encoder waits
         try:
             return self._loss(features, logits, target, weight, bane)
         except NonFiniteError:

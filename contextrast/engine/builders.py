@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from contextrast.config import Config, ConfigError, DataConfig
@@ -28,6 +29,7 @@ __all__ = [
     "build_model",
     "build_region",
     "build_split",
+    "check_buildable",
     "eval_options",
     "predict_options",
 ]
@@ -212,3 +214,18 @@ def eval_options(config: Config) -> dict[str, Any]:
         "max_images": config.eval.max_images,
         "num_workers": min(2, config.data.num_workers),
     }
+
+
+def check_buildable(config: Config, num_classes: int) -> None:
+    """Build the model (on the meta device: no weights, no memory), its losses and the
+    optimiser as training will: a value only a constructor checks (``loss.contrast.*``)
+    raises its one-line :class:`ConfigError` here, before anything slow (the label scan,
+    the pretrained weights, the first step)."""
+    from contextrast.engine.optim import build_optimizer
+    from contextrast.engine.step import TrainingModule
+
+    with torch.device("meta"):
+        model = build_model(config, num_classes, pretrained=False)
+        contrast = build_contrast(config, num_classes, model.feature_channels)
+        net = TrainingModule(model, contrast, config.model.aux_weight, region=build_region(config))
+        build_optimizer(config, net)

@@ -37,6 +37,7 @@ from contextrast.engine.builders import (
     build_model,
     build_region,
     build_split,
+    check_buildable,
     eval_options,
     unused_loss_settings,
 )
@@ -383,6 +384,8 @@ class Trainer:
         c = self.config
         self.train_set = build_split(c, c.data.train_split, train=True)
         self.val_set = build_split(c, c.data.val_split, train=False)
+        # The losses' own checks (loss.contrast.*) before the label scan, which can take long.
+        check_buildable(c, self.train_set.num_classes)
         self.class_pixels: list[int] | None = None  # without the scan: no head / tail mIoU
         if c.data.check_labels:
             self._check_labels()

@@ -19,6 +19,7 @@ from contextrast.evaluation.inference import predict_probabilities
 from contextrast.evaluation.metrics import (
     OBJECT_SIZES,
     boundary_distance,
+    check_object_sizes,
     confusion_matrix,
     frequency_miou,
     mean_iou,
@@ -44,24 +45,6 @@ CITYSCAPES_AVG_CLASS_SIZE = {
     "truck": 27855.1264367816,
     "trailer": 16926.9763313609,
 }
-
-
-def _object_sizes(sizes: Sequence[int]) -> list[int]:
-    """``sizes`` as a list: three increasing ints >= 1, or empty (off); a one-line error."""
-    values = list(sizes) if isinstance(sizes, (list, tuple)) else None
-    if values is not None and (
-        values == []
-        or (
-            len(values) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
-            and values[0] < values[1] < values[2]
-        )
-    ):
-        return values
-    raise ValueError(
-        f"object_sizes must be three increasing side lengths in px (tiny / small / medium "
-        f"limits, e.g. [16, 32, 96]) or [] (off), got {sizes!r}"
-    )
 
 
 def _nanmean(values: list[float]) -> float:
@@ -110,7 +93,7 @@ class Evaluator:
         self.num_classes = len(class_names)
         self.ignore_index = ignore_index
         self.boundary_widths = list(boundary_widths)
-        self.object_sizes = _object_sizes(object_sizes)
+        self.object_sizes = check_object_sizes(object_sizes)
         self.instance_classes = list(instance_classes)
         self.train_to_label = list(train_to_label)
         self.categories = list(categories)
@@ -147,7 +130,8 @@ class Evaluator:
         self, pred: torch.Tensor, target: torch.Tensor, instances: torch.Tensor | None = None
     ) -> None:
         """pred, target: (B, H, W) (or (H, W)); instances: same shape, dataset instance ids."""
-        pred, target = pred.cpu(), target.cpu()
+        # int64: the ignore value and the class ids fit whatever the label dtype (int8 too)
+        pred, target = pred.cpu(), target.cpu().long()
         if pred.dim() == 2:
             pred, target = pred[None], target[None]
             instances = None if instances is None or instances.numel() == 0 else instances[None]

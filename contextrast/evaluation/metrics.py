@@ -23,6 +23,7 @@ __all__ = [
     "boundary_band",
     "boundary_confusion_matrix",
     "boundary_distance",
+    "check_object_sizes",
     "confusion_matrix",
     "connected_components",
     "feature_metrics",
@@ -202,6 +203,33 @@ def boundary_distance(target: torch.Tensor, max_distance: float | None = None) -
 
 #: The buckets of :func:`object_size_buckets`, smallest first (Contextrast++'s Table V).
 OBJECT_SIZES = ("tiny", "small", "medium", "large")
+#: The largest side length accepted (its square still counts pixels exactly).
+MAX_OBJECT_SIDE = 2**16
+
+
+def check_object_sizes(sizes: Sequence[int]) -> list[int]:
+    """``sizes`` as a list of ints: three increasing side lengths in [1, 2¹⁶] px (Python,
+    NumPy or tensor integers), or empty (the metric off); else a one-line ValueError."""
+    values = sizes.tolist() if hasattr(sizes, "tolist") else sizes
+    if isinstance(values, (list, tuple)) and (
+        values == []
+        or (
+            len(values) == 3
+            and all(
+                isinstance(v, numbers.Integral)
+                and not isinstance(v, bool)
+                and 1 <= v <= MAX_OBJECT_SIDE
+                for v in values
+            )
+            and values[0] < values[1] < values[2]
+        )
+    ):
+        return [int(v) for v in values]
+    raise ValueError(
+        f"object_sizes must be three increasing side lengths in px, at most {MAX_OBJECT_SIDE} "
+        f"(tiny / small / medium limits, e.g. [16, 32, 96]), or [] (off), got {sizes!r}"
+    )
+
 
 # (dy, dx) of the neighbours below or to the right: each undirected edge once.
 _NEIGHBOURS = {4: ((0, 1), (1, 0)), 8: ((0, 1), (1, 0), (1, 1), (1, -1))}
@@ -226,11 +254,19 @@ def connected_components(
             f"target must be an integer tensor of shape (..., H, W), got "
             f"{target.dtype} {tuple(target.shape)}"
         )
-    if connectivity not in _NEIGHBOURS:
+    if (
+        isinstance(connectivity, bool)
+        or connectivity not in (4, 8)
+        or not isinstance(connectivity, int)
+    ):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
-    h, w = target.shape[-2:]
-    maps = target.reshape(-1, h, w)  # (B, H, W)
     device = target.device
+    if target.numel() == 0:
+        return torch.full(target.shape, -1, dtype=torch.int64, device=device)
+    h, w = target.shape[-2:]
+    # int64 and contiguous: ignore_index compares without wrapping in a small dtype, and the
+    # flat views below see raster order whatever the input's strides.
+    maps = target.reshape(-1, h, w).to(torch.int64).contiguous()  # (B, H, W)
     valid = maps != ignore_index
     # The runs of one value along each row are connected already: they are the nodes, so
     # the work grows with the runs and their overlaps, not with every pixel's neighbours.
@@ -292,13 +328,18 @@ def object_size_buckets(
 
     target: (..., H, W) integer. Returns (..., H, W) int64, −1 on ignore pixels.
     """
+    sizes = check_object_sizes(sizes)
+    if not sizes:
+        raise ValueError("sizes must be three side lengths; [] turns the metric off elsewhere")
     regions = connected_components(target, ignore_index, connectivity)
+    if target.numel() == 0:
+        return regions
     h, w = target.shape[-2:]
     flat = regions.reshape(-1, h * w)  # (B, H·W)
     # Region ids made unique across maps: image b's ids move up by b·H·W.
     offset = torch.arange(flat.shape[0], device=target.device).unsqueeze(1) * (h * w)
     labelled = flat >= 0
-    ids = torch.where(labelled, flat + offset, 0)  # (B, H·W)
+    ids = torch.where(labelled, flat + offset, 0).contiguous()  # (B, H·W)
     area = torch.bincount(ids[labelled], minlength=flat.numel())  # (B·H·W,)
     limits = torch.tensor([s * s for s in sizes], device=target.device)
     buckets = torch.bucketize(area.index_select(0, ids.view(-1)), limits)  # (B·H·W,)

@@ -651,6 +651,24 @@ def test_bane_starts_at_its_step():
     assert late(features, logits, target, step=3).item() == pytest.approx(bane.item(), rel=1e-12)
 
 
+def test_the_encoder_gets_the_term_s_gradient_from_its_step_on():
+    features, logits, target = make_inputs()
+    loss = scheduled(encoder_start_step=3)
+    assert loss.scheduled and "encoder_start_step=3" in repr(loss)
+    values = []
+    for step, reaches in ((2, False), (3, True)):
+        inputs = [f.detach().requires_grad_() for f in features]
+        loss.zero_grad()
+        value = loss(inputs, logits, target, step=step)
+        value.backward()
+        values.append(value.item())
+        assert all((x.grad is not None) == reaches for x in inputs)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.heads.parameters())
+    assert values[0] == pytest.approx(values[1], rel=1e-12)  # the same loss, either way
+    with pytest.raises(ValueError, match=r"encoder_start_step must be an int >= 0"):
+        scheduled(encoder_start_step=-1)
+
+
 def test_a_schedule_without_step_or_with_a_bad_value_is_one_clear_error():
     features, logits, target = make_inputs()
     with pytest.raises(ValueError, match=r"has a schedule .*: pass step="):
@@ -660,9 +678,12 @@ def test_a_schedule_without_step_or_with_a_bad_value_is_one_clear_error():
             scheduled(start_step=bad)
         with pytest.raises(ValueError, match=r"stop_step must be an int >= 0"):
             scheduled(stop_step=bad)
-    for stop in (0, 4):
-        with pytest.raises(ValueError, match=rf"stop_step={stop} must be above start_step=4 "):
-            scheduled(start_step=4, stop_step=stop)
+    for stop in (0, 4, 6):
+        with pytest.raises(ValueError, match=rf"stop_step={stop} must be >= start_step \+ ramp"):
+            scheduled(start_step=4, ramp_steps=3, stop_step=stop)
+    for name in ("bane_start_step", "encoder_start_step"):
+        with pytest.raises(ValueError, match=rf"{name}=5 >= stop_step=5: it would never take"):
+            scheduled(**{name: 5}, stop_step=5)
     loss = scheduled(bane_start_step=3)
     for bad in (-1, 2.5, True, float("nan"), "3", torch.tensor([3, 4])):
         with pytest.raises(ValueError, match=r"^step must be an int >= 0, got "):

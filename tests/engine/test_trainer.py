@@ -316,6 +316,16 @@ def test_a_bad_augmentation_names_its_data_key(workspace):
             Trainer(config_from_dict(c))
 
 
+def test_a_bad_loss_option_stops_the_run_before_the_label_scan(workspace, monkeypatch):
+    def scan(self):
+        raise AssertionError("the labels were scanned before the loss was checked")
+
+    monkeypatch.setattr(Trainer, "_check_labels", scan)
+    loss = {"name": "contextrast", "contrast": {"bane_start_step": 4, "stop_step": 3}}
+    with pytest.raises(ConfigError, match=r"loss.contrast: bane_start_step=4 >= stop_step=3"):
+        Trainer(config_from_dict(config(workspace, loss=loss)))
+
+
 def test_crop_size_must_fit_the_encoder_stride(workspace):
     c = config_from_dict(config(workspace, data={"crop_size": [36, 32]}))
     with pytest.raises(ConfigError, match=r"data\.crop_size: \[36, 32\] must be multiples of 32"):

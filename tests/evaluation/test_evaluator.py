@@ -108,6 +108,16 @@ def test_object_size_miou_scores_each_size_on_its_objects_pixels():
     assert math.isnan(result["tiny"]) and math.isnan(result["medium"])
     assert evaluator.size.sum() == 12  # every labelled pixel in exactly one size
     assert "size_miou" not in Evaluator(["a", "b"], object_sizes=[]).compute()
-    for bad in ([16, 32], [32, 16, 96], [0, 1, 2], [1.5, 2, 3], [True, 2, 3], "16"):
+    for bad in ([16, 32], [32, 16, 96], [0, 1, 2], [1.5, 2, 3], [True, 2, 3], "16", [1, 2, 2**17]):
         with pytest.raises(ValueError, match=r"object_sizes must be three increasing side"):
             Evaluator(["a", "b"], object_sizes=bad)
+    for sizes in (
+        (np.int64(1), np.int64(2), np.int64(3)),
+        np.array([1, 2, 3]),
+        torch.tensor([1, 2, 3]),
+    ):
+        assert Evaluator(["a", "b"], object_sizes=sizes).object_sizes == [1, 2, 3]
+    # int8 labels and a transposed map: the same counts as int64 and a contiguous copy
+    small = Evaluator(["a", "b"], boundary_widths=[1], object_sizes=[1, 2, 3])
+    small.update(torch.tensor([[0] * 9 + [1, 1, 0]]).T, target.T.to(torch.int8))
+    assert torch.equal(small.size, evaluator.size)

@@ -205,8 +205,17 @@ def test_connected_components_of_long_regions_and_bad_input():
     assert (metrics.connected_components(torch.full((2, 3), 255)) == -1).all()
     with pytest.raises(ValueError, match=r"target must be an integer tensor of shape"):
         metrics.connected_components(torch.zeros(4, 4))
-    with pytest.raises(ValueError, match=r"connectivity must be 4 or 8, got 6"):
-        metrics.connected_components(snake, connectivity=6)
+    for bad in (6, 8.0, True):
+        with pytest.raises(ValueError, match=r"connectivity must be 4 or 8, got "):
+            metrics.connected_components(snake, connectivity=bad)
+    # any strides, an empty map, a small dtype whose values the ignore index cannot wrap onto
+    target = torch.tensor([[0, 0, 1], [1, 255, 1], [0, 1, 1]])
+    transposed = metrics.connected_components(target.T)
+    assert torch.equal(transposed, metrics.connected_components(target.T.contiguous()))
+    assert metrics.connected_components(torch.zeros(1, 0, 5, dtype=torch.long)).shape == (1, 0, 5)
+    assert metrics.object_size_buckets(torch.zeros(2, 3, 0, dtype=torch.long)).shape == (2, 3, 0)
+    signed = torch.tensor([[-1, -1, 5]], dtype=torch.int8)  # -1 is a class, not 255
+    assert metrics.connected_components(signed).tolist() == [[0, 0, 2]]
 
 
 def test_object_size_buckets_by_area():
@@ -225,3 +234,6 @@ def test_object_size_buckets_by_area():
     # per image: the same 10 px split over two images is two medium objects
     halves = target[:, :5].reshape(2, 1, 5)
     assert metrics.object_size_buckets(halves, (1, 2, 3)).unique().tolist() == [2]
+    for bad in ((3, 1, 2), (1.0, 2, 3), (-1, 2, 3), (1, 2), ()):
+        with pytest.raises(ValueError, match=r"sizes must be three|object_sizes must be three"):
+            metrics.object_size_buckets(target, bad)
