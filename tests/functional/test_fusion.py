@@ -42,6 +42,17 @@ def test_refine_by_hand():
     assert torch.allclose(got.view(2), want, rtol=1e-12)
 
 
+def assert_same_gradients(got, want, inputs, generator):
+    """got and want have the same gradients to ``inputs`` under one random probe; returns
+    got's."""
+    probe = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+    got_grads = torch.autograd.grad((got * probe).sum(), inputs, retain_graph=True)
+    want_grads = torch.autograd.grad((want * probe).sum(), inputs, retain_graph=True)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    return got_grads
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_fast_fusion_equals_the_reference_with_its_gradient(seed):
     layers, n, d, hidden = 4, 6, 8, 5
@@ -61,12 +72,7 @@ def test_fast_fusion_equals_the_reference_with_its_gradient(seed):
     assert torch.allclose(got[:, 1], F.normalize(anchors[:, 1], dim=1))
     assert torch.allclose(got[0, 2], F.normalize(anchors[0, 2], dim=0))
     assert torch.allclose(got[-1], F.normalize(anchors[-1], dim=1))
-    probe = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    inputs = [anchors, *weights]
-    got_grads = torch.autograd.grad((got * probe).sum(), inputs)
-    want_grads = torch.autograd.grad((want * probe).sum(), inputs)
-    for a, b in zip(got_grads, want_grads):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    got_grads = assert_same_gradients(got, want, [anchors, *weights], g)
     # every module's parameters receive a gradient (each fuses class 0)
     assert all(grad[layer].abs().sum() > 0 for grad in got_grads[1:] for layer in range(3))
 
@@ -88,12 +94,7 @@ def test_residual_fusion_is_the_fixed_fusion_plus_the_module_with_its_gradient(s
     fixed = 0.3 * anchors[:-1] + 0.7 * anchors[-1:]  # (I − 1, N, d)
     assert torch.allclose(got[:-1, 0], replaced[:-1, 0] + fixed[:, 0], rtol=1e-12)
     assert torch.equal(got[:, 1], anchors[:, 1]) and torch.equal(got[-1], anchors[-1])
-    probe = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    inputs = [anchors, *weights]
-    got_grads = torch.autograd.grad((got * probe).sum(), inputs)
-    want_grads = torch.autograd.grad((want * probe).sum(), inputs)
-    for a, b in zip(got_grads, want_grads):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert_same_gradients(got, want, [anchors, *weights], g)
     # zero-initialised output layer: the module adds nothing, the fixed fusion is exact
     start = AnchorFusion(layers - 1, d, hidden, zero_out=True).double().weights()
     assert torch.equal(start.out, torch.zeros_like(start.out)) and start.query.abs().sum() > 0
