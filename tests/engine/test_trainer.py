@@ -424,7 +424,7 @@ def test_weight_average_is_timms_ema_and_is_what_the_run_reports_and_deploys(wor
         torch.testing.assert_close(state["ema"][key], value, rtol=1e-5, atol=1e-6)
     assert not torch.equal(state["ema"][key], state["model"][key])  # it is not the last step
     # Reported: the average's metrics, with the trained weights' own beside them.
-    assert set(metrics["raw"]) == {"miou", "pixel_accuracy", "boundary_miou"}
+    assert set(metrics["raw"]) == {"miou", "pixel_accuracy", "boundary_miou", "size_miou"}
     lines = (c.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [2, 4]
     # Deployed: eval, predict and export load the average.
