@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -169,8 +170,10 @@ def _evidence_line(orientation: str, result: dict) -> str:
             cells.append(f"CE {miou:.2f}")
             continue
         mean, sd, _ = _paired(rows, method)
-        cells.append(f"{TITLES.get(method, method)} {miou:.2f} ({mean:+.2f} ± {sd:.2f})")
-    return f"{orientation} ({len(rows['ce']['miou'])} seeds): " + "; ".join(cells)
+        spread = ", one seed" if math.isnan(sd) else f" ± {sd:.2f}"  # no sd of one value
+        cells.append(f"{TITLES.get(method, method)} {miou:.2f} ({mean:+.2f}{spread})")
+    seeds = len(rows["ce"]["miou"])
+    return f"{orientation} ({seeds} seed{'s' if seeds != 1 else ''}): " + "; ".join(cells)
 
 
 def main(argv: list[str] | None = None) -> int:

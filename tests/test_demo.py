@@ -42,6 +42,12 @@ def test_evidence_lines_give_paired_differences_and_pick_the_best_region_loss(tm
         "  AdamW 400:",
         "    coronal (3 seeds): CE 60.00; Contextrast 61.33 (+1.33 ± 2.08)",
     ]
+    # one seed has no sd: it says so
+    single = [{**row, "miou": row["miou"][:1]} for row in rows[:1] + rows[3:4]]
+    data["orientations"] = {"axial": {"seeds": [0], "rows": single}}
+    path.write_text(json.dumps(data))
+    want = "  axial (1 seed): CE 40.00; Contextrast 42.00 (+2.00, one seed)"
+    assert demo.evidence_lines(path)[1] == want
 
 
 def test_the_packaged_evidence_is_read_from_inside_the_package():
@@ -50,7 +56,7 @@ def test_the_packaged_evidence_is_read_from_inside_the_package():
     assert lines[0].startswith("Evidence (docs/benchmarks.md")
     # one block per schedule: its name, then a line per orientation
     schedules = [line for line in lines[1:] if not line.startswith("    ")]
-    assert [line.split(",")[0].strip() for line in schedules] == ["SGD", "AdamW"]
+    assert [line.split(",")[0].strip() for line in schedules] == ["SGD", "AdamW", "AdamW"]
     assert sum(line.startswith("    coronal (") for line in lines) == len(schedules)
     assert any(line.startswith("    coronal (") and "CE + " in line for line in lines[1:])
 
