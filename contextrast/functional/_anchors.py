@@ -22,6 +22,7 @@ __all__ = [
     "LayerGroup",
     "fuse_anchors",
     "group_one_hot",
+    "group_row_offsets",
     "layer_similarity",
     "layer_sums",
 ]
@@ -183,6 +184,17 @@ def _group_rows(
     rows = layer * num_classes + torch.arange(num_classes).unsqueeze(1)  # (N, M)
     mask = layer == torch.arange(len(counts)).repeat_interleave(num_classes).unsqueeze(1)
     return rows.to(device), mask.float().to(device)
+
+
+@tensor_cache(maxsize=64)
+def group_row_offsets(
+    groups: tuple[tuple[int, ...], ...], num_classes: int, device: torch.device
+) -> torch.Tensor:
+    """(Σ M,) int64 j·N for each pixel of the j-th layer of its group, group after group
+    (``groups``: each group's layer sizes): a pixel of class n is row j·N + n of its group's
+    :func:`group_one_hot`."""
+    layer = [torch.repeat_interleave(torch.arange(len(c)), torch.tensor(c)) for c in groups]
+    return (torch.cat(layer) * num_classes).to(device)
 
 
 def group_one_hot(one_hot: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:

@@ -68,6 +68,15 @@ def segments(counts: tuple[int, ...], device: torch.device) -> Segments:
     )
 
 
+@tensor_cache(maxsize=64)
+def prefix_index(counts: tuple[int, ...], kept: tuple[int, ...], device) -> torch.Tensor:
+    """(Σ kept,) int64 the first ``kept[i]`` positions of each block of ``counts``."""
+    starts = torch.tensor([sum(counts[:i]) for i in range(len(counts))])
+    ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(kept))
+    local = torch.arange(sum(kept)) - torch.tensor([sum(kept[:i]) for i in range(len(kept))])[ids]
+    return (starts[ids] + local).to(device)
+
+
 def segment_sum(values: torch.Tensor, blocks: Segments | None) -> torch.Tensor:
     """values: (A, C) -> (A, S) sums over each block of the last axis; ``None``: one block."""
     if blocks is None:

@@ -18,6 +18,7 @@ from contextrast.functional._layouts import (
     Segments,
     _segment_expand,
     class_rows,
+    prefix_index,
     segment_sum,
     segments,
 )
@@ -115,20 +116,20 @@ def bound_pixels(
     counts = (labels.numel(),) if blocks is None else blocks.counts
     if max(counts) <= max_pixels:
         return None
-    score = torch.rand(labels.shape, device=labels.device)
+    device = labels.device
+    if blocks is None:
+        blocks = segments(counts, device)
+    # One exact integer sort for every layer: by layer, then the priority pixels, then the
+    # other labelled ones, then the unlabelled, each at random (40 random bits: ties are
+    # rare and only swap two equally likely pixels).
+    rank = (labels == ignore_index).to(torch.int64).mul_(2)  # (M,) 0 labelled, 2 unlabelled
     if priority is not None:
-        score = score + priority.to(score.dtype)
-    score = score.masked_fill(labels == ignore_index, -1.0)
-    keep, start = [], 0
-    for count in counts:
-        if count <= max_pixels:
-            keep.append(torch.arange(start, start + count, device=labels.device))
-        else:
-            top = torch.topk(score[start : start + count], max_pixels, sorted=False)
-            keep.append(top.indices + start)
-        start += count
+        rank.add_((~priority).to(torch.int64))  # priority pixels before the other labelled
+    key = torch.randint(0, 2**40, labels.shape, device=device)
+    key.add_(rank, alpha=2**41).add_(blocks.ids, alpha=2**43)
+    order = torch.argsort(key)  # (M,)
     kept = tuple(min(count, max_pixels) for count in counts)
-    return torch.cat(keep), segments(kept, labels.device)
+    return order.index_select(0, prefix_index(counts, kept, device)), segments(kept, device)
 
 
 @functools.lru_cache(maxsize=64)

@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from contextrast.functional._anchors import LayerGroup
 from contextrast.functional._cache import _arange, constant, tensor_cache
-from contextrast.functional._layouts import Segments, segment_sum, segments
+from contextrast.functional._layouts import Segments, prefix_index, segment_sum, segments
 
 __all__ = ["SparsePairs", "sparse_info_nce", "sparse_pairs"]
 
@@ -65,15 +65,6 @@ def random_rank(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 @tensor_cache(maxsize=64)
-def _prefix_index(counts: tuple[int, ...], kept: tuple[int, ...], device) -> torch.Tensor:
-    """(Σ kept,) the first ``kept[i]`` positions of each block of ``counts``."""
-    starts = torch.tensor([sum(counts[:i]) for i in range(len(counts))])
-    ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(kept))
-    local = torch.arange(sum(kept)) - torch.tensor([sum(kept[:i]) for i in range(len(kept))])[ids]
-    return (starts[ids] + local).to(device)
-
-
-@tensor_cache(maxsize=64)
 def _block_starts(counts: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(T,) the position before each entry's block start (0 for the first block) and (T,)
     1 where there is one (0 in the first block): a running sum minus its value there is
@@ -100,7 +91,7 @@ def _shared_pool(
     if not bounded:
         return order, blocks
     kept = tuple(min(count, pool) for count in blocks.counts)
-    return order.index_select(0, _prefix_index(blocks.counts, kept, labels.device)), segments(
+    return order.index_select(0, prefix_index(blocks.counts, kept, labels.device)), segments(
         kept, labels.device
     )
 

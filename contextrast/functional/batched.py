@@ -27,6 +27,7 @@ from contextrast.functional._anchors import (
     LayerGroup,
     fuse_anchors,
     group_one_hot,
+    group_row_offsets,
     layer_similarity,
     layer_sums,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "fuse_anchors",
     "gather_layers",
     "group_one_hot",
+    "group_row_offsets",
     "hard_negative_mask",
     "info_nce_across_processes",
     "info_nce_from_logits",

@@ -302,8 +302,11 @@ def contextrast_loss(
             if bounded is not None:
                 keep, blocks = bounded
                 groups = _keep_columns(groups, keep, blocks.counts)
-                labels, hard, layer_pred = labels[keep], hard[keep], layer_pred[keep]
-                inverse_norm, is_class = inverse_norm[keep], is_class[:, keep]
+                # one gather for the three maps: (3, M') labels, prediction, picks
+                kept = torch.stack([labels, layer_pred, hard.to(labels.dtype)]).index_select(1, keep)
+                labels, layer_pred, hard = kept[0], kept[1], kept[2].bool()
+                inverse_norm = inverse_norm.index_select(0, keep)  # (M',)
+                is_class = labels == B.class_rows(n, device)  # (N, M')
         similarity = B.layer_similarity(fused, groups, inverse_norm, temperature)  # (N, M)
         positive, negative, extra = _pairs(
             labels, layer_pred, is_class, hard if picked else None, blocks, ignore_index,
@@ -317,7 +320,9 @@ def contextrast_loss(
             stacked = B.info_nce_from_logits(similarity, positive, negative, extra, blocks)
         weights = tuple(loss_weight * w for w in layer_weights)  # α·λ_i
         total = torch.dot(stacked, B.constant(weights, stacked.dtype, device))
-        hard_counts = B.segment_sum(hard.view(1, -1), blocks).view(-1).long()  # (I,)
+        # integer sums: exact in any order (deterministic on every device)
+        layers = torch.zeros(len(blocks.counts), dtype=torch.int64, device=device)
+        hard_counts = layers.index_add_(0, blocks.ids, hard.to(torch.int64))  # (I,)
     if validate:
         _check_finite(total, logits, [coords for coords, _ in pairs])
     return ContextrastTerms(total, stacked.detach(), hard_counts, anchors, counts)
@@ -385,17 +390,18 @@ def _class_anchors(
     n, device = is_class.shape[0], labels.device
     one_hot = is_class.to(dtype)
     counts = B.segment_sum(one_hot, blocks)  # (N, I)
-    # A single layer's pixels' classes (any for unlabelled ones) let its backward gather
-    # by them instead of keeping two (N, M_1) tensors, and with them the whole (N, M)
-    # one-hot, alive until it runs: the stride-4 layer's, the largest.
-    inverse, sums, start = [], [], 0
-    for group, part in zip(groups, one_hot.split([sum(g.counts) for g in groups], 1)):
-        single = len(group.counts) == 1
-        rows = labels.narrow(0, start, group.counts[0]).clamp(0, n - 1) if single else None
+    # Each pixel's row of its group's one-hot (j·N + its class; any for unlabelled ones) lets
+    # the backward gather by it instead of keeping two (I_g·N, M_g) tensors, and with them
+    # the whole one-hot, alive until it runs, and multiplying through them: O(M·d), not N·M.
+    widths = [sum(g.counts) for g in groups]
+    rows = labels.clamp(0, n - 1)  # (M,)
+    if any(len(g.counts) > 1 for g in groups):
+        rows = rows + B.group_row_offsets(tuple(g.counts for g in groups), n, device)
+    inverse, sums = [], []
+    for group, part, group_rows in zip(groups, one_hot.split(widths, 1), rows.split(widths)):
         group_inverse, group_sums = B.layer_sums(
-            group.coords, group.lift, B.group_one_hot(part, group.counts), rows=rows
+            group.coords, group.lift, B.group_one_hot(part, group.counts), rows=group_rows
         )
-        start += sum(group.counts)
         inverse.append(group_inverse)  # (M_g,)
         sums.append(group_sums)  # (I_g·N, d)
     inverse_norm = torch.cat(inverse) if len(inverse) > 1 else inverse[0]  # (M,)

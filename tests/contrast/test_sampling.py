@@ -35,7 +35,7 @@ def test_bound_pixels_keeps_priority_and_skips_ignore():
     priority = torch.tensor([False, False, False, True, False, False, True, False])
     keep, kept = CF.batched.bound_pixels(labels, 4, priority)
     assert keep.numel() == 4 and kept.counts == (4,)
-    assert {3, 6} <= set(keep.tolist()) and not set(keep.tolist()) & {2, 5}
+    assert {3, 6} == set(keep[:2].tolist()) and not set(keep.tolist()) & {2, 5}
     # 6 labelled pixels of 8 fit a bound of 6: all of them are kept, with no host sync to
     # count them (so the pick is 6 indices, not "all").
     fit, _ = CF.batched.bound_pixels(labels, 6, priority)
@@ -45,8 +45,26 @@ def test_bound_pixels_keeps_priority_and_skips_ignore():
     # (3 pixels) fits and is kept whole; the kept segments say so.
     blocks = CF.batched.segments((5, 3), labels.device)
     keep, kept = CF.batched.bound_pixels(labels, 4, priority, blocks)
-    assert set(keep[:4].tolist()) == {0, 1, 3, 4} and keep[4:].tolist() == [5, 6, 7]
+    assert set(keep[:4].tolist()) == {0, 1, 3, 4} and set(keep[4:].tolist()) == {5, 6, 7}
     assert kept.counts == (4, 3)
+
+
+def test_bound_pixels_draws_the_other_labelled_pixels_uniformly():
+    """After the priority pixels, every other labelled pixel of a layer is kept with the same
+    probability: 2 of the 4 non-priority labelled pixels, 1/2 each (4,000 draws)."""
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 255, 1, 0, 255, 1, 0, 2, 2, 3])
+    priority = torch.zeros(11, dtype=torch.bool)
+    priority[[3, 6]] = True
+    blocks = CF.batched.segments((8, 3), labels.device)
+    hits = torch.zeros(11)
+    for _ in range(4000):
+        keep, kept = CF.batched.bound_pixels(labels, 4, priority, blocks)
+        assert kept.counts == (4, 3) and set(keep[4:].tolist()) == {8, 9, 10}
+        hits[keep[:4]] += 1
+    assert hits[[3, 6]].tolist() == [4000, 4000] and hits[[2, 5]].sum() == 0
+    # the binomial s.d. of a 1/2 share of 4,000 draws is 31.6
+    assert ((hits[[0, 1, 4, 7]] - 4000 / 2).abs() < 5 * 31.6).all()
 
 
 def test_projection_head_normalises():
