@@ -302,8 +302,8 @@ def contextrast_loss(
             if bounded is not None:
                 keep, blocks = bounded
                 groups = _keep_columns(groups, keep, blocks.counts)
-                # one gather for the three maps: (3, M') labels, prediction, picks
-                kept = torch.stack([labels, layer_pred, hard.to(labels.dtype)]).index_select(1, keep)
+                maps = torch.stack([labels, layer_pred, hard.to(labels.dtype)])  # (3, M)
+                kept = maps.index_select(1, keep)  # (3, M')
                 labels, layer_pred, hard = kept[0], kept[1], kept[2].bool()
                 inverse_norm = inverse_norm.index_select(0, keep)  # (M',)
                 is_class = labels == B.class_rows(n, device)  # (N, M')
