@@ -24,8 +24,9 @@ step        TrainingModule(create_model(...), contrast) steps (forward, backward
             against Contextrast), median step time and peak memory. Full: hrnetv2_w48, batch
             8 x 3 x 512 x 1024, 19 classes.
 classes150  The loss alone on hrnetv2_w48-shaped features of a 4 x 3 x 512 x 512 batch with 150
-            classes (and 19 for scale): forward + backward of CE vs CE + Contextrast on the same
-            logits, time and peak memory added.
+            and 171 classes (and 19 for scale): forward + backward of CE vs CE + Contextrast on
+            the same logits, time and peak memory added; from 20 classes on (the sparse pair
+            form's) also the dense form's time (``dense_time_ratio``).
 launches    torch.profiler over one step of each: kernel launches, host syncs, aten ops.
 compile     The step of ``step`` with the model compiled in place (``--compile-target model``,
             as the trainer's ``optim.compile``) or the whole TrainingModule's total
@@ -63,6 +64,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from contextrast import ContextrastLoss, create_model
 from contextrast.engine.step import TrainingModule
+from contextrast.functional.loss import SPARSE_FROM_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("equality", "gpu_tests", "step", "classes150", "launches", "compile")
@@ -563,7 +565,7 @@ def classes150(args, device):
         class_counts = (150,)
     else:
         batch, size, channels, block, repeats = 4, (512, 512), HRNET_W48_CHANNELS, 32, 10
-        class_counts = (19, 150)
+        class_counts = (19, 150, 171)
     amp = device.type == "cuda"
     dtype = torch.bfloat16 if amp else torch.float32
     h, w = size[0] // 4, size[1] // 4
@@ -583,13 +585,14 @@ def classes150(args, device):
         logits.requires_grad_()
         target = blocky_labels(batch, classes, size, block, g).to(device)
         loss = ContextrastLoss(classes, list(channels)).to(device)
+        dense = ContextrastLoss(classes, list(channels), pair_form="dense").to(device)
+        dense.load_state_dict(loss.state_dict())
         labelled = (target != IGNORE).sum().clamp(min=1)
         leaves = [*features, logits]
 
-        def run(with_contrast: bool, loss=loss, leaves=leaves, target=target, labelled=labelled):
+        def run(contrast, leaves=leaves, target=target, labelled=labelled):
             for leaf in leaves:
                 leaf.grad = None
-            loss.zero_grad(set_to_none=True)
             *feats, lgts = leaves
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 up = F.interpolate(lgts, size=target.shape[-2:], mode="bilinear")
@@ -597,20 +600,25 @@ def classes150(args, device):
                     F.cross_entropy(up.float(), target, ignore_index=IGNORE, reduction="sum")
                     / labelled
                 )
-                if with_contrast:
-                    total = total + loss(feats, lgts, target)
+                if contrast is not None:
+                    contrast.zero_grad(set_to_none=True)
+                    total = total + contrast(feats, lgts, target)
             total.backward()
 
-        ce = measure_call(lambda run=run: run(False), device, repeats)
-        both = measure_call(lambda run=run: run(True), device, repeats)
-        row = {"ce": ce, "ce_plus_contextrast": both}
+        ce = measure_call(lambda run=run: run(None), device, repeats)
+        both = measure_call(lambda run=run, loss=loss: run(loss), device, repeats)
+        row = {"ce": ce, "ce_plus_contextrast": both, "pair_form": "auto"}
+        if classes >= SPARSE_FROM_CLASSES:  # auto is sparse: the dense form beside it
+            forced = measure_call(lambda run=run, dense=dense: run(dense), device, repeats)
+            row["ce_plus_contextrast_dense"] = forced
+            row["dense_time_ratio"] = round(forced["ms"] / ce["ms"], 3)
         row["loss_added_ms"] = round(both["ms"] - ce["ms"], 2)
         row["time_ratio"] = round(both["ms"] / ce["ms"], 3)
         if amp:
             row["loss_added_peak_mib"] = round(both["peak_added_mib"] - ce["peak_added_mib"], 1)
             row["memory_ratio"] = round(both["peak_added_mib"] / ce["peak_added_mib"], 3)
         out[f"classes_{classes}"] = row
-        del features, logits, target, loss, leaves, run
+        del features, logits, target, loss, dense, leaves, run
         free(device)
     return out
 
@@ -647,6 +655,9 @@ def summary_rows(results: dict) -> list[dict]:
             n = key.removeprefix("classes_")
             ce, both = part["ce"], part["ce_plus_contextrast"]
             add(f"loss fwd+bwd, {n} classes: ms (CE vs CE + Contextrast)", ce["ms"], both["ms"], 2)
+            if "ce_plus_contextrast_dense" in part:
+                dense = part["ce_plus_contextrast_dense"]["ms"]
+                add(f"loss fwd+bwd, {n} classes, dense pair form: ms", ce["ms"], dense, 2)
             if ce["peak_added_mib"] is not None:
                 add(f"loss fwd+bwd, {n} classes: peak MiB added", ce["peak_added_mib"],
                     both["peak_added_mib"], 0)  # fmt: skip

@@ -118,6 +118,14 @@ class ContextrastLoss(nn.Module):
             (``None``: all).
         max_negatives: per anchor and layer, at most this many ordinary negatives, and at most
             this many BANE negatives, drawn at random (``None``: all).
+        pair_form: how the pairs are scored: ``"dense"`` (every anchor against every pixel,
+            the sampling as (N, M) masks), ``"sparse"`` (each positive and BANE pick one
+            product, the ordinary negatives drawn from one random pool of 4 ×
+            ``max_negatives`` pixels per layer: work that grows with N × pool, not N·M) or
+            ``"auto"``: sparse from 20 classes on (``functional.loss.SPARSE_FROM_CLASSES``),
+            where it is the faster. Both equal the reference with the sampling off and draw
+            each anchor's pairs uniformly; the draws differ (``"dense"`` repeats a run made
+            before the sparse form at 20 or more classes).
         negatives: the hard-negative sampler: "bane" (nearest the error edge), "semi_hard"
             (the same share of error pixels, at random: the Table 6 ablation), or any
             :class:`~contextrast.contrast.sampling.PixelSampler` instance (its pick replaces
@@ -191,6 +199,7 @@ class ContextrastLoss(nn.Module):
         max_pixels: int | None = None,
         max_positives: int | None = 1024,
         max_negatives: int | None = 1024,
+        pair_form: Literal["auto", "dense", "sparse"] = "auto",
         hard_negatives: Literal["only", "include", "add"] = "add",
         negatives: Literal["bane", "semi_hard"] | PixelSampler = "bane",
         detach_anchors: bool = False,
@@ -241,6 +250,7 @@ class ContextrastLoss(nn.Module):
             max_pixels=max_pixels,
             max_positives=max_positives,
             max_negatives=max_negatives,
+            pair_form=pair_form,
         )
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
             raise ValueError(f"ignore_index must be an int (255 by default), got {ignore_index!r}")
@@ -312,6 +322,7 @@ class ContextrastLoss(nn.Module):
         self.max_pixels = max_pixels
         self.max_positives = max_positives
         self.max_negatives = max_negatives
+        self.pair_form = pair_form
         self.global_anchors = global_anchors
         self.start_step, self.ramp_steps, self.stop_step = start_step, ramp_steps, stop_step
         self.bane_start_step = bane_start_step
@@ -365,7 +376,7 @@ class ContextrastLoss(nn.Module):
             f"layer_weights={self.layer_weights}, w_high={self.w_high}, "
             f"bane_ratio={self.bane_ratio}, loss_weight={self.loss_weight}, "
             f"negatives={self.negatives!r}, hard_negatives={self.hard_negatives!r}, "
-            f"max_pixels={self.max_pixels}, "
+            f"max_pixels={self.max_pixels}, pair_form={self.pair_form!r}, "
             f"max_positives={self.max_positives}, "
             f"max_negatives={self.max_negatives}, "
             f"normalize_anchors={self.normalize_anchors}"
@@ -526,6 +537,7 @@ class ContextrastLoss(nn.Module):
             max_pixels=self.max_pixels,
             max_positives=self.max_positives,
             max_negatives=self.max_negatives,
+            pair_form=self.pair_form,
             normalize_anchors=self.normalize_anchors,
             detach_anchors=self.detach_anchors,
             global_anchors=self.global_anchors,

@@ -58,6 +58,7 @@ from contextrast.functional._sampling import (
     sample_pairs,
     sample_per_row,
 )
+from contextrast.functional._sparse import SparsePairs, sparse_info_nce, sparse_pairs
 
 __all__ = [
     "DENSE_EDT_LIMIT",
@@ -65,6 +66,7 @@ __all__ = [
     "LayerGroup",
     "LayerLayout",
     "Segments",
+    "SparsePairs",
     "bane_select_labels",
     "bound_pixels",
     "class_one_hot",
@@ -88,5 +90,7 @@ __all__ = [
     "sample_per_row",
     "segment_sum",
     "segments",
+    "sparse_info_nce",
+    "sparse_pairs",
     "tensor_cache",
 ]

@@ -37,6 +37,8 @@ from contextrast.utils.distributed import sum_across_processes, world_size
 
 __all__ = [
     "HARD_NEGATIVE_MODES",
+    "PAIR_FORMS",
+    "SPARSE_FROM_CLASSES",
     "ContextrastTerms",
     "LayerTargets",
     "check_options",
@@ -45,6 +47,18 @@ __all__ = [
 ]
 
 HARD_NEGATIVE_MODES = ("only", "include", "add")
+#: how the pixel-anchor pairs are scored: "dense" (every anchor against every pixel, the
+#: sampling as masks), "sparse" (positives and BANE picks one product per pixel, ordinary
+#: negatives from a shared random pool per layer: :mod:`._sparse`), "auto" (sparse from
+#: :data:`SPARSE_FROM_CLASSES` classes on).
+PAIR_FORMS = ("auto", "dense", "sparse")
+#: where "auto" turns sparse: the two cost the same at 19 classes on the CPU proxy (4 × 256 ×
+#: 512), dense is 1.7× faster at 10 and sparse 2.7× at 171 (docs/benchmarks.md); below it
+#: dense also launches fewer operators (issue 14's bound).
+SPARSE_FROM_CLASSES = 20
+#: the sparse form's pool per layer, in units of ``max_negatives``: a class holding at most
+#: 3/4 of a layer's pixels still finds ``max_negatives`` others in it, on average.
+POOL_PER_NEGATIVE = 4
 
 
 class ContextrastTerms(NamedTuple):
@@ -154,6 +168,7 @@ def check_options(
     max_pixels: int | None,
     max_positives: int | None,
     max_negatives: int | None,
+    pair_form: str = "auto",
 ) -> None:
     """Raise a one-line ``ValueError`` naming the first bad hyper-parameter of the loss (the
     module's constructor and :func:`contextrast_loss` both call it)."""
@@ -173,6 +188,8 @@ def check_options(
         raise ValueError(
             f"unknown hard_negatives {hard_negatives!r}; choose from {list(HARD_NEGATIVE_MODES)}"
         )
+    if pair_form not in PAIR_FORMS:
+        raise ValueError(f"unknown pair_form {pair_form!r}; choose from {list(PAIR_FORMS)}")
     for name, value in (
         ("max_pixels", max_pixels),
         ("max_positives", max_positives),
@@ -220,6 +237,7 @@ def contextrast_loss(
     targets: LayerTargets | None = None,
     fusion: FusionWeights | None = None,
     fusion_residual: bool = False,
+    pair_form: str = "auto",
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
     :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
@@ -259,6 +277,8 @@ def contextrast_loss(
             replaces ``w_high``'s fixed fusion); ``None``: the fixed fusion.
         fusion_residual: with ``fusion``, its output is added to ``w_high``'s fixed fusion
             instead of replacing it.
+        pair_form: :data:`PAIR_FORMS`: both forms equal the reference with the sampling off
+            and draw each anchor's pairs uniformly with it on; their random draws differ.
     """
     if torch.is_tensor(embeddings) or len(embeddings) == 0:
         got = f"a tensor {tuple(embeddings.shape)}" if torch.is_tensor(embeddings) else "none"
@@ -268,6 +288,7 @@ def contextrast_loss(
     _check_call(pairs, logits, target, loss_weight, layer_weights, targets, fusion, options=dict(
         temperature=temperature, w_high=w_high, hard_negatives=hard_negatives,
         max_pixels=max_pixels, max_positives=max_positives, max_negatives=max_negatives,
+        pair_form=pair_form,
     ))  # fmt: skip
     if targets is None:
         targets = layer_targets(logits, target, sizes, ignore_index, validate)
@@ -307,17 +328,28 @@ def contextrast_loss(
                 labels, layer_pred, hard = kept[0], kept[1], kept[2].bool()
                 inverse_norm = inverse_norm.index_select(0, keep)  # (M',)
                 is_class = labels == B.class_rows(n, device)  # (N, M')
-        similarity = B.layer_similarity(fused, groups, inverse_norm, temperature)  # (N, M)
-        positive, negative, extra = _pairs(
-            labels, layer_pred, is_class, hard if picked else None, blocks, ignore_index,
-            hard_negatives, max_positives, max_negatives,
-        )  # fmt: skip
-        if world > 1:
-            stacked = B.info_nce_across_processes(
-                similarity, positive, negative, extra, blocks, process_group
-            )  # (I,)
+        if pair_form == "sparse" or (pair_form == "auto" and n >= SPARSE_FROM_CLASSES):
+            pool = None if max_negatives is None else POOL_PER_NEGATIVE * max_negatives
+            pairs_drawn = B.sparse_pairs(
+                labels, layer_pred, hard if picked else None, blocks, n, ignore_index,
+                hard_negatives, max_positives, max_negatives, pool,
+            )  # fmt: skip
+            stacked = B.sparse_info_nce(
+                fused, groups, inverse_norm, labels, layer_pred, blocks, pairs_drawn,
+                temperature, world, process_group,
+            )  # (I,)  # fmt: skip
         else:
-            stacked = B.info_nce_from_logits(similarity, positive, negative, extra, blocks)
+            similarity = B.layer_similarity(fused, groups, inverse_norm, temperature)  # (N, M)
+            positive, negative, extra = _pairs(
+                labels, layer_pred, is_class, hard if picked else None, blocks, ignore_index,
+                hard_negatives, max_positives, max_negatives,
+            )  # fmt: skip
+            if world > 1:
+                stacked = B.info_nce_across_processes(
+                    similarity, positive, negative, extra, blocks, process_group
+                )  # (I,)
+            else:
+                stacked = B.info_nce_from_logits(similarity, positive, negative, extra, blocks)
         weights = tuple(loss_weight * w for w in layer_weights)  # α·λ_i
         total = torch.dot(stacked, B.constant(weights, stacked.dtype, device))
         # integer sums: exact in any order (deterministic on every device)

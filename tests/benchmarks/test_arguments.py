@@ -123,3 +123,38 @@ def test_accuracy_keeps_the_object_size_miou_where_every_reading_has_it():
     assert "size_miou" not in accuracy.reading(
         [{"miou": 0.5, "boundary_miou": {"5": 0.4}}], "final"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--classes", "10", "1"], "--classes 1: each count must be >= 2"),
+        (["--size", "64", "100"], "--size 64 100: each side a multiple of 32"),
+        (["--repeats", "0"], "--repeats 0: must be >= 1"),
+    ],
+)
+def test_pair_forms_refuses_bad_arguments_at_once(monkeypatch, capsys, argv, message):
+    forms = load_tool("pair_forms")
+    monkeypatch.setattr(sys, "argv", ["pair_forms.py", *argv])
+    monkeypatch.setattr(forms, "case", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        forms.main()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_pair_forms_times_both_forms_and_names_the_auto_one(monkeypatch, tmp_path):
+    import json
+
+    forms = load_tool("pair_forms")
+    out = tmp_path / "forms.json"
+    argv = ["pair_forms.py", "--classes", "3", "24", "--batch", "2", "--size", "64", "64",
+            "--repeats", "1", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = forms.torch.get_num_threads()
+    try:
+        forms.main()
+    finally:
+        forms.torch.set_num_threads(threads)  # the tool sets its own; later tests keep theirs
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["classes"], r["auto"]) for r in rows] == [(3, "dense"), (24, "sparse")]
+    assert all(r["dense_s"] > 0 and r["sparse_s"] > 0 for r in rows)

@@ -545,6 +545,34 @@ def test_the_loss_waits_for_the_host_at_most_twice():
     loss(features, logits, target).backward()  # the memory holds anchors: L_AA runs
     plus = operators()
     assert sum(n in syncs for n in plus) == 0 and len(unchecked) < len(plus) <= 1600
+    # The sparse form (the default from 20 classes on) waits for the host not once either,
+    # and launches more operators (sorts, per-pixel gathers): 1,295 here (docs/method.md).
+    loss = ContextrastLoss(19, [s[0] for s in shapes], pair_form="sparse", validate=False)
+    loss(features, logits, target).backward()
+    sparse = operators()
+    assert sum(n in syncs for n in sparse) == 0 and len(unchecked) < len(sparse) <= 1300
+
+
+@pytest.mark.parametrize("classes, form", [(19, "dense"), (20, "sparse")])
+def test_auto_scores_the_pairs_densely_below_20_classes_and_sparsely_from_20(classes, form):
+    """pair_form="auto" is the dense form below ``SPARSE_FROM_CLASSES`` and the sparse one
+    from it on: the same draw (same seed) to the bit; the other form draws otherwise."""
+    assert CF.loss.SPARSE_FROM_CLASSES == 20
+    g = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, 4, 16, 20, generator=g), torch.randn(2, 6, 8, 10, generator=g)]
+    target = torch.randint(0, classes, (2, 32, 40), generator=g)
+    logits = torch.randn(2, classes, 16, 20, generator=g)
+
+    def run(pair_form):
+        torch.manual_seed(0)
+        loss = ContextrastLoss(
+            classes, (4, 6), layer_weights=(0.5, 1.0), max_positives=3, max_negatives=3,
+            pair_form=pair_form,
+        )  # fmt: skip
+        return loss(features, logits, target)
+
+    other = {"dense": "sparse", "sparse": "dense"}[form]
+    assert torch.equal(run("auto"), run(form)) and not torch.equal(run("auto"), run(other))
 
 
 @pytest.mark.parametrize("embed_dim", [3, 8])  # 8 > hidden + 1: the large layer is factored

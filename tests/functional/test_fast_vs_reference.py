@@ -43,14 +43,16 @@ def picked(embeddings, logits, target, sampler, validate=True):
     return targets, sampler(targets.labels, targets.pred, num_classes=N, layout=targets.layout)
 
 
-def fast(embeddings, logits, target, mode="add", ratio=0.5, normalize=True, validate=True):
+def fast(
+    embeddings, logits, target, mode="add", ratio=0.5, normalize=True, validate=True, form="auto"
+):
     sampler = BaneSampler(ratio, validate=False) if ratio > 0 else None
     targets, hard = picked(embeddings, logits, target, sampler, validate)
     return CF.contextrast_loss(
         embeddings, logits, target, **HYPER, ignore_index=255, hard=hard, targets=targets,
         hard_negatives=mode, max_pixels=None, max_positives=None, max_negatives=None,
         normalize_anchors=normalize, detach_anchors=False, global_anchors=False,
-        validate=validate,
+        validate=validate, pair_form=form,
     )  # fmt: skip
 
 
@@ -61,13 +63,14 @@ def reference(embeddings, logits, target, mode="add", ratio=0.5, normalize=True)
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("form", ["dense", "sparse"])
 @pytest.mark.parametrize(
     "mode, ratio, normalize",
     [("add", 0.5, True), ("only", 0.5, True), ("include", 0.5, False), ("add", 0.0, False)],
 )
-def test_fast_loss_equals_the_reference_and_so_do_its_gradients(mode, ratio, normalize):
+def test_fast_loss_equals_the_reference_and_so_do_its_gradients(mode, ratio, normalize, form):
     embeddings, logits, target = make_case(seed=1)
-    got = fast(embeddings, logits, target, mode, ratio, normalize)
+    got = fast(embeddings, logits, target, mode, ratio, normalize, form=form)
     (got_grads) = torch.autograd.grad(got.loss, embeddings)
     loss, layers, hard = reference(embeddings, logits, target, mode, ratio, normalize)
     want_grads = torch.autograd.grad(loss, embeddings)
@@ -80,12 +83,13 @@ def test_fast_loss_equals_the_reference_and_so_do_its_gradients(mode, ratio, nor
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
 
 
-def test_fast_loss_under_bf16_autocast_equals_the_reference_on_the_same_embeddings():
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+def test_fast_loss_under_bf16_autocast_equals_the_reference_on_the_same_embeddings(form):
     # Under autocast the heads emit bfloat16; both paths then compute in float32.
     embeddings, logits, target = make_case(seed=2, dtype=torch.float32)
     low = [e.detach().bfloat16().requires_grad_() for e in embeddings]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = fast(low, logits, target)
+        got = fast(low, logits, target, form=form)
         loss, _, hard = reference(low, logits, target)
     assert got.loss.dtype == torch.float32 and torch.equal(got.hard_negatives, hard)
     assert got.loss.item() == pytest.approx(loss.item(), rel=1e-5)
@@ -96,7 +100,8 @@ def test_fast_loss_under_bf16_autocast_equals_the_reference_on_the_same_embeddin
         assert (a.float() - b.float()).norm() <= 1e-2 * b.float().norm()
 
 
-def test_the_module_with_factored_heads_equals_the_reference_on_its_embeddings():
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+def test_the_module_with_factored_heads_equals_the_reference_on_its_embeddings(form):
     # ContextrastLoss factors its largest layer (v = lift @ c, never formed): the reference
     # gets the formed embeddings of the same heads.
     _, logits, target = make_case(seed=3)
@@ -106,7 +111,7 @@ def test_the_module_with_factored_heads_equals_the_reference_on_its_embeddings()
         for c, (h, w) in zip(CHANNELS, SIZES)
     ]
     module = ContextrastLoss(
-        N, CHANNELS, embed_dim=32, max_positives=None, max_negatives=None
+        N, CHANNELS, embed_dim=32, max_positives=None, max_negatives=None, pair_form=form
     ).double()
     module.eval()  # BatchNorm on running statistics: the heads are plain functions
     terms = module.terms(features, logits, target)

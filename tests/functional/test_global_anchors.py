@@ -36,11 +36,11 @@ def make_case(batch: int = 6):
     return features, logits, target
 
 
-def make_loss(memory: int | None = None) -> ContextrastLoss:
+def make_loss(memory: int | None = None, form: str = "auto") -> ContextrastLoss:
     torch.manual_seed(0)  # the same heads on every process
     loss = ContextrastLoss(
         N, CHANNELS, embed_dim=8, bane_ratio=0.0, max_positives=None, max_negatives=None,
-        anchor_memory=memory,
+        anchor_memory=memory, pair_form=form,
     ).double()  # fmt: skip
     # Running statistics: BatchNorm in train mode would normalise each process's share by
     # its own statistics (SyncBatchNorm's job under DDP, not the loss's). The loss itself
@@ -61,9 +61,9 @@ def _process(rank: int, world: int, port: int):
         dist.destroy_process_group()
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, form: str = "auto") -> None:
     with _process(rank, world, port) as ((features, logits, target), share):
-        loss = make_loss()
+        loss = make_loss(form=form)
         terms = loss.terms([f[share] for f in features], logits[share], target[share])
         terms.loss.backward()
         grads = torch.cat([p.grad.flatten() for p in loss.parameters()])
@@ -108,15 +108,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# Three processes (two images each) take another ~10 s: opt-in (-m slow).
-@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
-def test_processes_with_global_anchors_equal_one_process_with_the_whole_batch(world, tmp_path):
+# Three processes (two images each) take another ~10 s: opt-in (-m slow). Both pair forms
+# (the sparse one reduces its own statistics: the shift, the sums and counts, q).
+@pytest.mark.parametrize(
+    "world, form",
+    [(2, "dense"), (2, "sparse"), pytest.param(3, "dense", marks=pytest.mark.slow)],
+)
+def test_processes_with_global_anchors_equal_one_process_with_the_whole_batch(
+    world, form, tmp_path
+):
     features, logits, target = make_case()
-    loss = make_loss()
+    loss = make_loss(form=form)
     whole = loss.terms(features, logits, target)
     whole.loss.backward()
     grads = torch.cat([p.grad.flatten() for p in loss.parameters()])
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path / "r")), nprocs=world)
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path / "r"), form), nprocs=world)
     for rank in range(world):
         got = torch.load(tmp_path / f"r.{rank}")
         assert got["loss"].item() == pytest.approx(whole.loss.item(), rel=1e-10)

@@ -134,3 +134,23 @@ def test_the_bounded_draw_is_uniform_per_anchor_and_layer():
     # a pool of 5: every anchor's negatives come from the same 5 pixels
     pairs = sparse_pairs(labels, pred, hard, blocks, N, 255, "add", None, None, 5)
     assert pairs.picks.numel() == 5 and pairs.negative.shape == (N, 5)
+
+
+def test_a_bounded_pool_keeps_each_anchors_negatives_uniform():
+    """The loss's pool (4 × max_negatives pixels per layer) is a uniform random subset in a
+    random order: anchor n's first max_negatives non-n pool pixels stay a uniform draw of
+    its negatives (here 2 of 6 for anchor 0, 2 of 10 for anchor 1, from a pool of 8)."""
+    labels = torch.tensor([0] * 6 + [1, 1, 2, 2, 3, 3])
+    blocks = segments((12,), labels.device)
+    torch.manual_seed(2)
+    hits = torch.zeros(N, 12, dtype=torch.float64)
+    draws = 3000
+    for _ in range(draws):
+        pairs = sparse_pairs(labels, labels, None, blocks, N, 255, "add", None, 2, 8)
+        assert pairs.picks.numel() == 8
+        negative = torch.zeros(N, 12, dtype=torch.float64)
+        negative[:, pairs.picks] = pairs.negative.double()
+        assert negative.sum(1).tolist() == [2, 2, 2, 2]  # a pool of 8 always holds 2 others
+        hits += negative
+    assert (hits[0, 6:] / draws - 2 / 6).abs().max() < 0.04 and hits[0, :6].sum() == 0
+    assert (hits[1, [0, 1, 2, 3, 4, 5, 8, 9, 10, 11]] / draws - 0.2).abs().max() < 0.04
