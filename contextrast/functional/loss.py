@@ -15,23 +15,25 @@ uniform random subsets of the reference's.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
 from contextrast.functional import batched as B
-from contextrast.functional.checks import (
-    NonFiniteError,
-    check_fraction,
-    check_labels,
-    check_loss_inputs,
-    compute_dtype,
-    is_finite,
-    raise_if_nonfinite,
+from contextrast.functional._options import (
+    HARD_NEGATIVE_MODES,
+    PAIR_FORMS,
+    POOL_PER_NEGATIVE,
+    SPARSE_FROM_CLASSES,
+    Embedding,
+    check_call,
+    check_finite,
+    check_hard,
+    check_options,
 )
+from contextrast.functional._targets import LayerTargets, layer_targets
+from contextrast.functional.checks import compute_dtype
 from contextrast.functional.fusion import FusionWeights, adaptive_fuse
 from contextrast.utils.distributed import sum_across_processes, world_size
 
@@ -45,20 +47,6 @@ __all__ = [
     "contextrast_loss",
     "layer_targets",
 ]
-
-HARD_NEGATIVE_MODES = ("only", "include", "add")
-#: how the pixel-anchor pairs are scored: "dense" (every anchor against every pixel, the
-#: sampling as masks), "sparse" (positives and BANE picks one product per pixel, ordinary
-#: negatives from a shared random pool per layer: :mod:`._sparse`), "auto" (sparse from
-#: :data:`SPARSE_FROM_CLASSES` classes on).
-PAIR_FORMS = ("auto", "dense", "sparse")
-#: where "auto" turns sparse: the two cost the same at 19 classes on the CPU proxy (4 × 256 ×
-#: 512), dense is 1.7× faster at 10 and sparse 2.7× at 171 (docs/benchmarks.md); below it
-#: dense also launches fewer operators (issue 14's bound).
-SPARSE_FROM_CLASSES = 20
-#: the sparse form's pool per layer, in units of ``max_negatives``: a class holding at most
-#: 3/4 of a layer's pixels still finds ``max_negatives`` others in it, on average.
-POOL_PER_NEGATIVE = 4
 
 
 class ContextrastTerms(NamedTuple):
@@ -81,137 +69,6 @@ class ContextrastTerms(NamedTuple):
     anchors: torch.Tensor | None = None
     class_counts: torch.Tensor | None = None
     anchor_loss: torch.Tensor | None = None
-
-
-class LayerTargets(NamedTuple):
-    """Every layer's ground truth and prediction on one flat axis (what a sampler reads).
-
-    layout: the :class:`~.batched.LayerLayout` of the layers' sizes; labels: (M,) class ids
-    (``ignore_index`` where unlabelled), each layer's target resized (nearest); pred: (M,)
-    the logits' argmax, resized likewise.
-    """
-
-    layout: B.LayerLayout
-    labels: torch.Tensor
-    pred: torch.Tensor
-
-
-def layer_targets(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    sizes: Sequence[tuple[int, int]],
-    ignore_index: int = 255,
-    validate: bool = True,
-) -> LayerTargets:
-    """Lay out the labels and the prediction of every layer on one flat axis.
-
-    Args:
-        logits: (B, N, h, w) segmentation output; only its argmax is used.
-        target: (B, H, W) class ids with ``ignore_index``.
-        sizes: the layers' (h_i, w_i), lowest layer first.
-        validate: check the label values (one host synchronisation).
-    """
-    if validate:
-        check_labels(target, logits.shape[1], ignore_index, "target")
-    sizes = _sizes(sizes)
-    layout = B.layer_layout(target.shape[0], sizes, target.device)
-    with torch.no_grad(), torch.autocast(device_type=target.device.type, enabled=False):
-        pred = logits.argmax(dim=1)  # (B, h, w)
-        return LayerTargets(layout, B.gather_layers(target, layout), B.gather_layers(pred, layout))
-
-
-def _sizes(sizes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """``sizes`` as a tuple of (h, w) pairs of positive ints, or a one-line ValueError."""
-    try:
-        pairs = tuple(tuple(size) for size in sizes)
-    except TypeError:
-        pairs = None
-    if not pairs or not all(
-        len(p) == 2 and all(isinstance(x, numbers.Integral) and x >= 1 for x in p) for p in pairs
-    ):
-        raise ValueError(f"sizes must be (h, w) pairs of positive ints, one per layer, got {sizes}")
-    return tuple((int(h), int(w)) for h, w in pairs)
-
-
-def _check_hard(hard: torch.Tensor | None, labels: torch.Tensor) -> None:
-    """``hard`` must be None or a bool mask of the labels' flat axis."""
-    if hard is None or (
-        torch.is_tensor(hard)
-        and hard.dtype == torch.bool
-        and hard.shape == labels.shape
-        and hard.device == labels.device
-    ):
-        return
-    got = (
-        f"{hard.dtype} {tuple(hard.shape)} on {hard.device}"
-        if torch.is_tensor(hard)
-        else type(hard).__name__
-    )
-    raise ValueError(
-        f"hard must be a bool mask of the layers' flat axis {tuple(labels.shape)} (a "
-        f"sampler's pick on layer_targets' labels), got {got}"
-    )
-
-
-#: One layer's embeddings: a (B, d, h, w) map, or ``(coords (B, K, h, w), lift (d, K))`` with
-#: ``v = lift @ c`` per pixel (:meth:`~contextrast.contrast.ProjectionHead.factored`).
-Embedding = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-def check_options(
-    *,
-    layers: int,
-    temperature: float,
-    layer_weights: Sequence[float],
-    w_high: float,
-    hard_negatives: str,
-    max_pixels: int | None,
-    max_positives: int | None,
-    max_negatives: int | None,
-    pair_form: str = "auto",
-) -> None:
-    """Raise a one-line ``ValueError`` naming the first bad hyper-parameter of the loss (the
-    module's constructor and :func:`contextrast_loss` both call it)."""
-    if len(layer_weights) != layers:
-        raise ValueError(
-            f"layer_weights has {len(layer_weights)} entries but there are {layers} layers; "
-            "pass one weight per layer, lowest layer first"
-        )
-    if any(not (isinstance(x, (int, float)) and x >= 0) for x in layer_weights):
-        raise ValueError(f"layer_weights must be numbers >= 0, got {list(layer_weights)}")
-    if isinstance(temperature, bool) or not (
-        isinstance(temperature, (int, float)) and 0 < temperature < float("inf")
-    ):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    check_fraction("w_high", w_high)
-    if hard_negatives not in HARD_NEGATIVE_MODES:
-        raise ValueError(
-            f"unknown hard_negatives {hard_negatives!r}; choose from {list(HARD_NEGATIVE_MODES)}"
-        )
-    if pair_form not in PAIR_FORMS:
-        raise ValueError(f"unknown pair_form {pair_form!r}; choose from {list(PAIR_FORMS)}")
-    for name, value in (
-        ("max_pixels", max_pixels),
-        ("max_positives", max_positives),
-        ("max_negatives", max_negatives),
-    ):
-        if value is not None and not (
-            isinstance(value, int) and not isinstance(value, bool) and value > 0
-        ):
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-
-
-def _shapes(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> list[tuple[int, ...]]:
-    """Each layer's (B, d, h, w), d from the lift of a factored pair."""
-    if not all(torch.is_tensor(coords) for coords, _ in pairs):
-        kinds = [type(coords).__name__ for coords, _ in pairs]
-        raise ValueError(f"embeddings must be tensors (or (coords, lift) pairs), got {kinds}")
-    return [
-        tuple(c.shape)
-        if lift is None or c.dim() != 4
-        else (c.shape[0], lift.shape[0], *c.shape[2:])
-        for c, lift in pairs
-    ]
 
 
 def contextrast_loss(
@@ -240,65 +97,32 @@ def contextrast_loss(
     pair_form: str = "auto",
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
-    :class:`~contextrast.ContextrastLoss`'s, which holds their defaults).
-
-    Every layer's pixels lie on one flat axis (:class:`~.batched.LayerLayout`): labels, the
-    masks, the sampling and the InfoNCE run once for all layers, each layer's terms kept
-    apart by segment sums; only the products with each layer's own coordinates are per layer.
+    :class:`~contextrast.ContextrastLoss`'s, which documents them and holds their defaults:
+    ``global_anchors``, ``validate`` and ``pair_form`` too).
 
     Args:
-        embeddings: I unnormalised embeddings (:data:`Embedding`), lowest layer first, any
-            resolutions of one aspect ratio.
+        embeddings: I unnormalised embeddings (:data:`Embedding`), lowest layer first.
         logits: (B, N, h, w) segmentation output; only its argmax is used (for BANE).
         target: (B, H, W) class ids with ``ignore_index``; resized (nearest) per layer.
-        hard: (M,) bool, the hard negatives a sampler picked on ``targets``' flat axis (for
-            BANE: ``BaneSampler(K)(targets.labels, targets.pred, num_classes=N,
-            layout=targets.layout)``); ``None``: plain CCL. Error pixels only (labelled,
-            predicted wrongly): a pick becomes a negative of its predicted class's anchor,
-            so a correctly predicted one would be its own anchor's positive too
-            (:class:`~contextrast.ContextrastLoss` restricts the picks of a sampler that
-            does not promise errors, ``picks_errors``).
-        global_anchors: under ``torch.distributed`` with several processes, the anchors
-            (eq. 1) and the InfoNCE denominators and means run over every process's pixels
-            (:func:`_reduce_anchor_sums`, :func:`~.batched.info_nce_across_processes`): N
-            processes with B/N images each give one process's loss on B images, with K = 0
-            and sampling off. BANE's quota and the random sampling stay per process. No
-            effect in one process.
-        validate: check the label values (unless ``targets`` is given: its
-            :func:`layer_targets` call checked them), and that the loss is finite (two host
-            synchronisations; NaN or inf inputs raise :class:`~.checks.NonFiniteError` naming
-            them); ``False`` when the caller checked them before training.
+        hard: (M,) bool, a sampler's pick of error pixels on ``targets``' flat axis (BANE:
+            ``BaneSampler(K)(labels, pred, num_classes=N, layout=layout)``); ``None``: CCL.
         process_group: the processes of ``global_anchors`` (default: all).
-        targets: :func:`layer_targets` of these logits, target and the embeddings' sizes,
-            where the caller made them for its sampler (made here otherwise); given, the
-            labels and the prediction are read from it, not again from ``logits`` and
-            ``target``.
-        fusion: Contextrast++'s adaptive fusion's parameters (:func:`~.fusion.adaptive_fuse`
-            replaces ``w_high``'s fixed fusion); ``None``: the fixed fusion.
-        fusion_residual: with ``fusion``, its output is added to ``w_high``'s fixed fusion
-            instead of replacing it.
-        pair_form: :data:`PAIR_FORMS`: both forms equal the reference with the sampling off
-            and draw each anchor's pairs uniformly with it on; their random draws differ.
+        targets: :func:`layer_targets` of this batch (made here if ``None``).
+        fusion: Contextrast++'s learned fusion's parameters (:func:`~.fusion.adaptive_fuse`;
+            added to ``w_high``'s fixed fusion with ``fusion_residual``); ``None``: fixed.
     """
-    if torch.is_tensor(embeddings) or len(embeddings) == 0:
-        got = f"a tensor {tuple(embeddings.shape)}" if torch.is_tensor(embeddings) else "none"
-        raise ValueError(f"embeddings must be a list of one map per layer (1 or more), got {got}")
-    pairs = [(e, None) if torch.is_tensor(e) else e for e in embeddings]  # (coords, lift)
-    sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
-    _check_call(pairs, logits, target, loss_weight, layer_weights, targets, fusion, options=dict(
-        temperature=temperature, w_high=w_high, hard_negatives=hard_negatives,
+    pairs = check_call(embeddings, logits, target, loss_weight, layer_weights, targets, fusion,
+        options=dict(temperature=temperature, w_high=w_high, hard_negatives=hard_negatives,
         max_pixels=max_pixels, max_positives=max_positives, max_negatives=max_negatives,
-        pair_form=pair_form,
-    ))  # fmt: skip
+        pair_form=pair_form))  # fmt: skip  # [(coords, lift)] per layer
     if targets is None:
+        sizes = [tuple(coords.shape[-2:]) for coords, _ in pairs]
         targets = layer_targets(logits, target, sizes, ignore_index, validate)
     labels, layer_pred, blocks = targets.labels, targets.pred, targets.layout.segments
-    _check_hard(hard, labels)
-    picked = hard is not None
-    if not picked:
-        hard = torch.zeros_like(labels, dtype=torch.bool)
-    n = logits.shape[1]
-    device = target.device
+    check_hard(hard, labels)
+    picked = hard is not None  # a mask of no picks keeps one code path below
+    hard = hard if picked else torch.zeros_like(labels, dtype=torch.bool)
+    n, device = logits.shape[1], target.device
     world = world_size(process_group) if global_anchors else 1
     with torch.autocast(device_type=device.type, enabled=False):
         dtype = compute_dtype(*(coords for coords, _ in pairs))
@@ -307,102 +131,104 @@ def contextrast_loss(
         anchors, counts, inverse_norm = _class_anchors(
             groups, labels, is_class, blocks, dtype, world, process_group
         )  # (I, N, d), (N, I), (M,)
-        if fusion is None:
-            one = B.constant(1.0, dtype, device)
-            present = counts.select(1, -1) >= one  # (N,) the classes of the last layer
-            fused = B.fuse_anchors(anchors, present, w_high, normalize_anchors)
-        else:
-            # in the anchors' dtype: float32 at least, outside the caller's autocast
-            fusion = FusionWeights(*(w if w.dtype == dtype else w.to(dtype) for w in fusion))
-            residual = w_high if fusion_residual else None
-            fused = adaptive_fuse(anchors, counts, fusion, normalize_anchors, residual)
-        if detach_anchors:
-            fused = fused.detach()
+        fused = _fuse(anchors, counts, fusion, w_high, fusion_residual, normalize_anchors)
+        fused = fused.detach() if detach_anchors else fused
+        columns = _Columns(groups, labels, layer_pred, hard, inverse_norm, is_class, blocks)
         if max_pixels is not None:
-            bounded = B.bound_pixels(labels, max_pixels, hard, blocks, ignore_index)
-            if bounded is not None:
-                keep, blocks = bounded
-                groups = _keep_columns(groups, keep, blocks.counts)
-                maps = torch.stack([labels, layer_pred, hard.to(labels.dtype)])  # (3, M)
-                kept = maps.index_select(1, keep)  # (3, M')
-                labels, layer_pred, hard = kept[0], kept[1], kept[2].bool()
-                inverse_norm = inverse_norm.index_select(0, keep)  # (M',)
-                is_class = labels == B.class_rows(n, device)  # (N, M')
-        if pair_form == "sparse" or (pair_form == "auto" and n >= SPARSE_FROM_CLASSES):
-            pool = None if max_negatives is None else POOL_PER_NEGATIVE * max_negatives
-            pairs_drawn = B.sparse_pairs(
-                labels, layer_pred, hard if picked else None, blocks, n, ignore_index,
-                hard_negatives, max_positives, max_negatives, pool,
-            )  # fmt: skip
-            stacked = B.sparse_info_nce(
-                fused, groups, inverse_norm, labels, layer_pred, blocks, pairs_drawn,
-                temperature, world, process_group,
-            )  # (I,)  # fmt: skip
-        else:
-            similarity = B.layer_similarity(fused, groups, inverse_norm, temperature)  # (N, M)
-            positive, negative, extra = _pairs(
-                labels, layer_pred, is_class, hard if picked else None, blocks, ignore_index,
-                hard_negatives, max_positives, max_negatives,
-            )  # fmt: skip
-            if world > 1:
-                stacked = B.info_nce_across_processes(
-                    similarity, positive, negative, extra, blocks, process_group
-                )  # (I,)
-            else:
-                stacked = B.info_nce_from_logits(similarity, positive, negative, extra, blocks)
+            columns = _bound_columns(columns, max_pixels, ignore_index)
+        sparse = pair_form == "sparse" or (pair_form == "auto" and n >= SPARSE_FROM_CLASSES)
+        score = _score_sparse if sparse else _score_dense  # PAIR_FORMS
+        stacked = score(
+            fused, columns, picked, temperature, ignore_index, hard_negatives, max_positives,
+            max_negatives, world, process_group,
+        )  # (I,)  # fmt: skip
         weights = tuple(loss_weight * w for w in layer_weights)  # α·λ_i
         total = torch.dot(stacked, B.constant(weights, stacked.dtype, device))
         # integer sums: exact in any order (deterministic on every device)
-        layers = torch.zeros(len(blocks.counts), dtype=torch.int64, device=device)
-        hard_counts = layers.index_add_(0, blocks.ids, hard.to(torch.int64))  # (I,)
+        layers = torch.zeros(len(columns.blocks.counts), dtype=torch.int64, device=device)
+        hard_counts = layers.index_add_(0, columns.blocks.ids, columns.hard.long())  # (I,)
     if validate:
-        _check_finite(total, logits, [coords for coords, _ in pairs])
+        check_finite(total, logits, [coords for coords, _ in pairs])
     return ContextrastTerms(total, stacked.detach(), hard_counts, anchors, counts)
 
 
-def _check_call(
-    pairs: list[tuple[torch.Tensor, torch.Tensor | None]],
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    loss_weight: float,
-    layer_weights: Sequence[float],
-    targets: LayerTargets | None,
-    fusion: FusionWeights | None,
-    options: dict,
-) -> None:
-    """One-line errors for the options and the inputs' shapes, before any work."""
-    sizes = tuple(tuple(coords.shape[-2:]) for coords, _ in pairs)
-    check_options(layers=len(sizes), layer_weights=layer_weights, **options)
-    if not isinstance(loss_weight, numbers.Real) or not 0 <= loss_weight < math.inf:
-        raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
-    shapes = _shapes(pairs)
-    check_loss_inputs(shapes, logits, target)
-    if targets is not None and (
-        not isinstance(targets, LayerTargets)
-        or targets.layout.sizes != sizes
-        or targets.layout.batch != target.shape[0]
-        or targets.labels.device != target.device
-    ):
-        got = (
-            f"batch {targets.layout.batch}, sizes {list(targets.layout.sizes)} on "
-            f"{targets.labels.device}"
-            if isinstance(targets, LayerTargets)
-            else type(targets)
+def _fuse(anchors, counts, fusion, w_high, residual, normalize):
+    """``Â`` (I, N, d) from the anchors (I, N, d) and the class counts (N, I): the fixed
+    fusion, or Contextrast++'s learned one (``fusion``; added to the fixed one with
+    ``residual``)."""
+    if fusion is None:
+        one = B.constant(1.0, anchors.dtype, anchors.device)
+        present = counts.select(1, -1) >= one  # (N,) the classes of the last layer
+        return B.fuse_anchors(anchors, present, w_high, normalize)
+    # in the anchors' dtype: float32 at least, outside the caller's autocast
+    dtype = anchors.dtype
+    fusion = FusionWeights(*(w if w.dtype == dtype else w.to(dtype) for w in fusion))
+    return adaptive_fuse(anchors, counts, fusion, normalize, w_high if residual else None)
+
+
+class _Columns(NamedTuple):
+    """The pixels the InfoNCE scores, on one flat axis of M columns: the layer groups' coords,
+    labels, prediction and hard-negative mask (M,), each pixel's ``1/‖v‖`` (M,), the
+    ``labels == n`` rows (N, M) and the layers' :class:`~.batched.Segments`."""
+
+    groups: list[B.LayerGroup]
+    labels: torch.Tensor
+    pred: torch.Tensor
+    hard: torch.Tensor
+    inverse: torch.Tensor
+    is_class: torch.Tensor
+    blocks: B.Segments
+
+
+def _bound_columns(columns: _Columns, max_pixels: int, ignore_index: int) -> _Columns:
+    """At most ``max_pixels`` columns per layer (:func:`~.batched.bound_pixels`)."""
+    labels, blocks = columns.labels, columns.blocks
+    bounded = B.bound_pixels(labels, max_pixels, columns.hard, blocks, ignore_index)
+    if bounded is None:
+        return columns
+    keep, blocks = bounded
+    maps = torch.stack([labels, columns.pred, columns.hard.to(labels.dtype)])  # (3, M)
+    labels, pred, hard = maps.index_select(1, keep).unbind(0)  # (M',) each
+    n = columns.is_class.shape[0]
+    return _Columns(
+        _keep_columns(columns.groups, keep, blocks.counts), labels, pred, hard.bool(),
+        columns.inverse.index_select(0, keep), labels == B.class_rows(n, labels.device), blocks,
+    )  # fmt: skip
+
+
+def _score_dense(fused, columns, picked, temperature, ignore_index, hard_negatives,
+                 max_positives, max_negatives, world, process_group):  # fmt: skip
+    """Every layer's ``L_PA,i`` (I,) with every anchor against every column: the (N, M)
+    similarities, the sampling as (N, M) masks, :func:`~.batched.info_nce_from_logits`."""
+    c = columns
+    similarity = B.layer_similarity(fused, c.groups, c.inverse, temperature)  # (N, M)
+    positive, negative, extra = _pairs(
+        c.labels, c.pred, c.is_class, c.hard if picked else None, c.blocks, ignore_index,
+        hard_negatives, max_positives, max_negatives,
+    )  # fmt: skip
+    if world > 1:
+        return B.info_nce_across_processes(
+            similarity, positive, negative, extra, c.blocks, process_group
         )
-        raise ValueError(
-            f"targets must be layer_targets(logits, target, sizes) of this batch "
-            f"({target.shape[0]} images on {target.device}) and the embeddings' sizes "
-            f"{list(sizes)}, got {got}"
-        )
-    d = shapes[0][1]
-    if fusion is not None and (
-        not isinstance(fusion, FusionWeights) or fusion.query.shape != (len(sizes) - 1, d, d)
-    ):
-        got = tuple(fusion.query.shape) if isinstance(fusion, FusionWeights) else type(fusion)
-        raise ValueError(
-            f"fusion must be FusionWeights of {len(sizes) - 1} modules for d = {d} (query "
-            f"{(len(sizes) - 1, d, d)}), got {got}"
-        )
+    return B.info_nce_from_logits(similarity, positive, negative, extra, c.blocks)
+
+
+def _score_sparse(fused, columns, picked, temperature, ignore_index, hard_negatives,
+                  max_positives, max_negatives, world, process_group):  # fmt: skip
+    """Every layer's ``L_PA,i`` (I,) on the sampled pairs only (:mod:`._sparse`): positives
+    and picks one product each, the ordinary negatives from a pool of
+    ``POOL_PER_NEGATIVE × max_negatives`` columns per layer."""
+    c = columns
+    n = fused.shape[1]
+    pool = None if max_negatives is None else POOL_PER_NEGATIVE * max_negatives
+    pairs = B.sparse_pairs(
+        c.labels, c.pred, c.hard if picked else None, c.blocks, n, ignore_index,
+        hard_negatives, max_positives, max_negatives, pool,
+    )  # fmt: skip
+    return B.sparse_info_nce(
+        fused, c.groups, c.inverse, c.labels, c.pred, c.blocks, pairs, temperature, world,
+        process_group,
+    )  # fmt: skip
 
 
 def _class_anchors(
@@ -473,19 +299,6 @@ def _pairs(
     if max_positives is None and max_negatives is None:
         return is_class, negative, extra
     return B.sample_pairs(is_class, negative, extra, blocks, max_positives, max_negatives)
-
-
-def _check_finite(total: torch.Tensor, logits: torch.Tensor, embeddings: list) -> None:
-    """One synchronisation: the loss and one logit. NaN embeddings make the loss NaN, but
-    NaN logits leave it finite (BANE reads only their argmax), so one value of them joins
-    the probe: a NaN from the model (its weights, a normalisation's statistics) fills its
-    logits, and reading them all would cost more than the loss's budget of operators."""
-    if is_finite(total + logits.as_strided((), ())):  # no backward ever reaches the sum
-        return
-    if not bool(torch.isfinite(logits).all()):
-        raise NonFiniteError("logits hold NaN or inf values (BANE reads their argmax)")
-    raise_if_nonfinite(embeddings, "embeddings")
-    raise NonFiniteError(f"the loss is {total.item()} although its inputs are finite")
 
 
 def _group_layers(

@@ -141,8 +141,8 @@ def test_reference_pieces_agree_with_the_fast_pieces():
     for (h, w), count in zip(SIZES, layout.segments.counts):
         part = slice(start, start + count)
         start += count
-        g = R._nearest(target, (h, w))
-        y = R._nearest(pred, (h, w))
+        g = R.loss._nearest(target, (h, w))
+        y = R.loss._nearest(pred, (h, w))
         assert torch.equal(labels[part].view(2, h, w), g)  # gather_layers: nearest resize
         maps = R.class_error_maps(y, g, N)  # eq. 6
         assert torch.equal(
