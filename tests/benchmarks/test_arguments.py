@@ -9,6 +9,18 @@ import pytest
 from tests.benchmarks import load_tool
 
 
+def refuses_before_work(monkeypatch, capsys, tool, work, argv, message):
+    """``tool``'s main exits 2 with ``message`` on its last stderr line before ``work`` (the
+    tool's first function that does the work) is called."""
+    module = load_tool(tool)
+    monkeypatch.setattr(sys, "argv", [f"{tool}.py", *argv])
+    monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -23,14 +35,7 @@ from tests.benchmarks import load_tool
     ],
 )
 def test_training_cost_refuses_bad_arguments_at_once(monkeypatch, capsys, argv, message):
-    cost = load_tool("training_cost")
-    monkeypatch.setattr(sys, "argv", ["training_cost.py", *argv])
-    monkeypatch.setattr(cost, "create_model", lambda *a, **k: pytest.fail("work started"))
-    with pytest.raises(SystemExit) as exit_info:
-        cost.main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1]
+    refuses_before_work(monkeypatch, capsys, "training_cost", "create_model", argv, message)
 
 
 @pytest.mark.parametrize(
@@ -134,12 +139,7 @@ def test_accuracy_keeps_the_object_size_miou_where_every_reading_has_it():
     ],
 )
 def test_pair_forms_refuses_bad_arguments_at_once(monkeypatch, capsys, argv, message):
-    forms = load_tool("pair_forms")
-    monkeypatch.setattr(sys, "argv", ["pair_forms.py", *argv])
-    monkeypatch.setattr(forms, "case", lambda *a, **k: pytest.fail("work started"))
-    with pytest.raises(SystemExit) as exit_info:
-        forms.main()
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    refuses_before_work(monkeypatch, capsys, "pair_forms", "case", argv, message)
 
 
 def test_pair_forms_times_both_forms_and_names_the_auto_one(monkeypatch, tmp_path):
