@@ -90,6 +90,90 @@ def _positive(name: str, value: object, none: bool = False) -> int | None:
     return int(value)
 
 
+def _check_schedule(
+    start_step: object,
+    ramp_steps: object,
+    stop_step: object,
+    bane_start_step: object,
+    encoder_start_step: object,
+) -> tuple[int, int, int | None, int, int]:
+    """The schedule's steps as ints, or a one-line ValueError naming the first bad one (a
+    stop before the term is on at full weight, a start that would never take effect)."""
+    start_step = _count("start_step", start_step)
+    ramp_steps = _count("ramp_steps", ramp_steps)
+    bane_start_step = _count("bane_start_step", bane_start_step)
+    encoder_start_step = _count("encoder_start_step", encoder_start_step)
+    if stop_step is not None:
+        stop_step = _count("stop_step", stop_step)
+        first = max(start_step + ramp_steps, start_step + 1)  # α reached (or the term on)
+        if stop_step < first:
+            raise ValueError(
+                f"stop_step={stop_step} must be >= start_step + ramp_steps = {first} (the "
+                "term would stop before it is on at full weight); None: never stop"
+            )
+        for name, value in (("bane_start_step", bane_start_step),
+                            ("encoder_start_step", encoder_start_step)):  # fmt: skip
+            if value >= stop_step:
+                raise ValueError(
+                    f"{name}={value} >= stop_step={stop_step}: it would never take effect"
+                )
+    return start_step, ramp_steps, stop_step, bane_start_step, encoder_start_step
+
+
+def _check_negatives(negatives: object, bane_ratio: float) -> None:
+    """``negatives`` a known name or a PixelSampler whose own K agrees with ``bane_ratio``."""
+    if isinstance(negatives, str) and negatives not in NEGATIVE_SAMPLERS:
+        raise ValueError(
+            f"unknown negatives {negatives!r}; choose from {sorted(NEGATIVE_SAMPLERS)} or "
+            "pass a PixelSampler instance"
+        )
+    if not isinstance(negatives, (str, PixelSampler)):
+        raise ValueError(
+            f"negatives must be one of {sorted(NEGATIVE_SAMPLERS)} or a PixelSampler "
+            f"instance (contextrast.contrast.sampling), got {type(negatives).__name__}"
+        )
+    ratio = getattr(negatives, "ratio", None)
+    if ratio is not None and bane_ratio not in (0, ratio):
+        # Its own K picks; a different bane_ratio would be reported but not used.
+        raise ValueError(
+            f"bane_ratio={bane_ratio} but negatives={type(negatives).__name__}(ratio={ratio})"
+            f" picks by its own K: give bane_ratio={ratio} (or 0 to switch it off)"
+        )
+
+
+def _check_fusion(anchor_fusion: object, detach_anchors: bool, layers: int) -> None:
+    """``anchor_fusion`` a known reading that can train with these options."""
+    if anchor_fusion not in ANCHOR_FUSIONS:
+        raise ValueError(
+            f"unknown anchor_fusion {anchor_fusion!r}; choose from {list(ANCHOR_FUSIONS)}"
+        )
+    if anchor_fusion != "fixed" and detach_anchors:
+        raise ValueError(
+            f"anchor_fusion={anchor_fusion!r} with detach_anchors=True: the fusion modules "
+            "would never receive a gradient (and DDP would stop on their unused parameters); "
+            "set one of them off"
+        )
+    if anchor_fusion != "fixed" and layers < 2:
+        raise ValueError(
+            f"anchor_fusion={anchor_fusion!r} fuses the lower layers' anchors with the last "
+            f"layer's: it needs 2 layers or more, got {layers}"
+        )
+
+
+def _anchor_memory(num_classes: int, anchor_memory: object, embed_dim: int) -> ClassQueue | None:
+    """Contextrast++'s per-class queues of ``anchor_memory`` anchors (``None``: off)."""
+    anchor_memory = _positive("anchor_memory", anchor_memory, none=True)
+    try:
+        return None if anchor_memory is None else ClassQueue(num_classes, anchor_memory, embed_dim)
+    except RuntimeError:  # the allocator's own message is pages of C++
+        size = num_classes * anchor_memory * embed_dim * 4 / 2**30
+        raise ValueError(
+            f"anchor_memory={anchor_memory}: its queues need {size:.1f} GiB "
+            f"({num_classes} classes x {anchor_memory} x {embed_dim} floats); Contextrast++ "
+            "uses 100"
+        ) from None
+
+
 class ContextrastLoss(nn.Module):
     """Pixel-anchor loss over I encoder layers with fused anchors and BANE hard negatives.
 
@@ -215,24 +299,9 @@ class ContextrastLoss(nn.Module):
         validate: bool = True,
     ):
         super().__init__()
-        start_step = _count("start_step", start_step)
-        ramp_steps = _count("ramp_steps", ramp_steps)
-        bane_start_step = _count("bane_start_step", bane_start_step)
-        encoder_start_step = _count("encoder_start_step", encoder_start_step)
-        if stop_step is not None:
-            stop_step = _count("stop_step", stop_step)
-            first = max(start_step + ramp_steps, start_step + 1)  # α reached (or the term on)
-            if stop_step < first:
-                raise ValueError(
-                    f"stop_step={stop_step} must be >= start_step + ramp_steps = {first} (the "
-                    "term would stop before it is on at full weight); None: never stop"
-                )
-            for name, value in (("bane_start_step", bane_start_step),
-                                ("encoder_start_step", encoder_start_step)):  # fmt: skip
-                if value >= stop_step:
-                    raise ValueError(
-                        f"{name}={value} >= stop_step={stop_step}: it would never take effect"
-                    )
+        start_step, ramp_steps, stop_step, bane_start_step, encoder_start_step = _check_schedule(
+            start_step, ramp_steps, stop_step, bane_start_step, encoder_start_step
+        )
         try:  # any integer type (a NumPy count from a dataset too), not a bool
             num_classes = _count("num_classes", num_classes)
         except ValueError:
@@ -263,38 +332,8 @@ class ContextrastLoss(nn.Module):
         normalize_anchors = _flag("normalize_anchors", normalize_anchors)
         global_anchors = _flag("global_anchors", global_anchors)
         validate = _flag("validate", validate)
-        if isinstance(negatives, str) and negatives not in NEGATIVE_SAMPLERS:
-            raise ValueError(
-                f"unknown negatives {negatives!r}; choose from {sorted(NEGATIVE_SAMPLERS)} or "
-                "pass a PixelSampler instance"
-            )
-        if not isinstance(negatives, (str, PixelSampler)):
-            raise ValueError(
-                f"negatives must be one of {sorted(NEGATIVE_SAMPLERS)} or a PixelSampler "
-                f"instance (contextrast.contrast.sampling), got {type(negatives).__name__}"
-            )
-        if anchor_fusion not in ANCHOR_FUSIONS:
-            raise ValueError(
-                f"unknown anchor_fusion {anchor_fusion!r}; choose from {list(ANCHOR_FUSIONS)}"
-            )
-        if anchor_fusion != "fixed" and detach_anchors:
-            raise ValueError(
-                f"anchor_fusion={anchor_fusion!r} with detach_anchors=True: the fusion modules "
-                "would never receive a gradient (and DDP would stop on their unused parameters); "
-                "set one of them off"
-            )
-        if anchor_fusion != "fixed" and len(in_channels) < 2:
-            raise ValueError(
-                f"anchor_fusion={anchor_fusion!r} fuses the lower layers' anchors with the last "
-                f"layer's: it needs 2 layers or more, got {len(in_channels)}"
-            )
-        ratio = getattr(negatives, "ratio", None)
-        if ratio is not None and bane_ratio not in (0, ratio):
-            # Its own K picks; a different bane_ratio would be reported but not used.
-            raise ValueError(
-                f"bane_ratio={bane_ratio} but negatives={type(negatives).__name__}(ratio={ratio})"
-                f" picks by its own K: give bane_ratio={ratio} (or 0 to switch it off)"
-            )
+        _check_negatives(negatives, bane_ratio)
+        _check_fusion(anchor_fusion, detach_anchors, len(in_channels))
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.embed_dim = embed_dim
@@ -334,18 +373,7 @@ class ContextrastLoss(nn.Module):
             if anchor_fusion == "fixed"
             else AnchorFusion(len(in_channels) - 1, embed_dim, zero_out=anchor_fusion == "residual")
         )
-        anchor_memory = _positive("anchor_memory", anchor_memory, none=True)
-        try:
-            self.memory = (
-                None if anchor_memory is None else ClassQueue(num_classes, anchor_memory, embed_dim)
-            )
-        except RuntimeError:  # the allocator's own message is pages of C++
-            size = num_classes * anchor_memory * embed_dim * 4 / 2**30
-            raise ValueError(
-                f"anchor_memory={anchor_memory}: its queues need {size:.1f} GiB "
-                f"({num_classes} classes x {anchor_memory} x {embed_dim} floats); Contextrast++ "
-                "uses 100"
-            ) from None
+        self.memory = _anchor_memory(num_classes, anchor_memory, embed_dim)
 
     @property
     def scheduled(self) -> bool:

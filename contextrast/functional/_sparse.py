@@ -85,10 +85,11 @@ def _shared_pool(
     bounded = pool is not None and max(blocks.counts) > pool
     if not shuffle and not bounded:
         return _arange(labels.numel(), labels.device), blocks
-    # One sort: by layer, labelled before unlabelled, then at random.
-    score = torch.rand(labels.shape, device=labels.device)
-    score.add_((labels == ignore_index).to(score.dtype)).add_(blocks.keys, alpha=2.0)
-    order = torch.argsort(score)  # (M,)
+    # One exact integer sort: by layer, labelled before unlabelled, then at random (40
+    # random bits, as bound_pixels).
+    key = torch.randint(0, 2**40, labels.shape, device=labels.device)
+    key.add_((labels == ignore_index).to(torch.int64), alpha=2**41).add_(blocks.ids, alpha=2**43)
+    order = torch.argsort(key)  # (M,)
     if not bounded:
         return order, blocks
     kept = tuple(min(count, pool) for count in blocks.counts)
@@ -132,7 +133,7 @@ def sparse_pairs(
     own_cell = labels.clamp(0, n - 1) * layers + layer  # (M,) (anchor, layer) of a positive
     picking = hard is not None and hard_negatives in ("add", "only")
     if picking:
-        every_pick = hard & labelled
+        every_pick = hard  # as the dense form: a pick is its predicted class's negative
         extra = every_pick
         pred_cell = pred.clamp(0, n - 1) * layers + layer  # (M,) (anchor, layer) of a pick
     draw_positive = max_positives is not None
@@ -164,6 +165,7 @@ def sparse_pairs(
         counts = torch.zeros(n * layers, dtype=torch.float32, device=device)
         held = counts.index_add_(0, pred_cell, every_pick.float()).view(n, layers) > 0
         negative = negative & ~held.index_select(1, kept.ids)
+        extra = extra & labelled  # as the dense form, whose negatives are labelled pixels
     return SparsePairs(positive, extra, picks, kept, negative)
 
 

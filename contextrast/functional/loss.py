@@ -121,7 +121,8 @@ def contextrast_loss(
     labels, layer_pred, blocks = targets.labels, targets.pred, targets.layout.segments
     check_hard(hard, labels)
     picked = hard is not None  # a mask of no picks keeps one code path below
-    hard = hard if picked else torch.zeros_like(labels, dtype=torch.bool)
+    # a pick predicted as its own class would be its own anchor's negative: dropped
+    hard = hard & (labels != layer_pred) if picked else torch.zeros_like(labels, dtype=torch.bool)
     n, device = logits.shape[1], target.device
     world = world_size(process_group) if global_anchors else 1
     with torch.autocast(device_type=device.type, enabled=False):
@@ -145,8 +146,8 @@ def contextrast_loss(
         weights = tuple(loss_weight * w for w in layer_weights)  # α·λ_i
         total = torch.dot(stacked, B.constant(weights, stacked.dtype, device))
         # integer sums: exact in any order (deterministic on every device)
-        layers = torch.zeros(len(columns.blocks.counts), dtype=torch.int64, device=device)
-        hard_counts = layers.index_add_(0, columns.blocks.ids, columns.hard.long())  # (I,)
+        zeros = B.constant((0,) * len(columns.blocks.counts), torch.int64, device)  # (I,)
+        hard_counts = zeros.index_add(0, columns.blocks.ids, columns.hard.long())  # (I,)
     if validate:
         check_finite(total, logits, [coords for coords, _ in pairs])
     return ContextrastTerms(total, stacked.detach(), hard_counts, anchors, counts)

@@ -454,3 +454,34 @@ def test_the_entry_and_layer_targets_name_bad_layers_sizes_and_picks():
 
     with pytest.raises(ValueError, match=r"pred must have labels' shape \(\d+,\) \(the flat axis"):
         HardAnchorSampler()(targets.labels, targets.pred[:-5], num_classes=N, layout=targets.layout)
+
+
+@pytest.mark.parametrize("mode", ["add", "only", "include"])
+def test_both_pair_forms_score_any_hard_mask_alike(mode):
+    """A hand-made pick may hold unlabelled or correctly predicted pixels: a correct one is
+    dropped (it would be its own anchor's negative), an unlabelled one is its predicted
+    class's negative (in "only", an anchor with any pick keeps its labelled picks alone);
+    the dense and the sparse form agree to rounding, values and gradients."""
+    embeddings, logits, target = make_case(seed=4)
+    sizes = [tuple(e.shape[-2:]) for e in embeddings]
+    targets = CF.layer_targets(logits, target, sizes, 255)
+    g = torch.Generator().manual_seed(0)
+    hard = torch.rand(targets.labels.shape, generator=g) < 0.3
+    correct = targets.labels == targets.pred
+    assert (hard & (targets.labels == 255)).any() and (hard & correct).any()
+
+    def run(form, picks):
+        terms = CF.contextrast_loss(
+            embeddings, logits, target, **HYPER, ignore_index=255, hard=picks, targets=targets,
+            hard_negatives=mode, max_pixels=None, max_positives=None, max_negatives=None,
+            normalize_anchors=True, detach_anchors=False, global_anchors=False, pair_form=form,
+        )  # fmt: skip
+        return terms.layer_losses, torch.autograd.grad(terms.loss, embeddings)
+
+    (dense, dense_grads), (sparse, sparse_grads) = run("dense", hard), run("sparse", hard)
+    assert torch.allclose(dense, sparse, rtol=1e-10, atol=0)
+    for a, b in zip(dense_grads, sparse_grads):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
+    # the correct pixels among the picks change nothing
+    errors_only = hard & ~correct
+    assert torch.equal(run("dense", errors_only)[0], dense)
