@@ -48,7 +48,7 @@ METHODS = {
     "ce": lambda n, ch: None,
     # validate=False: as the trainer runs it (labels checked once, no per-step host sync).
     "contextrast": lambda n, ch: ContextrastLoss(n, ch, validate=False),
-    # its two pair forms forced (the default picks sparse from 20 classes on)
+    # its two pair forms forced (the default is dense)
     "contextrast_dense": lambda n, ch: ContextrastLoss(n, ch, pair_form="dense", validate=False),
     "contextrast_sparse": lambda n, ch: ContextrastLoss(n, ch, pair_form="sparse", validate=False),
     "contextrast_semi_hard": lambda n, ch: ContextrastLoss(

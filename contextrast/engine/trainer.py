@@ -48,7 +48,6 @@ from contextrast.engine.schedule import PolyLR
 from contextrast.engine.step import LossTerms, TrainingModule
 from contextrast.evaluation.evaluator import evaluate
 from contextrast.evaluation.metrics import metrics_json
-from contextrast.functional.loss import SPARSE_FROM_CLASSES
 from contextrast.models import convert_sync_batchnorm
 from contextrast.utils.checkpoint import (
     capture_rng,
@@ -518,12 +517,10 @@ class Trainer:
         # Checkpoints from before optim.name trained SGD. An optimiser's state means nothing
         # to another optimiser.
         saved.setdefault("optim", {}).setdefault("name", "sgd")
-        # ... and from before pair_form scored their pairs densely, as "auto" still does below
-        # SPARSE_FROM_CLASSES classes: there such a run resumes unchanged.
+        # ... and from before pair_form scored their pairs densely (the default).
         contrast = saved.get("loss", {}).get("contrast")
-        if isinstance(contrast, dict) and "pair_form" not in contrast:
-            sparse = self.train_set.num_classes >= SPARSE_FROM_CLASSES
-            contrast["pair_form"] = "dense" if sparse else "auto"
+        if isinstance(contrast, dict):
+            contrast.setdefault("pair_form", "dense")
         for section, key in (("loss", "name"), ("data", "dataset"), ("optim", "name")):
             before, now = saved[section][key], getattr(getattr(self.config, section), key)
             if before != now:

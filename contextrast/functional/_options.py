@@ -34,12 +34,12 @@ __all__ = [
 
 HARD_NEGATIVE_MODES = ("only", "include", "add")
 #: how the pixel-anchor pairs are scored: "dense" (every anchor against every pixel, the
-#: sampling as masks), "sparse" (positives and BANE picks one product per pixel, ordinary
-#: negatives from a shared random pool per layer: :mod:`._sparse`), "auto" (sparse from
-#: :data:`SPARSE_FROM_CLASSES` classes on).
+#: sampling as masks; the default), "sparse" (positives and BANE picks one product per
+#: pixel, ordinary negatives from a random pool per layer shared by all anchors:
+#: :mod:`._sparse`), "auto" (sparse from :data:`SPARSE_FROM_CLASSES` classes on).
 PAIR_FORMS = ("auto", "dense", "sparse")
 #: where "auto" turns sparse: the two cost the same at 19 classes on the CPU proxy (4 × 256 ×
-#: 512), dense is 1.7× faster at 10 and sparse 2.7× at 171 (docs/benchmarks.md); below it
+#: 512), dense is 1.3× faster at 10 and sparse 2.6× at 171 (docs/benchmarks.md); below it
 #: dense also launches fewer operators (issue 14's bound).
 SPARSE_FROM_CLASSES = 20
 #: the sparse form's pool per layer, in units of ``max_negatives``: a class holding at most
@@ -61,7 +61,7 @@ def check_options(
     max_pixels: int | None,
     max_positives: int | None,
     max_negatives: int | None,
-    pair_form: str = "auto",
+    pair_form: str = "dense",
 ) -> None:
     """Raise a one-line ``ValueError`` naming the first bad hyper-parameter of the loss (the
     module's constructor and :func:`contextrast_loss` both call it)."""

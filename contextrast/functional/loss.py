@@ -94,7 +94,7 @@ def contextrast_loss(
     targets: LayerTargets | None = None,
     fusion: FusionWeights | None = None,
     fusion_residual: bool = False,
-    pair_form: str = "auto",
+    pair_form: str = "dense",
 ) -> ContextrastTerms:
     """``α·Σ_i λ_i L_PA,i`` over every layer at once (the hyper-parameters are
     :class:`~contextrast.ContextrastLoss`'s, which documents them and holds their defaults:

@@ -765,16 +765,9 @@ def test_a_loss_section_the_chosen_loss_never_reads_is_named_in_the_log(workspac
     assert "ms_cs" not in log.split("unused with")[1].splitlines()[0]  # defaults are quiet
 
 
-@pytest.mark.parametrize("sparse_from", [20, 2])
-def test_a_checkpoint_from_before_pair_form_resumes_as_it_trained(
-    workspace, monkeypatch, sparse_from
-):
+def test_a_checkpoint_from_before_pair_form_resumes_as_it_trained(workspace):
     """A checkpoint written before ``loss.contrast.pair_form`` existed scored its pairs
-    densely. Below ``SPARSE_FROM_CLASSES`` classes "auto" is that form: the run resumes
-    as it was; from it on, the change to the sparse form is named (resume with "dense")."""
-    import contextrast.engine.trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "SPARSE_FROM_CLASSES", sparse_from)
+    densely, the default: it resumes unchanged; a switch to another form is named."""
     short = config(workspace, optim={"iters": 2})
     Trainer(config_from_dict(short)).fit()
     path = workspace / "runs" / "run" / "last.pt"
@@ -782,13 +775,9 @@ def test_a_checkpoint_from_before_pair_form_resumes_as_it_trained(
     del state["config"]["loss"]["contrast"]["pair_form"]  # as an older version wrote it
     ckpt.save_checkpoint(state, path)
     longer = {**short, "optim": {**short["optim"], "iters": 4}}
-    if sparse_from == 20:  # the folder set's few classes: "auto" is dense, as before
-        Trainer(config_from_dict(longer), resume=True).fit()
-        assert ckpt.load_checkpoint(path)["iteration"] == 4
-        return
-    with pytest.raises(ConfigError, match=r"loss\.contrast\.pair_form 'dense' -> 'auto'"):
-        Trainer(config_from_dict(longer), resume=True)
-    dense = {**longer, "loss": {**longer["loss"], "contrast": {
-        **longer["loss"]["contrast"], "pair_form": "dense"}}}  # fmt: skip
-    Trainer(config_from_dict(dense), resume=True).fit()
+    sparse = {**longer, "loss": {**longer["loss"], "contrast": {
+        **longer["loss"]["contrast"], "pair_form": "sparse"}}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"loss\.contrast\.pair_form 'dense' -> 'sparse'"):
+        Trainer(config_from_dict(sparse), resume=True)
+    Trainer(config_from_dict(longer), resume=True).fit()
     assert ckpt.load_checkpoint(path)["iteration"] == 4
