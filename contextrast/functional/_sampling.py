@@ -28,6 +28,7 @@ __all__ = [
     "bane_select_labels",
     "bound_pixels",
     "hard_negative_mask",
+    "layer_random_order",
     "sample_pairs",
     "sample_per_row",
 ]
@@ -119,17 +120,22 @@ def bound_pixels(
     device = labels.device
     if blocks is None:
         blocks = segments(counts, device)
-    # One exact integer sort for every layer: by layer, then the priority pixels, then the
-    # other labelled ones, then the unlabelled, each at random (40 random bits: ties are
-    # rare and only swap two equally likely pixels).
     rank = (labels == ignore_index).to(torch.int64).mul_(2)  # (M,) 0 labelled, 2 unlabelled
     if priority is not None:
         rank.add_((~priority).to(torch.int64))  # priority pixels before the other labelled
-    key = torch.randint(0, 2**40, labels.shape, device=device)
-    key.add_(rank, alpha=2**41).add_(blocks.ids, alpha=2**43)
-    order = torch.argsort(key)  # (M,)
+    order = layer_random_order(rank, blocks)  # (M,)
     kept = tuple(min(count, max_pixels) for count in counts)
     return order.index_select(0, prefix_index(counts, kept, device)), segments(kept, device)
+
+
+@torch.no_grad()
+def layer_random_order(rank: torch.Tensor, blocks: Segments) -> torch.Tensor:
+    """(M,) int64 the positions sorted by layer, then by ``rank`` (M,) int64 in [0, 4), then
+    at random: one exact integer sort (40 random bits; ties are rare and only swap two
+    equally likely positions). No host synchronisation."""
+    key = torch.randint(0, 2**40, rank.shape, device=rank.device)
+    key.add_(rank, alpha=2**41).add_(blocks.ids, alpha=2**43)
+    return torch.argsort(key)
 
 
 @functools.lru_cache(maxsize=64)

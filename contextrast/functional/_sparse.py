@@ -29,9 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from contextrast.functional._anchors import LayerGroup
+from contextrast.functional._anchors import LayerGroup, _group_rows
 from contextrast.functional._cache import _arange, constant, tensor_cache
 from contextrast.functional._layouts import Segments, prefix_index, segment_sum, segments
+from contextrast.functional._sampling import layer_random_order
 
 __all__ = ["SparsePairs", "sparse_info_nce", "sparse_pairs"]
 
@@ -88,11 +89,8 @@ def _shared_pool(
     bounded = pool is not None and max(blocks.counts) > pool
     if not shuffle and not bounded:
         return _arange(labels.numel(), labels.device), blocks
-    # One exact integer sort: by layer, labelled before unlabelled, then at random (40
-    # random bits, as bound_pixels).
-    key = torch.randint(0, 2**40, labels.shape, device=labels.device)
-    key.add_((labels == ignore_index).to(torch.int64), alpha=2**41).add_(blocks.ids, alpha=2**43)
-    order = torch.argsort(key)  # (M,)
+    # by layer, labelled before unlabelled, then at random
+    order = layer_random_order((labels == ignore_index).to(torch.int64), blocks)  # (M,)
     if not bounded:
         return order, blocks
     kept = tuple(min(count, pool) for count in blocks.counts)
@@ -303,13 +301,6 @@ def _pairs_of(group_tensors):
     return list(zip(group_tensors[0::2], group_tensors[1::2]))
 
 
-@tensor_cache(maxsize=64)
-def _pool_rows(counts: tuple[int, ...], num_classes: int, device) -> torch.Tensor:
-    """(N, Σ counts) row ``j·N + n`` of anchor n for each pool column of a group's layer j."""
-    layer = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
-    return (layer * num_classes + torch.arange(num_classes).unsqueeze(1)).to(device)
-
-
 def _group_spans(groups, pool: Segments):
     """Per group: (first layer, first pixel, pixels, first pool column, pool columns, the
     pool counts of its layers)."""
@@ -335,7 +326,9 @@ def _raw_scores(projected, group_tensors, groups, rows, pairs):
         diagonal.append((gathered * coords.transpose(0, 1)).sum(2))  # (R, M_g)
         columns = coords.index_select(1, pairs.picks.narrow(0, column, kept) - pixel)
         full = torch.mm(q, columns)  # (I_g·N, T_g)
-        pool.append(full if len(counts) == 1 else full.gather(0, _pool_rows(counts, n, q.device)))
+        if len(counts) > 1:  # each layer's anchor rows: (N, T_g)
+            full = full.gather(0, _group_rows(counts, n, q.device)[0])
+        pool.append(full)
     joined = diagonal[0] if len(diagonal) == 1 else torch.cat(diagonal, dim=1)  # (R, M)
     return joined, pool[0] if len(pool) == 1 else torch.cat(pool, dim=1)
 
@@ -361,7 +354,7 @@ def _raw_backward(anchors, projected, group_tensors, groups, rows, pairs, grad_r
         pool_part = grad_pool.narrow(1, column, kept)  # (N, T_g)
         if len(counts) > 1:  # back to every (layer, anchor) row
             full = pool_part.new_zeros(q.shape[0], kept)
-            pool_part = full.scatter_(0, _pool_rows(counts, n, q.device), pool_part)
+            pool_part = full.scatter_(0, _group_rows(counts, n, q.device)[0], pool_part)
         grad_q.addmm_(pool_part, coords_t.index_select(0, picked))
         grad_coords_t.index_add_(0, picked, torch.mm(pool_part.transpose(0, 1), q))
         grad_coords = grad_coords_t.transpose(0, 1)  # (K, M_g)
