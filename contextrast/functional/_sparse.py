@@ -5,9 +5,11 @@ Each pixel is a positive of one anchor only (its class's) and a BANE pick an ext
 of one anchor only (its predicted class's): both are scored on the diagonal, one product
 per pixel. Only the ordinary negatives need every anchor against every pixel, and they come
 from one shared pool per layer: at most ``pool`` labelled pixels drawn at random, in random
-order; anchor n's negatives are the first ``max_negatives`` pool pixels not of class n. With
-the pool holding the whole layer that is a uniform sample of n's negatives, the draw of
-:func:`~._sampling.sample_pairs` row for row (the rows now share one order).
+order; anchor n's negatives are ``max_negatives`` consecutive pool pixels not of class n,
+from rank ``n · max_negatives`` on (cyclically). Any such window of a random order is a
+uniform sample of n's negatives, the draw of :func:`~._sampling.sample_pairs` row for row;
+the windows of different anchors start apart, so that the anchors' negatives spread over the
+pool rather than all being its first pixels.
 
 Internal: :func:`contextrast.functional.contextrast_loss`'s ``pair_form="sparse"`` (and
 ``"auto"`` from :data:`~contextrast.functional.loss.SPARSE_FROM_CLASSES` classes on), faster
@@ -70,12 +72,22 @@ def random_rank(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 @tensor_cache(maxsize=64)
-def _block_starts(counts: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T,) the position before each entry's block start (0 for the first block) and (T,)
-    1 where there is one (0 in the first block): a running sum minus its value there is
-    the running sum within the block."""
-    first = segments(counts, device).first
-    return (first - 1).clamp(min=0), (first > 0).to(torch.int32)
+def _block_bounds(counts: tuple[int, ...], device) -> tuple[torch.Tensor, ...]:
+    """(T,) the position before each entry's block start (0 for the first block), (T,) 1
+    where there is one (0 in the first block) and (T,) the last position of its block: a
+    running sum minus its value before the block is the running sum within the block, and
+    at the block's last position its total."""
+    blocks = segments(counts, device)
+    last = blocks.first + torch.tensor(counts, device=device).index_select(0, blocks.ids) - 1
+    return (blocks.first - 1).clamp(min=0), (blocks.first > 0).to(torch.int32), last
+
+
+@tensor_cache(maxsize=64)
+def _window_starts(num_classes: int, width: int, device) -> torch.Tensor:
+    """(N, 1) int32 ``1 + n · width``: the 1-based rank at which anchor n's window of
+    negatives starts."""
+    starts = torch.arange(num_classes, dtype=torch.int32).mul_(width).add_(1)
+    return starts.unsqueeze(1).to(device)
 
 
 @torch.no_grad()
@@ -122,8 +134,9 @@ def sparse_pairs(
             anchor), ``"only"`` (an anchor with picks in a layer contrasts against those
             alone) or ``"include"`` (ordinary negatives only).
         max_positives: per anchor and layer, at most this many positives (uniform).
-        max_negatives: per anchor and layer, at most this many ordinary negatives (the first
-            in the pool's random order) and, apart, this many picks.
+        max_negatives: per anchor and layer, at most this many ordinary negatives (a window
+            of the pool's random order, anchor n's from rank ``n · max_negatives`` on,
+            cyclically) and, apart, this many picks.
         pool: per layer, the pixels every anchor is scored against for its ordinary
             negatives (``None``: the whole layer).
     """
@@ -158,9 +171,15 @@ def sparse_pairs(
     if max_negatives is not None:
         # each row's rank among its other-class pool pixels of the same layer, in pool order
         running = other.to(torch.int32).cumsum(1)  # (N, T)
-        previous, inside = _block_starts(kept.counts, device)
-        within = running - running.index_select(1, previous).mul_(inside)  # (N, T)
-        negative = other & (within <= max_negatives)
+        previous, inside, last = _block_bounds(kept.counts, device)
+        before = running.index_select(1, previous).mul_(inside)  # (N, T)
+        within = running - before  # (N, T) 1-based
+        total = (running.index_select(1, last) - before).clamp_(min=1)  # (N, T) others
+        # Anchor n's window starts n · max_negatives ranks on, cyclically: any window of the
+        # pool's random order is a uniform draw, and spread windows give more pixels a
+        # negative's gradient than windows that all take the pool's first others.
+        start = _window_starts(n, max_negatives, device)  # (N, 1)
+        negative = other & (within.sub_(start).remainder_(total) < max_negatives)
     if extra is not None and hard_negatives == "only":
         # an anchor with any pick in a layer (before the bound) contrasts against picks alone
         counts = torch.zeros(n * layers, dtype=torch.float32, device=device)

@@ -154,3 +154,29 @@ def test_a_bounded_pool_keeps_each_anchors_negatives_uniform():
         hits += negative
     assert (hits[0, 6:] / draws - 2 / 6).abs().max() < 0.04 and hits[0, :6].sum() == 0
     assert (hits[1, [0, 1, 2, 3, 4, 5, 8, 9, 10, 11]] / draws - 0.2).abs().max() < 0.04
+
+
+def test_the_anchors_windows_spread_over_the_pool():
+    """Anchors 0-2 have no pixels of their own here, so their other-class pixels are the same
+    8 in the same pool order; their windows of 2 start 2 ranks apart: disjoint, 6 pixels in
+    all (windows at one start would give all three the same 2). Anchor 3 has none."""
+    labels = torch.full((8,), 3)
+    blocks = segments((8,), labels.device)
+    torch.manual_seed(3)
+    for _ in range(20):
+        pairs = sparse_pairs(labels, labels, None, blocks, N, 255, "add", None, 2, None)
+        negative = pairs.negative.int()
+        assert negative.sum(1).tolist() == [2, 2, 2, 0]
+        assert negative[:3].sum(0).max() == 1  # no pixel in two windows
+        rank = torch.empty(8, dtype=torch.long)
+        rank[pairs.picks] = torch.arange(8)  # each pixel's place in the pool order
+        for anchor in range(3):  # anchor n's window: pool ranks 2n and 2n + 1
+            chosen = pairs.picks[pairs.negative[anchor]]
+            assert sorted(rank[chosen].tolist()) == [2 * anchor, 2 * anchor + 1]
+    # a window longer than the rest of the row wraps around: 3 others, windows of 2
+    labels = torch.tensor([3, 3, 3, 0, 0, 0, 0, 0])
+    pairs = sparse_pairs(labels, labels, None, blocks, N, 255, "add", None, 2, None)
+    negative = torch.zeros(N, 8, dtype=torch.long)
+    negative[:, pairs.picks] = pairs.negative.long()
+    assert negative.sum(1).tolist() == [2, 2, 2, 2]  # anchor 0: 3 others, 2 kept
+    assert negative[0, 3:].sum() == 0 and negative[3, :3].sum() == 0
