@@ -14,7 +14,7 @@ pool rather than all being its first pixels.
 Internal: :func:`contextrast.functional.contextrast_loss`'s ``pair_form="sparse"`` (and
 ``"auto"`` from :data:`~contextrast.functional.loss.SPARSE_FROM_CLASSES` classes on), faster
 than the dense form from about 20 classes; below, the dense form is as fast or faster and
-launches fewer operators (about 1,290 against 980 in issue 14's case). Its anchors share one
+launches fewer operators (about 1,305 against 980 in issue 14's case). Its anchors share one
 pool, so fewer pixels receive a negative's gradient per step than under the dense form's
 independent draws; on INIA19 it trained 1.7 ± 0.85 mIoU below the dense form (3 seeds,
 docs/method.md): not the default. Tested against
