@@ -206,7 +206,7 @@ class ContextrastLoss(nn.Module):
             the sampling as (N, M) masks; the default), ``"sparse"`` (each positive and BANE
             pick one product, the ordinary negatives drawn from one random pool of 4 ×
             ``max_negatives`` pixels per layer shared by all anchors: work that grows with
-            N × pool, not N·M; 2.6× faster at 171 classes, but −1.7 ± 0.85 mIoU against
+            N × pool, not N·M; 2.6× faster at 171 classes, but 1.3 to 1.7 mIoU below
             dense on INIA19, docs/method.md) or ``"auto"`` (sparse from 20 classes on,
             ``functional.loss.SPARSE_FROM_CLASSES``). Both equal the reference with the
             sampling off and draw each anchor's pairs uniformly; their joint draws differ.

@@ -15,9 +15,8 @@ Internal: :func:`contextrast.functional.contextrast_loss`'s ``pair_form="sparse"
 ``"auto"`` from :data:`~contextrast.functional.loss.SPARSE_FROM_CLASSES` classes on), faster
 than the dense form from about 20 classes; below, the dense form is as fast or faster and
 launches fewer operators (about 1,305 against 980 in issue 14's case). Its anchors share one
-pool, so fewer pixels receive a negative's gradient per step than under the dense form's
-independent draws; on INIA19 it trained 1.7 ± 0.85 mIoU below the dense form (3 seeds,
-docs/method.md): not the default. Tested against
+pool; on INIA19 it trained 1.3 to 1.7 mIoU below the dense form (3 seeds each, before and
+after the spread windows; docs/method.md): not the default. Tested against
 :func:`contextrast.functional.reference.pixel_anchor_loss`.
 """
 
