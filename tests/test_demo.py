@@ -56,7 +56,9 @@ def test_the_packaged_evidence_is_read_from_inside_the_package():
     assert lines[0].startswith("Evidence (docs/benchmarks.md")
     # one block per schedule: its name, then a line per orientation
     schedules = [line for line in lines[1:] if not line.startswith("    ")]
-    assert [line.split(",")[0].strip() for line in schedules] == ["SGD", "AdamW", "AdamW"]
+    shipped = json.loads(demo.EVIDENCE.read_text())["schedules"]
+    assert [line.strip().removesuffix(":") for line in schedules] == list(shipped)
+    assert len(shipped) >= 3 and all(name.split(",")[0] in ("SGD", "AdamW") for name in shipped)
     assert sum(line.startswith("    coronal (") for line in lines) == len(schedules)
     assert any(line.startswith("    coronal (") and "CE + " in line for line in lines[1:])
 
