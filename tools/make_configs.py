@@ -107,7 +107,7 @@ INIA19_SCHEDULES = {
     "_sgd_plateau": (
         "with SGD tuned for CE (lr {lr:g}, {iters} iterations; the plateau check: "
         "docs/benchmarks.md)",
-        {"lr": 0.16, "iters": 1600},
+        {"lr": 0.16, "iters": 3200},
     ),
     "_adamw": ("400 iterations with AdamW (lr {lr:g})", {**ADAMW, "lr": 0.001}),
     "_adamw_plateau": (
