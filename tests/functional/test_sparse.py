@@ -173,10 +173,13 @@ def test_the_anchors_windows_spread_over_the_pool():
         for anchor in range(3):  # anchor n's window: pool ranks 2n and 2n + 1
             chosen = pairs.picks[pairs.negative[anchor]]
             assert sorted(rank[chosen].tolist()) == [2 * anchor, 2 * anchor + 1]
-    # a window longer than the rest of the row wraps around: 3 others, windows of 2
+    # A start past the row's end wraps around: anchor 3's 5 others (class 0) and its start
+    # 1 + 3 · 2 = 7 give ranks 7 − 5 = 2 and 3 among them (1-based); anchor 0 has 3 others.
     labels = torch.tensor([3, 3, 3, 0, 0, 0, 0, 0])
     pairs = sparse_pairs(labels, labels, None, blocks, N, 255, "add", None, 2, None)
     negative = torch.zeros(N, 8, dtype=torch.long)
     negative[:, pairs.picks] = pairs.negative.long()
-    assert negative.sum(1).tolist() == [2, 2, 2, 2]  # anchor 0: 3 others, 2 kept
+    assert negative.sum(1).tolist() == [2, 2, 2, 2]
     assert negative[0, 3:].sum() == 0 and negative[3, :3].sum() == 0
+    others = pairs.picks[labels[pairs.picks] == 0]  # anchor 3's others in pool order
+    assert set(others[1:3].tolist()) == set(torch.nonzero(negative[3]).view(-1).tolist())
