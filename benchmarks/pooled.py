@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, nargs="+")
     parser.add_argument("--reference", default="ce")
     parser.add_argument("--before", type=Path, nargs="+", help="one file per result, in order")
-    parser.add_argument("--metric", default="miou", choices=["miou", "boundary_miou_5"])
+    parser.add_argument(
+        "--metric", default="miou", choices=["miou", "boundary_miou_5", "tail_miou"]
+    )
     args = parser.parse_args(argv)
     if args.before and len(args.before) != len(args.results):
         raise SystemExit(f"--before: {len(args.before)} files for {len(args.results)} results")

@@ -241,3 +241,22 @@ def test_merge_results_joins_invocations_of_one_benchmark_and_refuses_the_rest(t
     ):
         with pytest.raises(SystemExit, match=message):
             merge.main([str(ce), str(bad), "--out", str(tmp_path / "n.json")])
+
+
+def test_pooled_pools_the_tail_third_as_it_pools_miou(tmp_path, capsys):
+    def with_tail(path, tails):
+        data = json.loads(path.read_text())
+        for row in data["rows"]:
+            for seed, entry in row["per_seed"].items():
+                entry["tail_miou"] = tails[row["method"]][int(seed)]
+        path.write_text(json.dumps(data))
+        return path
+
+    # mIoU and the tail third move apart, so the printed Δ shows which one was pooled.
+    a = result(tmp_path / "a.json", {"ce": {0: 0.50, 1: 0.50}, "x": {0: 0.50, 1: 0.50}})
+    with_tail(a, {"ce": {0: 0.20, 1: 0.30}, "x": {0: 0.24, 1: 0.32}})
+    load_tool("pooled").main([str(a), "--metric", "tail_miou"])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("x "))
+    assert "Δ tail_miou to ce" in out
+    assert "+3.00 ± 1.41 (n=2)" in line  # Δ +4 and +2 points
