@@ -23,6 +23,7 @@ SCHEDULES = {
     "SGD, 400 iterations, lr 0.01 (the paper's optimiser; CE under-fit)": "region",
     "AdamW, 400 iterations, lr 1e-3 (CE fits far better)": "adamw",
     "SGD, 1600 iterations, lr 0.16 (CE well fit, not yet at its plateau)": "sgd1600",
+    "SGD, 3200 iterations, lr 0.16 (CE at its plateau)": "sgd_plateau",
     "AdamW, 1600 iterations, lr 2e-3 (CE at its plateau)": "adamw_plateau",
 }
 TARGET = ROOT / "contextrast" / "evidence" / "inia19.json"
