@@ -3,6 +3,7 @@ known by construction."""
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import pytest
@@ -10,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contextrast.config import load_config
+from contextrast.config import config_from_dict, load_config
 from contextrast.contrast import ContextrastLoss
+from contextrast.engine import Trainer
+from contextrast.engine.step import TrainingModule
 from tests.benchmarks import load_tool
+from tests.engine.runs import config, learnable_folder
 
 
 class Out(NamedTuple):
@@ -66,21 +70,39 @@ def batch(seed=0):
     return images, target
 
 
+def rest_of(model):
+    return TrainingModule(model, None, aux_weight=0.4)
+
+
 def test_a_term_k_times_ce_has_ratio_k_and_cosine_one():
     tool = load_tool("gradient_share")
     torch.manual_seed(0)
-    row = tool.encoder_gradients(Tiny(), ScaledCE(2.5), *batch())
+    # step= goes only to a term that takes it (ScaledCE does not)
+    row = tool.encoder_gradients(rest_of(Tiny()), ScaledCE(2.5), *batch(), step=7)
     assert row["term"] == pytest.approx(2.5 * row["ce"], rel=1e-6)
     assert row["ratio"] == pytest.approx(2.5, rel=1e-6)
     assert row["cosine"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_a_term_blind_to_the_encoder_has_ratio_zero_and_no_cosine_not_nan():
+def test_a_term_blind_to_the_encoder_or_switched_off_has_ratio_zero_and_no_cosine():
     tool = load_tool("gradient_share")
     torch.manual_seed(0)
-    row = tool.encoder_gradients(Tiny(), Blind(), *batch())
+    row = tool.encoder_gradients(rest_of(Tiny()), Blind(), *batch())
     assert row["grad_term"] == 0.0 and row["grad_ce"] > 0
     assert row["ratio"] == 0.0 and row["cosine"] is None
+    # in its warm-up the run trained the term at weight 0
+    row = tool.encoder_gradients(rest_of(Tiny()), ScaledCE(2.5), *batch(), scale=0.0)
+    assert row["term"] == 0.0 and row["ratio"] == 0.0 and row["cosine"] is None
+
+
+def test_a_batch_without_labels_gives_zeros_and_nones_not_nan():
+    tool = load_tool("gradient_share")
+    torch.manual_seed(0)
+    images, target = batch()
+    loss = ContextrastLoss(3, [4, 6], embed_dim=8, layer_weights=(0.5, 1.0))
+    row = tool.encoder_gradients(rest_of(Tiny()), loss, images, torch.full_like(target, 255))
+    assert row["ce"] == 0.0 and row["grad_ce"] == 0.0
+    assert row["ratio"] is None and row["cosine"] is None
 
 
 def test_the_two_gradients_of_the_real_loss_add_up_to_the_gradient_of_the_sum():
@@ -89,7 +111,7 @@ def test_the_two_gradients_of_the_real_loss_add_up_to_the_gradient_of_the_sum():
     model = Tiny()
     loss = ContextrastLoss(3, [4, 6], embed_dim=8, layer_weights=(0.5, 1.0))
     images, target = batch(1)
-    row = tool.encoder_gradients(model, loss, images, target)
+    row = tool.encoder_gradients(rest_of(model), loss, images, target)
     # brute force: one backward of CE + term, and the two parts' norms from the identity
     # |a + b|² = |a|² + |b|² + 2 |a| |b| cos
     out = model(images)
@@ -104,13 +126,35 @@ def test_the_two_gradients_of_the_real_loss_add_up_to_the_gradient_of_the_sum():
     assert row["ratio"] == pytest.approx(b / a)
 
 
-def test_a_folder_without_a_contrastive_run_is_refused_in_one_line(tmp_path):
+def test_bad_runs_are_refused_in_one_line_before_any_is_measured(tmp_path):
     tool = load_tool("gradient_share")
     with pytest.raises(SystemExit, match=r"last\.pt: no such file"):
         tool.main([str(tmp_path)])
-    with pytest.raises(SystemExit, match="--batches 0: must be at least 1"):
-        tool.main([str(tmp_path), "--batches", "0"])
+    for option in ("--batches", "--threads"):
+        with pytest.raises(SystemExit, match=f"^{option} 0: must be at least 1$"):
+            tool.main([str(tmp_path), option, "0"])
     config = load_config("inia19/ce.yaml").to_dict()
     torch.save({"model": {}, "config": config, "contrast": None}, tmp_path / "last.pt")
     with pytest.raises(SystemExit, match=r"without a trained contrastive term \(loss\.name: ce\)"):
         tool.main([str(tmp_path)])
+    torch.save({"model": {}, "config": config, "iteration": "abc"}, tmp_path / "last.pt")
+    with pytest.raises(SystemExit, match=r"iteration 'abc' in last\.pt is not a step count"):
+        tool.main([str(tmp_path)])
+
+
+def test_a_trained_run_in_its_warm_up_measures_a_term_of_weight_zero(tmp_path, monkeypatch, capsys):
+    learnable_folder(tmp_path / "data", count=4)
+    monkeypatch.chdir(tmp_path)
+    c = config_from_dict(config(tmp_path, optim={"iters": 2}, loss={"contrast_warmup_iters": 5}))
+    Trainer(c).fit()
+    folder = tmp_path / "runs" / "run"
+    tool = load_tool("gradient_share")
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(SystemExit, match="broken: checkpoint"):  # refused before measuring
+        tool.main([str(folder), str(tmp_path / "broken"), "--out", str(tmp_path / "g.json")])
+    assert "batch 0" not in capsys.readouterr().out
+    tool.main([str(folder), "--batches", "3", "--out", str(tmp_path / "g.json")])
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert [r["batch"] for r in rows] == [0] and {r["step"] for r in rows} == {2}
+    assert all(r["term"] == 0.0 and r["grad_term"] == 0.0 and r["grad_ce"] > 0 for r in rows)
+    assert "its training split holds 1 batch, all measured" in capsys.readouterr().out
