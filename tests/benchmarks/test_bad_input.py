@@ -94,6 +94,12 @@ def test_every_tool_checks_out_before_its_work(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=folder):
         cost.main()
 
+    share = load_tool("gradient_share")
+    monkeypatch.setattr(share, "load_run", no_work)
+    for out, message in [(str(tmp_path), folder), (in_file, "file.yaml is a file, not a folder")]:
+        with pytest.raises(SystemExit, match=message):
+            share.main([str(tmp_path), "--out", out])
+
     dropin = load_tool("dropin")
     monkeypatch.setattr(dropin, "train_one", no_work)
     learnable_folder(tmp_path / "data", count=2)
