@@ -52,7 +52,9 @@ def encoder_gradients(
     the term, one batch.
 
     images: (B, 3, H, W); target: (B, H, W) class ids. ``step`` goes to a term that takes
-    it. Returns the two loss values, the two gradients' norms, ``ratio`` (the term's norm
+    it. The model runs twice on the batch (the rest of the loss runs it inside ``rest``): a
+    model with dropout draws two masks, so the two gradients then come from two draws.
+    Returns the two loss values, the two gradients' norms, ``ratio`` (the term's norm
     over the rest's) and ``cosine`` between them; each is None where it divides by a zero
     norm.
     """
